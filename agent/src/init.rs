@@ -1,0 +1,188 @@
+//! PID 1 duties: mounts from a table, the loopback interface, `flint.*` keys
+//! from the kernel command line, reaping, and a clean power-off.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::mount::{mount, MsFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("mounting {target} failed")]
+    Mount {
+        target: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("bringing up the loopback interface failed")]
+    Loopback(#[source] std::io::Error),
+    #[error("reading the kernel command line failed")]
+    Cmdline(#[source] std::io::Error),
+}
+
+struct Mount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+/// Mounted at boot, in order. /var/task and /tmp follow when the host
+/// configures the instance.
+const BOOT_MOUNTS: &[Mount] = &[
+    Mount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
+    Mount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
+    Mount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
+    Mount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755,size=16m"),
+    },
+];
+
+pub fn mount_boot_filesystems() -> Result<(), InitError> {
+    for m in BOOT_MOUNTS {
+        match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
+            // devtmpfs may already be mounted by the kernel (DEVTMPFS_MOUNT).
+            Ok(()) | Err(nix::Error::EBUSY) => {}
+            Err(source) => {
+                return Err(InitError::Mount {
+                    target: m.target.into(),
+                    source,
+                })
+            }
+        }
+    }
+    let _ = std::fs::create_dir_all("/dev/shm");
+    let _ = mount(
+        Some("tmpfs"),
+        "/dev/shm",
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777,size=64m"),
+    );
+    let _ = std::fs::create_dir_all("/dev/pts");
+    let _ = mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("ptmxmode=0666"),
+    );
+    Ok(())
+}
+
+/// Mounts `fstype` from `source` at `target`, creating nothing on the
+/// read-only root: the image has the mount points.
+pub fn mount_at(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), InitError> {
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|source| InitError::Mount {
+        target: target.into(),
+        source,
+    })
+}
+
+/// Sets the `lo` interface up, so that the Runtime API can listen on 127.0.0.1.
+pub fn loopback_up() -> Result<(), InitError> {
+    // SAFETY: socket(2) with constant arguments has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(InitError::Loopback(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain old data; all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS reads a valid, NUL-terminated ifreq that outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if rc < 0 {
+        return Err(InitError::Loopback(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The `flint.*` keys of the kernel command line, without the prefix.
+pub fn flint_cmdline() -> Result<HashMap<String, String>, InitError> {
+    let text = std::fs::read_to_string("/proc/cmdline").map_err(InitError::Cmdline)?;
+    Ok(parse_cmdline(&text))
+}
+
+pub fn parse_cmdline(text: &str) -> HashMap<String, String> {
+    text.split_whitespace()
+        .filter_map(|w| w.strip_prefix("flint."))
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect()
+}
+
+/// Reaps every exited child; returns those with their exit code (or -1) and signal.
+pub fn reap() -> Vec<(i32, i32, i32)> {
+    let mut out = Vec::new();
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => out.push((pid.as_raw(), code, 0)),
+            Ok(WaitStatus::Signaled(pid, sig, _)) => out.push((pid.as_raw(), -1, sig as i32)),
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    out
+}
+
+/// Flushes file systems and ends the VM. The host runs QEMU with
+/// `-no-reboot`, so a reboot stops the VM. Never returns.
+pub fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // reboot(2) only returns on error; there is nothing left to do.
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_keys_are_read_without_prefix() {
+        let m = parse_cmdline("console=ttyS0 flint.channel=/dev/vport0p1 quiet flint.debug\n");
+        assert_eq!(m.get("channel").map(String::as_str), Some("/dev/vport0p1"));
+        assert_eq!(m.get("debug").map(String::as_str), Some(""));
+        assert_eq!(m.len(), 2);
+    }
+}

@@ -1,0 +1,180 @@
+//! flint-agent: PID 1 inside every Flint microVM.
+//!
+//! It mounts the guest's file systems, opens the host channel, waits for the
+//! host to configure the instance, starts the function's runtime, serves the
+//! Lambda Runtime API to it, and relays events, results and log lines. On any
+//! fatal error it syncs and powers the VM off: init never just returns.
+
+mod channel;
+mod init;
+mod runtime;
+mod runtime_api;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flint_proto::agent::v1::{
+    agent_message::Kind, host_message, AgentMessage, Configure, Ready, RuntimeExit,
+};
+use nix::mount::MsFlags;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::channel::HostSink;
+use crate::runtime_api::state::Event;
+use crate::runtime_api::RuntimeApi;
+
+#[derive(Debug, thiserror::Error)]
+enum AgentError {
+    #[error("not running as PID 1")]
+    NotInit,
+    #[error(transparent)]
+    Init(#[from] init::InitError),
+    #[error(transparent)]
+    Channel(#[from] channel::ChannelError),
+    #[error(transparent)]
+    RuntimeApi(#[from] runtime_api::RuntimeApiError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error("the host closed the channel")]
+    HostGone,
+    #[error("starting the async runtime failed")]
+    Tokio(#[source] std::io::Error),
+    #[error("installing the SIGCHLD handler failed")]
+    Signal(#[source] std::io::Error),
+}
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("flint-agent: {}", AgentError::NotInit);
+        std::process::exit(2);
+    }
+    let result = std::panic::catch_unwind(run);
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let mut msg = format!("flint-agent: fatal: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("{msg}");
+        }
+        Err(_) => eprintln!("flint-agent: fatal: panic"),
+    }
+    init::power_off();
+}
+
+fn run() -> Result<(), AgentError> {
+    init::mount_boot_filesystems()?;
+    init::loopback_up()?;
+    let cmdline = init::flint_cmdline()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Tokio)?;
+    rt.block_on(serve(cmdline))
+}
+
+async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(), AgentError> {
+    // Before any child exists, so that no exit is missed.
+    let mut sigchld = signal(SignalKind::child()).map_err(AgentError::Signal)?;
+    let path = cmdline
+        .get("channel")
+        .cloned()
+        .unwrap_or_else(|| "/dev/vport0p1".into());
+    let (sink, mut from_host) = channel::open(&path)?;
+    let current = Arc::new(Mutex::new(String::new()));
+    let api = RuntimeApi::new(sink.clone(), current.clone());
+    api.bind().await?;
+
+    let uptime_ms = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| (t.tv_sec() as u64) * 1000 + (t.tv_nsec() as u64) / 1_000_000)
+        .unwrap_or(0);
+    sink.send(AgentMessage {
+        kind: Some(Kind::Ready(Ready {
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            uptime_ms,
+        })),
+    });
+
+    let mut runtime_pid: Option<i32> = None;
+    loop {
+        tokio::select! {
+            msg = from_host.recv() => {
+                let Some(msg) = msg else { return Err(AgentError::HostGone) };
+                match msg.kind {
+                    Some(host_message::Kind::Configure(cfg)) => {
+                        if runtime_pid.is_some() {
+                            continue; // configured once per instance
+                        }
+                        configure(&cfg)?;
+                        api.init_started();
+                        runtime_pid = Some(runtime::spawn(&cfg, &sink, &current)?);
+                    }
+                    Some(host_message::Kind::Invoke(inv)) => {
+                        api.deliver(Event {
+                            request_id: inv.request_id,
+                            payload: inv.payload,
+                            deadline_unix_ms: inv.deadline_unix_ms,
+                            invoked_function_arn: inv.invoked_function_arn,
+                            trace_id: inv.trace_id,
+                            client_context: inv.client_context,
+                            cognito_identity: inv.cognito_identity,
+                        });
+                    }
+                    Some(host_message::Kind::Shutdown(_)) => return Ok(()),
+                    None => {}
+                }
+            }
+            _ = sigchld.recv() => {
+                for (pid, code, sig) in init::reap() {
+                    if Some(pid) == runtime_pid {
+                        report_exit(&sink, code, sig);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn report_exit(sink: &HostSink, exit_code: i32, signal: i32) {
+    sink.send(AgentMessage {
+        kind: Some(Kind::RuntimeExit(RuntimeExit { exit_code, signal })),
+    });
+}
+
+/// Applies the host's settings: clock, entropy, /var/task, /tmp.
+fn configure(cfg: &Configure) -> Result<(), AgentError> {
+    if cfg.wall_clock_unix_ms > 0 {
+        let d = Duration::from_millis(cfg.wall_clock_unix_ms);
+        let ts = nix::sys::time::TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64);
+        let _ = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts);
+    }
+    if !cfg.entropy.is_empty() {
+        // Mixed into the pool (without credit) so that clones diverge.
+        let _ = std::fs::write("/dev/urandom", &cfg.entropy);
+    }
+    if !cfg.code_device.is_empty() {
+        init::mount_at(
+            &cfg.code_device,
+            "/var/task",
+            "erofs",
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            None,
+        )?;
+    }
+    let tmp_mb = if cfg.ephemeral_storage_mb == 0 {
+        512
+    } else {
+        cfg.ephemeral_storage_mb
+    };
+    init::mount_at(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&format!("mode=1777,size={tmp_mb}m")),
+    )?;
+    Ok(())
+}

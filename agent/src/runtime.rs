@@ -1,0 +1,222 @@
+//! The function's runtime process: its environment, its output captured line
+//! by line, and the memory it used.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flint_proto::agent::v1::{agent_message::Kind, AgentMessage, Configure, Log};
+
+use crate::channel::HostSink;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("starting the runtime {path} failed")]
+    Spawn {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Longest log line forwarded in one piece; longer lines are split.
+const MAX_LINE: usize = 256 * 1024;
+
+pub const RUNTIME_API: &str = "127.0.0.1:9001";
+
+/// Lambda's environment for the runtime, then the function's own variables
+/// (which the host has checked do not override reserved ones).
+pub fn environment(cfg: &Configure) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("AWS_LAMBDA_FUNCTION_NAME", cfg.function_name.clone()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", cfg.function_version.clone()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", cfg.memory_size_mb.to_string()),
+        ("AWS_LAMBDA_LOG_GROUP_NAME", cfg.log_group.clone()),
+        ("AWS_LAMBDA_LOG_STREAM_NAME", cfg.log_stream.clone()),
+        ("AWS_LAMBDA_RUNTIME_API", RUNTIME_API.to_string()),
+        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_string()),
+        ("_HANDLER", cfg.handler.clone()),
+        ("LAMBDA_TASK_ROOT", "/var/task".to_string()),
+        ("LAMBDA_RUNTIME_DIR", "/var/runtime".to_string()),
+        ("AWS_REGION", cfg.region.clone()),
+        ("AWS_DEFAULT_REGION", cfg.region.clone()),
+        ("AWS_EXECUTION_ENV", format!("AWS_Lambda_{}", cfg.runtime)),
+        ("TZ", ":UTC".to_string()),
+        ("LANG", "C.UTF-8".to_string()),
+        ("HOME", "/tmp".to_string()),
+        ("PATH", "/usr/local/bin:/usr/bin/:/bin:/opt/bin".to_string()),
+        (
+            "LD_LIBRARY_PATH",
+            "/var/lang/lib:/lib64:/usr/lib64:/var/runtime:/var/runtime/lib:/var/task:/var/task/lib:/opt/lib"
+                .to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut own: Vec<_> = cfg.environment.iter().collect();
+    own.sort();
+    for (k, v) in own {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    env
+}
+
+/// The request id that log lines are attributed to.
+pub type CurrentRequest = Arc<Mutex<String>>;
+
+/// Starts the runtime; returns its pid. The process is reaped by PID 1's
+/// reaper, never waited on here.
+pub fn spawn(
+    cfg: &Configure,
+    sink: &HostSink,
+    current: &CurrentRequest,
+) -> Result<i32, RuntimeError> {
+    let mut child = Command::new(&cfg.runtime_entry)
+        .current_dir("/var/task")
+        .env_clear()
+        .envs(environment(cfg))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| RuntimeError::Spawn {
+            path: cfg.runtime_entry.clone(),
+            source,
+        })?;
+    let pid = child.id() as i32;
+    if let Some(out) = child.stdout.take() {
+        forward_lines(out, 1, sink.clone(), current.clone());
+    }
+    if let Some(err) = child.stderr.take() {
+        forward_lines(err, 2, sink.clone(), current.clone());
+    }
+    // Dropping a std Child neither waits nor kills.
+    drop(child);
+    Ok(pid)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn forward_lines<R: Read + Send + 'static>(
+    from: R,
+    stream: u32,
+    sink: HostSink,
+    current: CurrentRequest,
+) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(from);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r
+                .by_ref()
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut buf)
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
+                        buf.pop();
+                    }
+                    let request_id = current.lock().map(|c| c.clone()).unwrap_or_default();
+                    sink.send(AgentMessage {
+                        kind: Some(Kind::Log(Log {
+                            request_id,
+                            stream,
+                            line: String::from_utf8_lossy(&buf).into_owned(),
+                            timestamp_unix_ms: now_ms(),
+                        })),
+                    });
+                }
+            }
+        }
+    });
+}
+
+/// Peak resident memory of every user process but PID 1, in KiB: the memory
+/// the function used, as Lambda's `Max Memory Used` reports it.
+pub fn max_memory_used_kb() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let mut total = 0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == 1 {
+            continue;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            total += parse_hwm_kb(&status);
+        }
+    }
+    total
+}
+
+fn parse_hwm_kb(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn lambda_environment_is_complete_and_own_variables_follow() {
+        let mut cfg = Configure {
+            function_name: "f".into(),
+            function_version: "$LATEST".into(),
+            memory_size_mb: 256,
+            handler: "app.handler".into(),
+            runtime: "python3.11".into(),
+            region: "local-1".into(),
+            ..Default::default()
+        };
+        cfg.environment.insert("GREETING".into(), "hi".into());
+        cfg.environment.insert("TZ".into(), "Europe/Paris".into());
+        let env: HashMap<_, _> = environment(&cfg).into_iter().collect();
+        for k in [
+            "AWS_LAMBDA_FUNCTION_NAME",
+            "AWS_LAMBDA_FUNCTION_VERSION",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            "AWS_LAMBDA_LOG_GROUP_NAME",
+            "AWS_LAMBDA_LOG_STREAM_NAME",
+            "AWS_LAMBDA_RUNTIME_API",
+            "_HANDLER",
+            "LAMBDA_TASK_ROOT",
+            "LAMBDA_RUNTIME_DIR",
+            "AWS_REGION",
+            "TZ",
+            "PATH",
+            "LD_LIBRARY_PATH",
+        ] {
+            assert!(env.contains_key(k), "{k} missing");
+        }
+        assert_eq!(env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"], "256");
+        assert_eq!(env["AWS_LAMBDA_RUNTIME_API"], "127.0.0.1:9001");
+        assert_eq!(env["GREETING"], "hi");
+        assert_eq!(env["TZ"], "Europe/Paris");
+    }
+
+    #[test]
+    fn hwm_is_parsed_from_proc_status() {
+        assert_eq!(parse_hwm_kb("Name:\tx\nVmHWM:\t   1234 kB\nVmRSS:\t 1 kB\n"), 1234);
+        assert_eq!(parse_hwm_kb("Name:\tkthread\n"), 0);
+    }
+}

@@ -1,0 +1,375 @@
+//! Lambda Runtime API 2018-06-01 on 127.0.0.1:9001, as AWS serves it: one
+//! handler per route, the request validated against [`state::RuntimeState`]
+//! before anything changes, Lambda's status codes and error shapes.
+
+pub mod state;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use flint_proto::agent::v1::{
+    agent_message::Kind, AgentMessage, InitDone, InitError, InvokeError, InvokeResponse,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::channel::HostSink;
+use crate::runtime::{max_memory_used_kb, CurrentRequest};
+use state::{Event, Next, RuntimeState, StateError, MAX_RESPONSE};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeApiError {
+    #[error("binding the Runtime API listener failed")]
+    Bind(#[source] std::io::Error),
+}
+
+const PREFIX: &str = "/2018-06-01/runtime";
+
+/// The state shared by all connections of the Runtime API.
+pub struct RuntimeApi {
+    inner: Mutex<Inner>,
+    sink: HostSink,
+    current: CurrentRequest,
+    init_started: Mutex<Instant>,
+}
+
+struct Inner {
+    state: RuntimeState,
+    /// The parked `next` call, if any.
+    waiter: Option<oneshot::Sender<Event>>,
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn json(status: u16, body: serde_json::Value) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static response parts are valid")
+}
+
+fn accepted() -> Reply {
+    json(202, serde_json::json!({"status": "OK"}))
+}
+
+fn rejected(e: &StateError) -> Reply {
+    json(
+        e.status(),
+        serde_json::json!({"errorMessage": e.to_string(), "errorType": e.error_type()}),
+    )
+}
+
+fn not_found() -> Reply {
+    json(
+        404,
+        serde_json::json!({"errorMessage": "Not Found", "errorType": "NotFound"}),
+    )
+}
+
+impl RuntimeApi {
+    pub fn new(sink: HostSink, current: CurrentRequest) -> Arc<Self> {
+        Arc::new(Self {
+            inner: Mutex::new(Inner {
+                state: RuntimeState::default(),
+                waiter: None,
+            }),
+            sink,
+            current,
+            init_started: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Marks the start of init (the moment the runtime is started).
+    pub fn init_started(&self) {
+        *self.init_started.lock().expect("lock") = Instant::now();
+    }
+
+    fn init_elapsed_us(&self) -> u64 {
+        self.init_started.lock().expect("lock").elapsed().as_micros() as u64
+    }
+
+    /// Binds 127.0.0.1:9001 and serves until the process ends.
+    pub async fn bind(self: &Arc<Self>) -> Result<(), RuntimeApiError> {
+        let listener = TcpListener::bind(crate::runtime::RUNTIME_API)
+            .await
+            .map_err(RuntimeApiError::Bind)?;
+        let api = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let api = api.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let api = api.clone();
+                        async move { Ok::<_, Infallible>(api.route(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// An event from the host.
+    pub fn deliver(&self, ev: Event) {
+        let mut inner = self.inner.lock().expect("lock");
+        if let Some(ev) = inner.state.deliver(ev) {
+            match inner.waiter.take() {
+                Some(tx) => {
+                    if let Err(ev) = tx.send(ev) {
+                        // The parked caller went away: keep the event for the next one.
+                        inner.state.requeue(ev);
+                    }
+                }
+                None => inner.state.requeue(ev),
+            }
+        }
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Reply {
+        let path = req.uri().path().to_string();
+        let Some(rest) = path.strip_prefix(PREFIX) else {
+            return not_found();
+        };
+        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
+        match (req.method(), parts.as_slice()) {
+            (&Method::GET, ["invocation", "next"]) => self.next().await,
+            (&Method::POST, ["invocation", id, "response"]) => {
+                let id = id.to_string();
+                self.response(&id, req).await
+            }
+            (&Method::POST, ["invocation", id, "error"]) => {
+                let id = id.to_string();
+                self.error(&id, req).await
+            }
+            (&Method::POST, ["init", "error"]) => self.init_error(req).await,
+            (_, ["invocation", "next"])
+            | (_, ["invocation", _, "response" | "error"])
+            | (_, ["init", "error"]) => json(
+                405,
+                serde_json::json!({"errorMessage": "Method Not Allowed", "errorType": "MethodNotAllowed"}),
+            ),
+            _ => not_found(),
+        }
+    }
+
+    /// `GET /runtime/invocation/next`: long poll for the next event.
+    async fn next(&self) -> Reply {
+        let (ends_init, ready) = {
+            let mut inner = self.inner.lock().expect("lock");
+            match inner.state.next() {
+                Err(e) => return rejected(&e),
+                Ok((ends_init, Next::Event(ev))) => (ends_init, Ok(ev)),
+                Ok((ends_init, Next::Wait)) => {
+                    let (tx, rx) = oneshot::channel();
+                    inner.waiter = Some(tx);
+                    (ends_init, Err(rx))
+                }
+            }
+        };
+        if ends_init {
+            self.sink.send(AgentMessage {
+                kind: Some(Kind::InitDone(InitDone {
+                    init_duration_us: self.init_elapsed_us(),
+                })),
+            });
+        }
+        let ev = match ready {
+            Ok(ev) => ev,
+            Err(rx) => match rx.await {
+                Ok(ev) => ev,
+                Err(_) => {
+                    return json(
+                        500,
+                        serde_json::json!({"errorMessage": "agent shutting down", "errorType": "Runtime.ExitError"}),
+                    )
+                }
+            },
+        };
+        *self.current.lock().expect("lock") = ev.request_id.clone();
+        let mut b = Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "application/json")
+            .header("Lambda-Runtime-Aws-Request-Id", &ev.request_id)
+            .header("Lambda-Runtime-Deadline-Ms", ev.deadline_unix_ms.to_string())
+            .header("Lambda-Runtime-Invoked-Function-Arn", &ev.invoked_function_arn)
+            .header("Lambda-Runtime-Trace-Id", &ev.trace_id);
+        if !ev.client_context.is_empty() {
+            b = b.header("Lambda-Runtime-Client-Context", &ev.client_context);
+        }
+        if !ev.cognito_identity.is_empty() {
+            b = b.header("Lambda-Runtime-Cognito-Identity", &ev.cognito_identity);
+        }
+        b.body(Full::new(Bytes::from(ev.payload)))
+            .unwrap_or_else(|_| json(500, serde_json::json!({"errorMessage": "bad event headers", "errorType": "Runtime.Error"})))
+    }
+
+    /// `POST /runtime/invocation/{id}/response`.
+    async fn response(&self, id: &str, req: Request<Incoming>) -> Reply {
+        // Validate the id before reading a body that may be large.
+        {
+            let inner = self.inner.lock().expect("lock");
+            if let Err(e) = inner.state.check(id, "RESPONSE") {
+                return rejected(&e);
+            }
+        }
+        let (body, len) = match read_body(req).await {
+            Ok(b) => {
+                let len = b.len();
+                (b, len)
+            }
+            Err(BodyTooLarge) => (Bytes::new(), MAX_RESPONSE + 1),
+        };
+        let result = self.inner.lock().expect("lock").state.respond(id, len);
+        let mem = max_memory_used_kb();
+        match result {
+            Ok(()) => {
+                self.sink.send(AgentMessage {
+                    kind: Some(Kind::Response(InvokeResponse {
+                        request_id: id.into(),
+                        payload: body.to_vec(),
+                        max_memory_used_kb: mem,
+                    })),
+                });
+                accepted()
+            }
+            Err(e @ StateError::PayloadTooLarge) => {
+                let doc = serde_json::json!({
+                    "errorMessage": format!("Response payload size exceeded maximum allowed payload size ({MAX_RESPONSE} bytes)."),
+                    "errorType": "Function.ResponseSizeTooLarge",
+                });
+                self.sink.send(AgentMessage {
+                    kind: Some(Kind::Error(InvokeError {
+                        request_id: id.into(),
+                        error_type: "Function.ResponseSizeTooLarge".into(),
+                        payload: doc.to_string().into_bytes(),
+                        max_memory_used_kb: mem,
+                        unhandled: true,
+                    })),
+                });
+                rejected(&e)
+            }
+            Err(e) => rejected(&e),
+        }
+    }
+
+    /// `POST /runtime/invocation/{id}/error`.
+    async fn error(&self, id: &str, req: Request<Incoming>) -> Reply {
+        {
+            let inner = self.inner.lock().expect("lock");
+            if let Err(e) = inner.state.check(id, "ERROR") {
+                return rejected(&e);
+            }
+        }
+        let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
+        let body = read_body(req).await.unwrap_or_default();
+        if let Err(e) = self.inner.lock().expect("lock").state.error(id) {
+            return rejected(&e);
+        }
+        let (error_type, payload) = error_document(error_type, &body);
+        self.sink.send(AgentMessage {
+            kind: Some(Kind::Error(InvokeError {
+                request_id: id.into(),
+                error_type,
+                payload,
+                max_memory_used_kb: max_memory_used_kb(),
+                unhandled: false,
+            })),
+        });
+        accepted()
+    }
+
+    /// `POST /runtime/init/error`.
+    async fn init_error(&self, req: Request<Incoming>) -> Reply {
+        if let Err(e) = self.inner.lock().expect("lock").state.init_error() {
+            return rejected(&e);
+        }
+        let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
+        let body = read_body(req).await.unwrap_or_default();
+        let (error_type, payload) = error_document(error_type, &body);
+        self.sink.send(AgentMessage {
+            kind: Some(Kind::InitError(InitError {
+                error_type,
+                payload,
+                init_duration_us: self.init_elapsed_us(),
+            })),
+        });
+        accepted()
+    }
+}
+
+fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+struct BodyTooLarge;
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyTooLarge> {
+    match Limited::new(req.into_body(), MAX_RESPONSE).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(_) => Err(BodyTooLarge),
+    }
+}
+
+/// The error document sent to the invoker: the runtime's JSON if it is an
+/// object, else one built from what was posted. The type comes from the
+/// header, then the document, then `Unhandled`.
+pub fn error_document(header_type: Option<String>, body: &[u8]) -> (String, Vec<u8>) {
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> =
+        serde_json::from_slice(body).ok();
+    match parsed {
+        Some(doc) => {
+            let error_type = header_type
+                .or_else(|| doc.get("errorType").and_then(|v| v.as_str()).map(str::to_string))
+                .unwrap_or_else(|| "Unhandled".into());
+            (error_type, body.to_vec())
+        }
+        None => {
+            let error_type = header_type.unwrap_or_else(|| "Unhandled".into());
+            let doc = serde_json::json!({
+                "errorMessage": String::from_utf8_lossy(body),
+                "errorType": error_type,
+            });
+            (error_type, doc.to_string().into_bytes())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_document_keeps_runtime_json() {
+        let body = br#"{"errorMessage":"boom","errorType":"ValueError","stackTrace":[]}"#;
+        let (t, p) = error_document(None, body);
+        assert_eq!(t, "ValueError");
+        assert_eq!(p, body.to_vec());
+        let (t, _) = error_document(Some("Custom".into()), body);
+        assert_eq!(t, "Custom");
+    }
+
+    #[test]
+    fn error_document_wraps_plain_text() {
+        let (t, p) = error_document(Some("Runtime.Crash".into()), b"it broke");
+        assert_eq!(t, "Runtime.Crash");
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        assert_eq!(v["errorMessage"], "it broke");
+        assert_eq!(v["errorType"], "Runtime.Crash");
+    }
+}

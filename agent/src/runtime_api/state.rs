@@ -1,0 +1,278 @@
+//! The Runtime API's state machine, free of I/O so that it can be tested alone.
+//!
+//! Lambda's runtime lifecycle: the runtime initialises, calls `next` (which
+//! ends init), receives one event at a time and answers each with exactly one
+//! `response` or `error`. Every request is checked against the current state
+//! before anything changes.
+
+use std::collections::VecDeque;
+
+/// Lambda's limit on a synchronous response, 6 MiB.
+pub const MAX_RESPONSE: usize = 6 * 1024 * 1024;
+
+/// One event handed to the runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub request_id: String,
+    pub payload: Vec<u8>,
+    pub deadline_unix_ms: u64,
+    pub invoked_function_arn: String,
+    pub trace_id: String,
+    pub client_context: String,
+    pub cognito_identity: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// The runtime is starting and has not asked for an event yet.
+    Initializing,
+    /// The runtime reported an init error; nothing more is accepted.
+    InitFailed,
+    /// Waiting for (or holding) the next event.
+    Idle,
+    /// The runtime is working on this request.
+    Busy(String),
+}
+
+/// A rejected request: Lambda's status code and error shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    #[error("Invalid request ID")]
+    InvalidRequestId,
+    #[error("Transition from {from} to {to} is not allowed")]
+    InvalidStateTransition { from: &'static str, to: &'static str },
+    #[error("Exceeded maximum allowed payload size ({MAX_RESPONSE} bytes).")]
+    PayloadTooLarge,
+}
+
+impl StateError {
+    pub fn status(&self) -> u16 {
+        match self {
+            StateError::InvalidRequestId => 400,
+            StateError::InvalidStateTransition { .. } => 403,
+            StateError::PayloadTooLarge => 413,
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            StateError::InvalidRequestId => "InvalidRequestID",
+            StateError::InvalidStateTransition { .. } => "InvalidStateTransition",
+            StateError::PayloadTooLarge => "RequestEntityTooLarge",
+        }
+    }
+}
+
+/// What `next` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// An event is ready; the runtime is now busy with it.
+    Event(Event),
+    /// No event yet; the caller parks until one is delivered.
+    Wait,
+}
+
+#[derive(Debug)]
+pub struct RuntimeState {
+    phase: Phase,
+    queue: VecDeque<Event>,
+    /// Whether a `next` call is parked waiting for an event.
+    parked: bool,
+}
+
+impl Default for RuntimeState {
+    fn default() -> Self {
+        Self {
+            phase: Phase::Initializing,
+            queue: VecDeque::new(),
+            parked: false,
+        }
+    }
+}
+
+fn phase_name(p: &Phase) -> &'static str {
+    match p {
+        Phase::Initializing => "INIT",
+        Phase::InitFailed => "INIT_FAILED",
+        Phase::Idle => "READY",
+        Phase::Busy(_) => "INVOKE",
+    }
+}
+
+impl RuntimeState {
+    #[cfg(test)]
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// `GET /runtime/invocation/next`. Returns whether this call ends init,
+    /// and either an event or `Wait`.
+    pub fn next(&mut self) -> Result<(bool, Next), StateError> {
+        let ends_init = match &self.phase {
+            Phase::Initializing => true,
+            Phase::InitFailed => {
+                return Err(StateError::InvalidStateTransition {
+                    from: "INIT_FAILED",
+                    to: "READY",
+                })
+            }
+            Phase::Idle | Phase::Busy(_) => false,
+        };
+        match self.queue.pop_front() {
+            Some(ev) => {
+                self.phase = Phase::Busy(ev.request_id.clone());
+                self.parked = false;
+                Ok((ends_init, Next::Event(ev)))
+            }
+            None => {
+                self.phase = Phase::Idle;
+                self.parked = true;
+                Ok((ends_init, Next::Wait))
+            }
+        }
+    }
+
+    /// An event arrives from the host. If a `next` call is parked, the event is
+    /// returned for it to take (and the runtime is busy with it); otherwise it
+    /// is queued.
+    pub fn deliver(&mut self, ev: Event) -> Option<Event> {
+        if self.parked && self.queue.is_empty() {
+            self.parked = false;
+            self.phase = Phase::Busy(ev.request_id.clone());
+            Some(ev)
+        } else {
+            self.queue.push_back(ev);
+            None
+        }
+    }
+
+    /// An event handed to a parked `next` that had gone away: it goes back
+    /// to the front of the queue and the runtime is idle again.
+    pub fn requeue(&mut self, ev: Event) {
+        self.parked = false;
+        self.phase = Phase::Idle;
+        self.queue.push_front(ev);
+    }
+
+    /// `POST /runtime/invocation/{id}/response`.
+    pub fn respond(&mut self, request_id: &str, len: usize) -> Result<(), StateError> {
+        self.check(request_id, "RESPONSE")?;
+        // An oversize response still ends the invocation (as a failure).
+        self.phase = Phase::Idle;
+        if len > MAX_RESPONSE {
+            return Err(StateError::PayloadTooLarge);
+        }
+        Ok(())
+    }
+
+    /// `POST /runtime/invocation/{id}/error`.
+    pub fn error(&mut self, request_id: &str) -> Result<(), StateError> {
+        self.check(request_id, "ERROR")?;
+        self.phase = Phase::Idle;
+        Ok(())
+    }
+
+    /// `POST /runtime/init/error`: only while initialising.
+    pub fn init_error(&mut self) -> Result<(), StateError> {
+        match &self.phase {
+            Phase::Initializing => {
+                self.phase = Phase::InitFailed;
+                Ok(())
+            }
+            other => Err(StateError::InvalidStateTransition {
+                from: phase_name(other),
+                to: "INIT_ERROR",
+            }),
+        }
+    }
+
+    /// Whether `request_id` may be answered now (`to`: RESPONSE or ERROR).
+    pub fn check(&self, request_id: &str, to: &'static str) -> Result<(), StateError> {
+        match &self.phase {
+            Phase::Busy(id) if id == request_id => Ok(()),
+            Phase::Busy(_) | Phase::Idle => Err(StateError::InvalidRequestId),
+            other => Err(StateError::InvalidStateTransition {
+                from: phase_name(other),
+                to,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str) -> Event {
+        Event {
+            request_id: id.into(),
+            payload: b"{}".to_vec(),
+            deadline_unix_ms: 1,
+            invoked_function_arn: "arn".into(),
+            trace_id: String::new(),
+            client_context: String::new(),
+            cognito_identity: String::new(),
+        }
+    }
+
+    #[test]
+    fn first_next_ends_init_and_parks() {
+        let mut s = RuntimeState::default();
+        assert_eq!(s.next().unwrap(), (true, Next::Wait));
+        assert_eq!(s.phase(), &Phase::Idle);
+        assert_eq!(s.deliver(ev("a")), Some(ev("a")));
+        assert_eq!(s.phase(), &Phase::Busy("a".into()));
+        s.respond("a", 2).unwrap();
+        assert_eq!(s.next().unwrap(), (false, Next::Wait));
+    }
+
+    #[test]
+    fn queued_event_is_returned_at_once() {
+        let mut s = RuntimeState::default();
+        assert_eq!(s.deliver(ev("a")), None);
+        assert_eq!(s.next().unwrap(), (true, Next::Event(ev("a"))));
+        s.error("a").unwrap();
+        assert_eq!(s.phase(), &Phase::Idle);
+    }
+
+    #[test]
+    fn wrong_or_repeated_request_id_is_400() {
+        let mut s = RuntimeState::default();
+        s.next().unwrap();
+        s.deliver(ev("a"));
+        let e = s.respond("b", 1).unwrap_err();
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.error_type(), "InvalidRequestID");
+        s.respond("a", 1).unwrap();
+        assert_eq!(s.respond("a", 1).unwrap_err().status(), 400);
+        assert_eq!(s.error("a").unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn oversize_response_is_413_and_frees_the_runtime() {
+        let mut s = RuntimeState::default();
+        s.next().unwrap();
+        s.deliver(ev("a"));
+        let e = s.respond("a", MAX_RESPONSE + 1).unwrap_err();
+        assert_eq!(e.status(), 413);
+        assert_eq!(s.phase(), &Phase::Idle);
+    }
+
+    #[test]
+    fn init_error_only_during_init() {
+        let mut s = RuntimeState::default();
+        s.init_error().unwrap();
+        assert_eq!(s.next().unwrap_err().status(), 403);
+        let mut s = RuntimeState::default();
+        s.next().unwrap();
+        let e = s.init_error().unwrap_err();
+        assert_eq!(e.status(), 403);
+        assert_eq!(e.error_type(), "InvalidStateTransition");
+    }
+
+    #[test]
+    fn response_before_any_event_is_rejected() {
+        let mut s = RuntimeState::default();
+        assert_eq!(s.respond("x", 1).unwrap_err().status(), 403);
+    }
+}

@@ -1,0 +1,145 @@
+//! Length-prefixed frames for the host <-> agent channel.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of an
+//! encoded protobuf message. The channel is a byte stream (virtio-serial), so
+//! the reader keeps partial frames until they are complete.
+
+use std::io::{Read, Write};
+
+use prost::Message;
+
+/// Largest frame accepted: a 6 MiB payload plus headroom.
+pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("channel closed")]
+    Closed,
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME} byte limit")]
+    TooLarge(usize),
+    #[error("channel I/O failed")]
+    Io(#[from] std::io::Error),
+    #[error("malformed frame")]
+    Decode(#[from] prost::DecodeError),
+}
+
+/// Encodes `msg` as one frame.
+pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
+    let len = msg.encoded_len();
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    msg.encode(&mut buf).expect("Vec grows as needed");
+    buf
+}
+
+/// Writes `msg` as one frame and flushes.
+pub fn write<M: Message, W: Write>(w: &mut W, msg: &M) -> Result<(), FrameError> {
+    w.write_all(&encode(msg))?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Reads one whole frame, blocking until it is complete.
+pub fn read<M: Message + Default, R: Read>(r: &mut R) -> Result<M, FrameError> {
+    let mut len = [0u8; 4];
+    read_exact(r, &mut len)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut buf = vec![0u8; len];
+    read_exact(r, &mut buf)?;
+    Ok(M::decode(buf.as_slice())?)
+}
+
+fn read_exact<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) => return Err(FrameError::Closed),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Incremental decoder for frames arriving in arbitrary chunks.
+#[derive(Default)]
+pub struct FrameBuffer {
+    buf: Vec<u8>,
+}
+
+impl FrameBuffer {
+    /// Appends received bytes.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Takes the next complete frame, if there is one.
+    pub fn next<M: Message + Default>(&mut self) -> Result<Option<M>, FrameError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(FrameError::TooLarge(len));
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let msg = M::decode(&self.buf[4..4 + len])?;
+        self.buf.drain(..4 + len);
+        Ok(Some(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::v1::{agent_message::Kind, AgentMessage, Log};
+
+    fn log(line: &str) -> AgentMessage {
+        AgentMessage {
+            kind: Some(Kind::Log(Log {
+                line: line.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn frames_survive_arbitrary_chunking() {
+        let mut wire = Vec::new();
+        for i in 0..20 {
+            wire.extend(encode(&log(&format!("line {i}"))));
+        }
+        let mut fb = FrameBuffer::default();
+        let mut got = Vec::new();
+        for chunk in wire.chunks(7) {
+            fb.extend(chunk);
+            while let Some(m) = fb.next::<AgentMessage>().unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got.len(), 20);
+        assert_eq!(got[19], log("line 19"));
+    }
+
+    #[test]
+    fn blocking_read_round_trips_and_reports_close() {
+        let wire = encode(&log("hello"));
+        let mut r = std::io::Cursor::new(wire);
+        let m: AgentMessage = read(&mut r).unwrap();
+        assert_eq!(m, log("hello"));
+        assert!(matches!(read::<AgentMessage, _>(&mut r), Err(FrameError::Closed)));
+    }
+
+    #[test]
+    fn oversized_length_is_refused() {
+        let mut fb = FrameBuffer::default();
+        fb.extend(&(u32::MAX).to_be_bytes());
+        assert!(matches!(fb.next::<AgentMessage>(), Err(FrameError::TooLarge(_))));
+    }
+}

@@ -1,0 +1,21 @@
+//! Flint's wire types: the node API (`flint.node.v1`) and the host <-> agent
+//! protocol (`flint.agent.v1`), with the frame codec the latter uses.
+#![forbid(unsafe_code)]
+
+pub mod node {
+    pub mod v1 {
+        tonic::include_proto!("flint.node.v1");
+    }
+}
+
+pub mod agent {
+    pub mod v1 {
+        tonic::include_proto!("flint.agent.v1");
+    }
+}
+
+pub mod frame;
+
+/// Encoded file descriptor set of every Flint proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/flint_descriptor.bin"));
