@@ -40,17 +40,39 @@ impl HostSink {
     }
 }
 
-/// Opens the port and starts the reader and writer threads. The receiver
-/// yields `None` once the host closes the channel.
-pub fn open(path: &str) -> Result<(HostSink, tmpsc::UnboundedReceiver<HostMessage>), ChannelError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|source| ChannelError::Open {
-            path: path.into(),
-            source,
-        })?;
+/// The device node of the virtio-serial port called `name`.
+fn port_path(name: &str) -> Option<String> {
+    for entry in std::fs::read_dir("/sys/class/virtio-ports").ok()?.flatten() {
+        let n = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if n.trim() == name {
+            return Some(format!("/dev/{}", entry.file_name().to_string_lossy()));
+        }
+    }
+    None
+}
+
+/// Opens the port named `name` and starts the reader and writer threads. The
+/// receiver yields `None` once the host closes the channel.
+pub fn open(name: &str) -> Result<(HostSink, tmpsc::UnboundedReceiver<HostMessage>), ChannelError> {
+    // The port appears once the virtio-serial control queue has announced it,
+    // shortly after the driver binds: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let file = loop {
+        let path = port_path(name).unwrap_or_else(|| format!("/dev/virtio-ports/{name}"));
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => break f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(source) => {
+                return Err(ChannelError::Open {
+                    path: name.into(),
+                    source,
+                })
+            }
+        }
+    };
+    let path = name;
     let mut reader = file.try_clone().map_err(|source| ChannelError::Open {
         path: path.into(),
         source,

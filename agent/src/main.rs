@@ -82,7 +82,7 @@ async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(),
     let path = cmdline
         .get("channel")
         .cloned()
-        .unwrap_or_else(|| "/dev/vport0p1".into());
+        .unwrap_or_else(|| "flint.agent".into());
     let (sink, mut from_host) = channel::open(&path)?;
     let current = Arc::new(Mutex::new(String::new()));
     let api = RuntimeApi::new(sink.clone(), current.clone());

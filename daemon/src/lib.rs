@@ -1,1 +1,15 @@
+//! flintd: the Flint execution node. See `docs/architecture.md`.
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod functions;
+pub mod invoke;
+pub mod logs;
+pub mod node;
+pub mod packages;
+pub mod pool;
+pub mod server;
+pub mod time;

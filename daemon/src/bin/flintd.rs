@@ -1,1 +1,57 @@
-fn main(){}
+//! flintd: the Flint execution node daemon.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use flint_daemon::config::{AccelChoice, Config, Listen};
+
+#[derive(Parser)]
+#[command(version, about = "Flint execution node: Lambda functions in microVMs")]
+struct Args {
+    /// Data directory: metadata, code, logs, instance files.
+    #[arg(long, env = "FLINT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Listen address: a unix socket path or host:port. Repeatable.
+    #[arg(long, env = "FLINT_LISTEN", value_delimiter = ',')]
+    listen: Vec<Listen>,
+    /// Guest kernel and runtime images, as scripts/setup leaves them.
+    #[arg(long, env = "FLINT_ARTIFACTS_DIR")]
+    artifacts_dir: Option<PathBuf>,
+    /// Accelerator: auto, kvm or tcg.
+    #[arg(long, env = "FLINT_ACCEL")]
+    accel: Option<AccelChoice>,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = Config::default();
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if let Some(a) = args.artifacts_dir {
+        config.artifacts_dir = a;
+    }
+    if let Some(a) = args.accel {
+        config.accel = a;
+    }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(flint_daemon::server::run(config, async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    }))?;
+    Ok(())
+}

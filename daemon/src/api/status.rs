@@ -1,0 +1,111 @@
+//! The one place where errors become gRPC statuses, with Lambda's exception
+//! names at the start of the message.
+
+use tonic::{Code, Status};
+
+use crate::functions::FunctionsError;
+use crate::invoke::InvokeError;
+use crate::node::NodeError;
+use crate::packages::PackageError;
+
+fn status(code: Code, exception: &str, message: impl std::fmt::Display) -> Status {
+    Status::new(code, format!("{exception}: {message}"))
+}
+
+fn functions(e: &FunctionsError) -> Status {
+    match e {
+        FunctionsError::NotFound(_) => status(Code::NotFound, "ResourceNotFoundException", e),
+        FunctionsError::AlreadyExists(_) => {
+            status(Code::AlreadyExists, "ResourceConflictException", e)
+        }
+        FunctionsError::Invalid { .. } => {
+            status(Code::InvalidArgument, "InvalidParameterValueException", e)
+        }
+        FunctionsError::Store(_) | FunctionsError::Corrupt(..) => {
+            status(Code::Internal, "ServiceException", chain(e))
+        }
+    }
+}
+
+fn package(e: &PackageError) -> Status {
+    match e {
+        PackageError::TooLargeZipped { .. } => {
+            status(Code::InvalidArgument, "RequestEntityTooLargeException", e)
+        }
+        PackageError::TooLargeUnzipped => {
+            status(Code::InvalidArgument, "InvalidParameterValueException", e)
+        }
+        PackageError::NotZip(_) | PackageError::BadEntry { .. } | PackageError::Handler(_) => {
+            status(Code::InvalidArgument, "InvalidParameterValueException", e)
+        }
+        PackageError::Store(_) => status(Code::Internal, "ServiceException", e),
+    }
+}
+
+fn invoke(e: &InvokeError) -> Status {
+    match e {
+        InvokeError::Functions(f) => functions(f),
+        InvokeError::PayloadTooLarge { .. } => {
+            status(Code::InvalidArgument, "RequestTooLargeException", e)
+        }
+        InvokeError::Qualifier(_) => status(Code::NotFound, "ResourceNotFoundException", e),
+        InvokeError::EventUnsupported => {
+            status(Code::Unimplemented, "InvalidParameterValueException", e)
+        }
+        InvokeError::Pool(_) | InvokeError::Logs(_) => {
+            status(Code::Unavailable, "ServiceException", chain(e))
+        }
+    }
+}
+
+/// The message with all its sources, for errors that are the node's fault.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+impl From<NodeError> for Status {
+    fn from(e: NodeError) -> Self {
+        match &e {
+            NodeError::Functions(f) => functions(f),
+            NodeError::Package(p) => package(p),
+            NodeError::Invoke(i) => invoke(i),
+            NodeError::Engine(_) | NodeError::DataDir(_) | NodeError::Join(_) => {
+                status(Code::Internal, "ServiceException", chain(&e))
+            }
+        }
+    }
+}
+
+/// A request field that failed validation at the API edge.
+pub fn invalid(message: impl std::fmt::Display) -> Status {
+    status(Code::InvalidArgument, "InvalidParameterValueException", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_names_and_codes() {
+        let s: Status = NodeError::from(FunctionsError::NotFound("f".into())).into();
+        assert_eq!(s.code(), Code::NotFound);
+        assert!(s.message().starts_with("ResourceNotFoundException: "));
+        let s: Status = NodeError::from(InvokeError::PayloadTooLarge { size: 7, limit: 6 }).into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().starts_with("RequestTooLargeException"));
+        let s: Status = NodeError::from(PackageError::BadEntry {
+            name: "../x".into(),
+            reason: "escapes".into(),
+        })
+        .into();
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(s.message().contains("../x"));
+    }
+}

@@ -1,0 +1,321 @@
+//! flintctl's logic: argument parsing in the AWS CLI's forms, output in the
+//! AWS CLI's JSON shapes or as tables, errors as the AWS CLI prints them.
+
+use std::collections::BTreeMap;
+
+use flint_proto::node::v1 as pb;
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("An error occurred ({exception}) when calling the {operation} operation: {message}")]
+    Service {
+        operation: &'static str,
+        exception: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot read {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("cannot write {0}: {1}")]
+    Write(String, std::io::Error),
+    #[error(transparent)]
+    Connect(#[from] crate::client::ClientError),
+}
+
+impl CliError {
+    /// The AWS CLI's exit codes: 252 for bad usage, 254 for service errors.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) | CliError::Read(..) => 252,
+            CliError::Service { .. } => 254,
+            CliError::Write(..) | CliError::Connect(_) => 255,
+        }
+    }
+
+    /// Splits flintd's `Exception: message` form.
+    pub fn from_status(operation: &'static str, s: tonic::Status) -> Self {
+        let msg = s.message();
+        let (exception, message) = match msg.split_once(": ") {
+            Some((e, m)) if e.ends_with("Exception") => (e.to_string(), m.to_string()),
+            _ => (format!("{:?}", s.code()), msg.to_string()),
+        };
+        CliError::Service {
+            operation,
+            exception,
+            message,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Json,
+    Table,
+}
+
+/// Reads `path`, `file://path` or `fileb://path`.
+pub fn read_file_arg(arg: &str) -> Result<Vec<u8>, CliError> {
+    let path = arg
+        .strip_prefix("fileb://")
+        .or_else(|| arg.strip_prefix("file://"))
+        .unwrap_or(arg);
+    std::fs::read(path).map_err(|e| CliError::Read(path.into(), e))
+}
+
+/// `--payload`: JSON text, or a file. With `--cli-binary-format base64` the
+/// text is base64 (the AWS CLI v2 default).
+pub fn read_payload(arg: &str, format: &str) -> Result<Vec<u8>, CliError> {
+    if arg.starts_with("file://") || arg.starts_with("fileb://") {
+        return read_file_arg(arg);
+    }
+    match format {
+        "raw-in-base64-out" => Ok(arg.as_bytes().to_vec()),
+        "base64" => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(arg.trim())
+                .map_err(|e| CliError::Usage(format!("--payload is not valid base64: {e}")))
+        }
+        other => Err(CliError::Usage(format!(
+            "--cli-binary-format {other:?}: expected raw-in-base64-out or base64"
+        ))),
+    }
+}
+
+/// `Variables={KEY=VALUE,KEY2=VALUE2}` or `{"Variables": {...}}`.
+pub fn parse_environment(arg: &str) -> Result<BTreeMap<String, String>, CliError> {
+    let arg = arg.trim();
+    if arg.starts_with('{') {
+        let v: Value = serde_json::from_str(arg)
+            .map_err(|e| CliError::Usage(format!("--environment is not valid JSON: {e}")))?;
+        let vars = v
+            .get("Variables")
+            .and_then(|x| x.as_object())
+            .ok_or_else(|| CliError::Usage("--environment JSON needs a Variables object".into()))?;
+        return vars
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k.clone(), s.clone())),
+                other => Ok((k.clone(), other.to_string())),
+            })
+            .collect();
+    }
+    let inner = arg
+        .strip_prefix("Variables=")
+        .and_then(|s| s.strip_prefix('{'))
+        .and_then(|s| s.strip_suffix('}'))
+        .ok_or_else(|| {
+            CliError::Usage("--environment: expected Variables={KEY=VALUE,...}".into())
+        })?;
+    let mut out = BTreeMap::new();
+    for pair in inner.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| CliError::Usage(format!("--environment: {pair:?} is not KEY=VALUE")))?;
+        out.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+pub fn invocation_type(s: &str) -> Result<pb::InvocationType, CliError> {
+    match s {
+        "RequestResponse" => Ok(pb::InvocationType::RequestResponse),
+        "Event" => Ok(pb::InvocationType::Event),
+        "DryRun" => Ok(pb::InvocationType::DryRun),
+        other => Err(CliError::Usage(format!(
+            "--invocation-type {other:?}: expected RequestResponse, Event or DryRun"
+        ))),
+    }
+}
+
+pub fn log_type(s: &str) -> Result<pb::LogType, CliError> {
+    match s {
+        "None" => Ok(pb::LogType::None),
+        "Tail" => Ok(pb::LogType::Tail),
+        other => Err(CliError::Usage(format!(
+            "--log-type {other:?}: expected None or Tail"
+        ))),
+    }
+}
+
+pub fn write_outfile(path: &str, data: &[u8]) -> Result<(), CliError> {
+    if path == "-" {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        out.write_all(data)
+            .and_then(|_| out.write_all(b"\n"))
+            .map_err(|e| CliError::Write(path.into(), e))
+    } else {
+        std::fs::write(path, data).map_err(|e| CliError::Write(path.into(), e))
+    }
+}
+
+/// A function's configuration in the AWS CLI's JSON shape.
+pub fn configuration_json(f: &pb::FunctionConfiguration) -> Value {
+    let mut v = json!({
+        "FunctionName": f.function_name,
+        "FunctionArn": f.function_arn,
+        "Runtime": f.runtime,
+        "Handler": f.handler,
+        "CodeSize": f.code_size,
+        "Description": f.description,
+        "Timeout": f.timeout,
+        "MemorySize": f.memory_size,
+        "LastModified": f.last_modified,
+        "CodeSha256": f.code_sha256,
+        "Version": f.version,
+        "State": f.state,
+        "PackageType": "Zip",
+        "Architectures": ["x86_64"],
+    });
+    if !f.environment.is_empty() {
+        let vars: BTreeMap<_, _> = f.environment.iter().collect();
+        v["Environment"] = json!({ "Variables": vars });
+    }
+    v
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(headers.iter().map(|h| h.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r.clone()));
+    }
+}
+
+fn function_row(f: &pb::FunctionConfiguration) -> Vec<String> {
+    vec![
+        f.function_name.clone(),
+        f.runtime.clone(),
+        f.handler.clone(),
+        f.memory_size.to_string(),
+        f.timeout.to_string(),
+        f.code_size.to_string(),
+        f.last_modified.clone(),
+    ]
+}
+
+const FUNCTION_HEADERS: &[&str] = &[
+    "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "CODE SIZE", "LAST MODIFIED",
+];
+
+pub fn print_configuration(f: &pb::FunctionConfiguration, output: Output) {
+    match output {
+        Output::Json => print_json(&configuration_json(f)),
+        Output::Table => print_table(FUNCTION_HEADERS, &[function_row(f)]),
+    }
+}
+
+pub fn print_get_function(r: &pb::GetFunctionResponse, output: Output) {
+    let Some(f) = r.configuration.as_ref() else {
+        return;
+    };
+    match output {
+        Output::Json => print_json(&json!({
+            "Configuration": configuration_json(f),
+            "Code": {"RepositoryType": "Node", "Location": r.code_location},
+        })),
+        Output::Table => print_table(FUNCTION_HEADERS, &[function_row(f)]),
+    }
+}
+
+pub fn print_functions(fs: &[pb::FunctionConfiguration], output: Output) {
+    match output {
+        Output::Json => print_json(&json!({
+            "Functions": fs.iter().map(configuration_json).collect::<Vec<_>>(),
+        })),
+        Output::Table => print_table(
+            FUNCTION_HEADERS,
+            &fs.iter().map(function_row).collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// The AWS CLI's invoke summary.
+pub fn invoke_json(r: &pb::InvokeResponse) -> Value {
+    let mut v = json!({ "StatusCode": r.status_code });
+    if !r.function_error.is_empty() {
+        v["FunctionError"] = json!(r.function_error);
+    }
+    if !r.log_result.is_empty() {
+        v["LogResult"] = json!(r.log_result);
+    }
+    if !r.executed_version.is_empty() {
+        v["ExecutedVersion"] = json!(r.executed_version);
+    }
+    v
+}
+
+pub fn print_invoke(r: &pb::InvokeResponse, output: Output) {
+    match output {
+        Output::Json => print_json(&invoke_json(r)),
+        Output::Table => print_table(
+            &["STATUS", "FUNCTION ERROR", "VERSION", "REQUEST ID"],
+            &[vec![
+                r.status_code.to_string(),
+                r.function_error.clone(),
+                r.executed_version.clone(),
+                r.request_id.clone(),
+            ]],
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_shorthand_and_json() {
+        let e = parse_environment("Variables={A=1,B=x=y}").unwrap();
+        assert_eq!(e["A"], "1");
+        assert_eq!(e["B"], "x=y");
+        let e = parse_environment(r#"{"Variables":{"K":"v"}}"#).unwrap();
+        assert_eq!(e["K"], "v");
+        assert!(parse_environment("A=1").is_err());
+    }
+
+    #[test]
+    fn service_errors_read_like_the_aws_cli() {
+        let e = CliError::from_status(
+            "GetFunction",
+            tonic::Status::not_found("ResourceNotFoundException: Function not found: x"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "An error occurred (ResourceNotFoundException) when calling the GetFunction operation: Function not found: x"
+        );
+        assert_eq!(e.exit_code(), 254);
+    }
+
+    #[test]
+    fn invoke_summary_omits_empty_fields() {
+        let v = invoke_json(&pb::InvokeResponse {
+            status_code: 200,
+            executed_version: "$LATEST".into(),
+            ..Default::default()
+        });
+        assert_eq!(v, json!({"StatusCode": 200, "ExecutedVersion": "$LATEST"}));
+    }
+}

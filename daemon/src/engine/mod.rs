@@ -1,0 +1,81 @@
+//! The VMM behind one trait. Only this module knows QEMU and QMP; the pool
+//! sees [`Vm`] handles and a small set of operations.
+
+mod accel;
+mod qemu;
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use tokio::net::UnixStream;
+
+pub use accel::{detect as detect_accel, Accel, AccelInfo};
+pub use qemu::QemuEngine;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("preparing the instance directory {0} failed")]
+    Prepare(PathBuf, #[source] std::io::Error),
+    #[error("starting QEMU failed")]
+    Spawn(#[source] std::io::Error),
+    #[error("QEMU exited during start: {0}")]
+    EarlyExit(String),
+    #[error("QEMU did not connect within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    #[error("QMP command {command} failed: {message}")]
+    Qmp { command: &'static str, message: String },
+    #[error("the accelerator {0} is not usable here: {1}")]
+    Accel(&'static str, String),
+    #[error("missing artefact {0}: run scripts/setup")]
+    MissingArtefact(PathBuf),
+}
+
+/// What one microVM is made of.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    pub id: String,
+    /// Per-instance directory: sockets, console log.
+    pub dir: PathBuf,
+    pub kernel: PathBuf,
+    /// Read-only root file system (`/dev/vda`).
+    pub rootfs: PathBuf,
+    /// Further read-only drives, `/dev/vdb` onwards.
+    pub drives: Vec<PathBuf>,
+    pub memory_mb: u32,
+    pub vcpus: u32,
+}
+
+/// Host-side resource use of one VM.
+#[derive(Debug, Clone, Default)]
+pub struct VmStats {
+    pub pid: u32,
+    pub rss_kb: u64,
+}
+
+/// Starts microVMs.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// Boots a VM; it returns once the VMM is running and connected.
+    async fn boot(&self, spec: VmSpec) -> Result<Box<dyn Vm>, EngineError>;
+    /// The accelerator in use and why it was chosen.
+    fn accel(&self) -> &AccelInfo;
+}
+
+/// One running microVM.
+#[async_trait]
+pub trait Vm: Send + Sync {
+    fn id(&self) -> &str;
+    /// The host end of the agent channel; taken once.
+    fn take_channel(&mut self) -> Option<UnixStream>;
+    /// Stops the vCPUs.
+    async fn pause(&self) -> Result<(), EngineError>;
+    /// Restarts the vCPUs.
+    async fn resume(&self) -> Result<(), EngineError>;
+    /// Ends the VM and frees its resources. Idempotent.
+    async fn stop(&mut self) -> Result<(), EngineError>;
+    /// Whether the VMM process has exited.
+    fn has_exited(&self) -> bool;
+    fn stats(&self) -> VmStats;
+    /// The last lines of the guest console, for diagnostics.
+    fn console_tail(&self, max_bytes: usize) -> String;
+}

@@ -1,0 +1,329 @@
+//! The QEMU `microvm` engine: one QEMU process per instance, driven over QMP
+//! with the `qapi` crate. QEMU connects to two unix sockets that the engine
+//! listens on before starting it: QMP, and the agent's virtio-serial port.
+
+use std::io::BufReader;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use qapi::qmp;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use super::{Accel, AccelInfo, Engine, EngineError, Vm, VmSpec, VmStats};
+
+type QmpConn = qapi::Qmp<qapi::Stream<BufReader<StdUnixStream>, StdUnixStream>>;
+
+/// Time QEMU gets to connect its sockets after it starts.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a QMP command gets before the VM is considered hung.
+const QMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct QemuEngine {
+    qemu: PathBuf,
+    accel: AccelInfo,
+}
+
+impl QemuEngine {
+    pub fn new(qemu: PathBuf, accel: AccelInfo) -> Self {
+        Self { qemu, accel }
+    }
+
+    fn args(&self, spec: &VmSpec, agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&[
+            "-M",
+            "microvm,rtc=on,acpi=off,pcie=off",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        match self.accel.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        }
+        let console = spec.dir.join("console.log");
+        a.push("-smp".into());
+        a.push(spec.vcpus.max(1).to_string());
+        a.push("-m".into());
+        a.push(format!("{}M", spec.memory_mb));
+        a.push("-kernel".into());
+        a.push(spec.kernel.display().to_string());
+        a.push("-append".into());
+        a.push(
+            "console=ttyS0 reboot=t panic=-1 root=/dev/vda ro rootfstype=erofs \
+             init=/sbin/flint-agent quiet loglevel=4 8250.nr_uarts=1 \
+             flint.channel=flint.agent"
+                .into(),
+        );
+        a.push("-serial".into());
+        a.push(format!("file:{}", console.display()));
+        let drives = std::iter::once(&spec.rootfs).chain(spec.drives.iter());
+        for (i, d) in drives.enumerate() {
+            a.push("-drive".into());
+            a.push(format!(
+                "id=d{i},file={},format=raw,if=none,readonly=on",
+                d.display()
+            ));
+            a.push("-device".into());
+            a.push(format!("virtio-blk-device,drive=d{i}"));
+        }
+        a.push("-device".into());
+        a.push("virtio-rng-device".into());
+        a.push("-device".into());
+        a.push("virtio-serial-device,max_ports=2".into());
+        a.push("-chardev".into());
+        a.push(format!("socket,id=agent,path={}", agent_sock.display()));
+        a.push("-device".into());
+        a.push("virtserialport,chardev=agent,name=flint.agent,nr=1".into());
+        a.push("-chardev".into());
+        a.push(format!("socket,id=qmp,path={}", qmp_sock.display()));
+        a.push("-mon".into());
+        a.push("chardev=qmp,mode=control".into());
+        a
+    }
+}
+
+#[async_trait]
+impl Engine for QemuEngine {
+    async fn boot(&self, spec: VmSpec) -> Result<Box<dyn Vm>, EngineError> {
+        for p in std::iter::once(&spec.kernel)
+            .chain(std::iter::once(&spec.rootfs))
+            .chain(spec.drives.iter())
+        {
+            if !p.exists() {
+                return Err(EngineError::MissingArtefact(p.clone()));
+            }
+        }
+        let prep = |e| EngineError::Prepare(spec.dir.clone(), e);
+        std::fs::create_dir_all(&spec.dir).map_err(prep)?;
+        let agent_sock = spec.dir.join("agent.sock");
+        let qmp_sock = spec.dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&agent_sock);
+        let _ = std::fs::remove_file(&qmp_sock);
+        let agent_l = UnixListener::bind(&agent_sock).map_err(prep)?;
+        let qmp_l = UnixListener::bind(&qmp_sock).map_err(prep)?;
+        let log = std::fs::File::create(spec.dir.join("qemu.log")).map_err(prep)?;
+
+        let mut cmd = tokio::process::Command::new(&self.qemu);
+        cmd.args(self.args(&spec, &agent_sock, &qmp_sock))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(false);
+        // SAFETY: the closure runs in the child between fork and exec and only
+        // calls prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // QEMU dies with flintd rather than outliving it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(EngineError::Spawn)?;
+        let pid = child.id().unwrap_or(0);
+
+        let (exit_tx, exit_rx) = watch::channel(None::<String>);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = exit_tx.send(Some(match status {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
+            }));
+        });
+
+        let connect = async {
+            let (qmp, _) = qmp_l.accept().await?;
+            let (agent, _) = agent_l.accept().await?;
+            Ok::<_, std::io::Error>((qmp, agent))
+        };
+        let mut early = exit_rx.clone();
+        let (qmp_stream, agent) = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
+                Ok(Ok(pair)) => pair,
+                Ok(Err(e)) => {
+                    kill(pid);
+                    return Err(EngineError::Prepare(spec.dir.clone(), e));
+                }
+                Err(_) => {
+                    kill(pid);
+                    return Err(EngineError::ConnectTimeout(CONNECT_TIMEOUT));
+                }
+            },
+            _ = early.wait_for(|s| s.is_some()) => {
+                let err = std::fs::read_to_string(spec.dir.join("qemu.log")).unwrap_or_default();
+                return Err(EngineError::EarlyExit(err.trim().to_string()));
+            }
+        };
+        let _ = std::fs::remove_file(&agent_sock);
+        let _ = std::fs::remove_file(&qmp_sock);
+
+        let std_qmp = qmp_stream
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|_| s))
+            .map_err(|e| EngineError::Prepare(spec.dir.clone(), e))?;
+        let _ = std_qmp.set_read_timeout(Some(QMP_TIMEOUT));
+        let qmp = tokio::task::spawn_blocking(move || -> Result<QmpConn, EngineError> {
+            let reader = std_qmp.try_clone().map_err(|e| EngineError::Qmp {
+                command: "qmp_capabilities",
+                message: e.to_string(),
+            })?;
+            let mut conn = qapi::Qmp::new(qapi::Stream::new(BufReader::new(reader), std_qmp));
+            conn.handshake().map_err(|e| EngineError::Qmp {
+                command: "qmp_capabilities",
+                message: e.to_string(),
+            })?;
+            Ok(conn)
+        })
+        .await
+        .map_err(|e| EngineError::Qmp {
+            command: "qmp_capabilities",
+            message: e.to_string(),
+        })??;
+
+        Ok(Box::new(QemuVm {
+            id: spec.id,
+            dir: spec.dir,
+            pid,
+            qmp: Arc::new(Mutex::new(qmp)),
+            channel: Some(agent),
+            exited: exit_rx,
+            stopped: false,
+        }))
+    }
+
+    fn accel(&self) -> &AccelInfo {
+        &self.accel
+    }
+}
+
+fn kill(pid: u32) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+pub struct QemuVm {
+    id: String,
+    dir: PathBuf,
+    pid: u32,
+    qmp: Arc<Mutex<QmpConn>>,
+    channel: Option<UnixStream>,
+    exited: watch::Receiver<Option<String>>,
+    stopped: bool,
+}
+
+impl QemuVm {
+    async fn execute<C>(&self, command: C) -> Result<C::Ok, EngineError>
+    where
+        C: qapi::Command + Send + 'static,
+        C::Ok: Send + 'static,
+    {
+        let qmp = self.qmp.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = qmp.lock().map_err(|_| EngineError::Qmp {
+                command: C::NAME,
+                message: "QMP connection poisoned".into(),
+            })?;
+            conn.execute(&command).map_err(|e| EngineError::Qmp {
+                command: C::NAME,
+                message: e.to_string(),
+            })
+        })
+        .await
+        .map_err(|e| EngineError::Qmp {
+            command: C::NAME,
+            message: e.to_string(),
+        })?
+    }
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn take_channel(&mut self) -> Option<UnixStream> {
+        self.channel.take()
+    }
+
+    async fn pause(&self) -> Result<(), EngineError> {
+        self.execute(qmp::stop {}).await.map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), EngineError> {
+        self.execute(qmp::cont {}).await.map(drop)
+    }
+
+    async fn stop(&mut self) -> Result<(), EngineError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        if !self.has_exited() {
+            let quit = tokio::time::timeout(Duration::from_secs(1), self.execute(qmp::quit {}));
+            let _ = quit.await;
+            let mut exited = self.exited.clone();
+            let gone = matches!(
+                tokio::time::timeout(Duration::from_secs(2), exited.wait_for(|s| s.is_some()))
+                    .await,
+                Ok(Ok(_))
+            );
+            if !gone {
+                kill(self.pid);
+                let _ = matches!(
+                    tokio::time::timeout(Duration::from_secs(5), exited.wait_for(|s| s.is_some()))
+                        .await,
+                    Ok(Ok(_))
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+
+    fn has_exited(&self) -> bool {
+        self.exited.borrow().is_some()
+    }
+
+    fn stats(&self) -> VmStats {
+        let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0);
+        VmStats {
+            pid: self.pid,
+            rss_kb,
+        }
+    }
+
+    fn console_tail(&self, max_bytes: usize) -> String {
+        let text = std::fs::read(self.dir.join("console.log")).unwrap_or_default();
+        let start = text.len().saturating_sub(max_bytes);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        if !self.stopped && !self.has_exited() {
+            kill(self.pid);
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The synchronous invocation path: find the function, get its warm
+//! instance or start one, hand the event to the agent, wait for the result
+//! within the function's timeout, and write Lambda's START, END and REPORT
+//! lines.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use flint_proto::agent::v1::{host_message, Invoke};
+
+use crate::functions::{Function, FunctionStore, FunctionsError};
+use crate::logs::{FunctionLogs, LogStream, LogsError};
+use crate::packages::CodeStore;
+use crate::pool::{exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started};
+
+/// Lambda's limit on a synchronous request payload, 6 MB.
+pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error(transparent)]
+    Functions(#[from] FunctionsError),
+    #[error("Request must be smaller than {limit} bytes for the InvokeFunction operation (got {size})")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("Qualifier: {0:?} is not a version of this function; only $LATEST exists")]
+    Qualifier(String),
+    #[error("InvocationType: Event invocations are not supported by this node yet")]
+    EventUnsupported,
+    #[error("the instance could not be started")]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Logs(#[from] LogsError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationType {
+    RequestResponse,
+    Event,
+    DryRun,
+}
+
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    pub function_name: String,
+    pub qualifier: String,
+    pub invocation_type: InvocationType,
+    pub log_tail: bool,
+    pub payload: Vec<u8>,
+    pub client_context: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunctionError {
+    Handled,
+    Unhandled,
+}
+
+impl FunctionError {
+    pub fn name(self) -> &'static str {
+        match self {
+            FunctionError::Handled => "Handled",
+            FunctionError::Unhandled => "Unhandled",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InvokeResult {
+    pub status_code: i32,
+    pub function_error: Option<FunctionError>,
+    pub payload: Vec<u8>,
+    /// The invocation's last 4 KB of log, when asked for.
+    pub log_tail: Option<String>,
+    pub executed_version: String,
+    pub request_id: String,
+}
+
+pub struct Invoker {
+    pub store: Arc<FunctionStore>,
+    pub code: Arc<CodeStore>,
+    pub pool: Arc<Pool>,
+    pub logs: FunctionLogs,
+    pub region: String,
+    pub account_id: String,
+}
+
+/// How an invocation ended, before it is turned into a result.
+enum Outcome {
+    Ok(Vec<u8>),
+    Failed {
+        kind: FunctionError,
+        payload: Vec<u8>,
+        /// The instance cannot be reused.
+        destroy: bool,
+        status: Option<&'static str>,
+    },
+}
+
+fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({"errorType": error_type, "errorMessage": message})
+        .to_string()
+        .into_bytes()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn trace_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let r = uuid::Uuid::new_v4().simple().to_string();
+    format!("Root=1-{now:08x}-{};Parent={};Sampled=0", &r[..24], &r[16..32])
+}
+
+impl Invoker {
+    pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, InvokeError> {
+        let f = self.store.get(&req.function_name)?;
+        if !(req.qualifier.is_empty() || req.qualifier == "$LATEST") {
+            return Err(InvokeError::Qualifier(req.qualifier));
+        }
+        if req.payload.len() > MAX_SYNC_PAYLOAD {
+            return Err(InvokeError::PayloadTooLarge {
+                size: req.payload.len(),
+                limit: MAX_SYNC_PAYLOAD,
+            });
+        }
+        let request_id = uuid::Uuid::new_v4().to_string();
+        match req.invocation_type {
+            InvocationType::DryRun => {
+                return Ok(InvokeResult {
+                    status_code: 204,
+                    function_error: None,
+                    payload: Vec::new(),
+                    log_tail: None,
+                    executed_version: "$LATEST".into(),
+                    request_id,
+                })
+            }
+            InvocationType::Event => return Err(InvokeError::EventUnsupported),
+            InvocationType::RequestResponse => {}
+        }
+
+        let slot = self.pool.slot(&f.name);
+        let mut slot = slot.lock().await;
+
+        // An instance of an older revision, or one whose VM died, is retired.
+        if let Some(inst) = slot.instance.take() {
+            if inst.revision == f.revision && inst.code_sha256 == f.code_sha256_hex && inst.is_alive() {
+                slot.instance = Some(inst);
+            } else {
+                inst.stop().await;
+            }
+        }
+
+        if slot.instance.is_none() {
+            let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+            let log = self.logs.open_stream(&f.name, "$LATEST", &instance_id)?;
+            log.start_capture();
+            let image = self.code.image_path(&f.code_sha256_hex);
+            match self.pool.start(&f, image, instance_id, log.clone()).await? {
+                Started::Ready(inst) => slot.instance = Some(inst),
+                Started::InitFailed {
+                    error_type,
+                    payload,
+                    init_duration,
+                } => {
+                    return Ok(self.init_failed(&f, &req, &log, request_id, &error_type, payload, init_duration));
+                }
+            }
+        }
+        let inst = slot.instance.as_mut().expect("instance just ensured");
+        if inst.pending_init.is_none() {
+            inst.log.start_capture();
+        }
+        let arn = f.arn(&self.region, &self.account_id);
+        let (outcome, duration, max_kb) = run(inst, &f, &req, &request_id, arn).await;
+        let init = inst.pending_init.take();
+        inst.invocations += 1;
+        let log = inst.log.clone();
+
+        let (function_error, payload, destroy, status) = match outcome {
+            Outcome::Ok(p) => (None, p, false, None),
+            Outcome::Failed {
+                kind,
+                payload,
+                destroy,
+                status,
+            } => (Some(kind), payload, destroy, status),
+        };
+        log.line(&request_id, &format!("END RequestId: {request_id}"));
+        log.line(
+            &request_id,
+            &report_line(&request_id, duration, f.memory_mb, max_kb, init, status),
+        );
+        if destroy {
+            if let Some(inst) = slot.instance.take() {
+                inst.stop().await;
+            }
+        } else {
+            inst.state = InstanceState::Idle;
+        }
+        let tail = log.take_capture();
+        Ok(InvokeResult {
+            status_code: 200,
+            function_error,
+            payload,
+            log_tail: req.log_tail.then_some(tail),
+            executed_version: "$LATEST".into(),
+            request_id,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn init_failed(
+        &self,
+        f: &Function,
+        req: &InvokeRequest,
+        log: &LogStream,
+        request_id: String,
+        error_type: &str,
+        payload: Vec<u8>,
+        init_duration: Option<Duration>,
+    ) -> InvokeResult {
+        let init_ms = init_duration.map(ms).unwrap_or(0.0);
+        log.line(
+            "",
+            &format!("INIT_REPORT Init Duration: {init_ms:.2} ms\tPhase: init\tStatus: error\tError Type: {error_type}"),
+        );
+        log.line(&request_id, &format!("START RequestId: {request_id} Version: $LATEST"));
+        log.line(&request_id, &format!("END RequestId: {request_id}"));
+        log.line(
+            &request_id,
+            &format!(
+                "{}\tStatus: error\tError Type: {error_type}",
+                report_line(&request_id, Duration::ZERO, f.memory_mb, 0, init_duration, None)
+            ),
+        );
+        let tail = log.take_capture();
+        InvokeResult {
+            status_code: 200,
+            function_error: Some(FunctionError::Unhandled),
+            payload,
+            log_tail: req.log_tail.then_some(tail),
+            executed_version: "$LATEST".into(),
+            request_id,
+        }
+    }
+}
+
+/// Sends the event and waits for its end.
+async fn run(
+    inst: &mut Instance,
+    f: &Function,
+    req: &InvokeRequest,
+    request_id: &str,
+    arn: String,
+) -> (Outcome, Duration, u64) {
+    let log = inst.log.clone();
+    log.line(request_id, &format!("START RequestId: {request_id} Version: $LATEST"));
+    let timeout = Duration::from_secs(f.timeout_s as u64);
+    let started = Instant::now();
+    let deadline = started + timeout;
+    inst.state = InstanceState::Busy;
+    let sent = inst.send(host_message::Kind::Invoke(Invoke {
+        request_id: request_id.to_string(),
+        payload: req.payload.clone(),
+        deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
+        invoked_function_arn: arn,
+        trace_id: trace_id(),
+        client_context: req.client_context.clone(),
+        cognito_identity: String::new(),
+    }));
+    if sent.is_err() {
+        let p = error_doc(
+            "Runtime.ExitError",
+            &format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
+        );
+        return (crashed(p), started.elapsed(), 0);
+    }
+    loop {
+        match inst.next_event(deadline).await {
+            Some(AgentEvent::Response {
+                request_id: id,
+                payload,
+                max_memory_kb,
+            }) if id == request_id => {
+                return (Outcome::Ok(payload), started.elapsed(), max_memory_kb)
+            }
+            Some(AgentEvent::Error {
+                request_id: id,
+                payload,
+                max_memory_kb,
+                unhandled,
+                ..
+            }) if id == request_id => {
+                let kind = if unhandled {
+                    FunctionError::Unhandled
+                } else {
+                    FunctionError::Handled
+                };
+                return (
+                    Outcome::Failed {
+                        kind,
+                        payload,
+                        destroy: false,
+                        status: None,
+                    },
+                    started.elapsed(),
+                    max_memory_kb,
+                );
+            }
+            Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
+                let reason = exit_reason(exit_code, signal);
+                let p = error_doc(
+                    "Runtime.ExitError",
+                    &format!("RequestId: {request_id} Error: Runtime exited with error: {reason}"),
+                );
+                return (crashed(p), started.elapsed(), inst.rss_kb().min(f.memory_mb as u64 * 1024));
+            }
+            Some(AgentEvent::Closed) => {
+                let p = error_doc(
+                    "Runtime.ExitError",
+                    &format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
+                );
+                return (crashed(p), started.elapsed(), 0);
+            }
+            Some(_) => {}
+            None => {
+                let secs = timeout.as_secs_f64();
+                log.line(
+                    request_id,
+                    &format!(
+                        "{} {request_id} Task timed out after {secs:.2} seconds",
+                        crate::time::rfc3339(SystemTime::now())
+                    ),
+                );
+                let p = error_doc(
+                    "Sandbox.Timedout",
+                    &format!("RequestId: {request_id} Error: Task timed out after {secs:.2} seconds"),
+                );
+                return (
+                    Outcome::Failed {
+                        kind: FunctionError::Unhandled,
+                        payload: p,
+                        destroy: true,
+                        status: Some("timeout"),
+                    },
+                    timeout,
+                    0,
+                );
+            }
+        }
+    }
+}
+
+fn crashed(payload: Vec<u8>) -> Outcome {
+    Outcome::Failed {
+        kind: FunctionError::Unhandled,
+        payload,
+        destroy: true,
+        status: Some("error\tError Type: Runtime.ExitError"),
+    }
+}
+
+/// Lambda's REPORT line.
+pub fn report_line(
+    request_id: &str,
+    duration: Duration,
+    memory_mb: u32,
+    max_memory_kb: u64,
+    init: Option<Duration>,
+    status: Option<&str>,
+) -> String {
+    let d = ms(duration);
+    let billed = d.ceil().max(1.0) as u64;
+    let used_mb = max_memory_kb.div_ceil(1024);
+    let mut line = format!(
+        "REPORT RequestId: {request_id}\tDuration: {d:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {memory_mb} MB\tMax Memory Used: {used_mb} MB"
+    );
+    if let Some(i) = init {
+        line.push_str(&format!("\tInit Duration: {:.2} ms", ms(i)));
+    }
+    if let Some(s) = status {
+        line.push_str(&format!("\tStatus: {s}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_line_has_lambda_fields() {
+        let l = report_line(
+            "r1",
+            Duration::from_micros(2_430),
+            128,
+            39 * 1024 + 1,
+            Some(Duration::from_micros(132_570)),
+            None,
+        );
+        assert_eq!(
+            l,
+            "REPORT RequestId: r1\tDuration: 2.43 ms\tBilled Duration: 3 ms\tMemory Size: 128 MB\tMax Memory Used: 40 MB\tInit Duration: 132.57 ms"
+        );
+        let warm = report_line("r2", Duration::from_micros(100), 256, 0, None, Some("timeout"));
+        assert!(!warm.contains("Init Duration"));
+        assert!(warm.contains("Billed Duration: 1 ms"));
+        assert!(warm.ends_with("Status: timeout"));
+    }
+
+    #[test]
+    fn trace_id_has_xray_shape() {
+        let t = trace_id();
+        assert!(t.starts_with("Root=1-"), "{t}");
+        assert!(t.contains(";Parent=") && t.ends_with(";Sampled=0"), "{t}");
+    }
+}

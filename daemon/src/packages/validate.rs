@@ -1,0 +1,348 @@
+//! Checks a ZIP before anything is extracted or stored: sizes, entry paths,
+//! links, and the handler the runtime will look for.
+
+use std::io::Read;
+
+use super::{PackageError, MAX_UNZIPPED, MAX_ZIPPED};
+
+/// The runtimes a node offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// The function brings an executable `bootstrap`.
+    Provided,
+    /// Python 3.11 with AWS's runtime interface client.
+    Python311,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 2] = [Runtime::Provided, Runtime::Python311];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Provided => "provided",
+            Runtime::Python311 => "python3.11",
+        }
+    }
+
+    /// The executable the agent starts.
+    pub fn entry_point(self) -> &'static str {
+        match self {
+            Runtime::Provided => "/var/task/bootstrap",
+            Runtime::Python311 => "/var/runtime/bootstrap",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Runtime::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+/// What the package must contain.
+#[derive(Debug, Clone)]
+pub struct PackageRules {
+    pub runtime: Runtime,
+    pub handler: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    File { executable: bool },
+    Dir,
+    Symlink(String),
+}
+
+/// One checked entry, with its normalised relative path.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub index: usize,
+    pub path: String,
+    pub kind: EntryKind,
+    pub size: u64,
+}
+
+const S_IFMT: u32 = 0o170000;
+const S_IFLNK: u32 = 0o120000;
+
+fn bad(name: &str, reason: &str) -> PackageError {
+    PackageError::BadEntry {
+        name: name.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Splits an entry name into normal components, refusing absolute paths and
+/// any `..`.
+fn components(name: &str) -> Result<Vec<&str>, PackageError> {
+    if name.contains('\0') {
+        return Err(bad(name, "contains a NUL byte"));
+    }
+    let b = name.as_bytes();
+    if name.starts_with('/') || name.starts_with('\\') || (b.len() >= 2 && b[1] == b':') {
+        return Err(bad(name, "absolute paths are not allowed"));
+    }
+    let mut out = Vec::new();
+    for c in name.split(['/', '\\']) {
+        match c {
+            "" | "." => {}
+            ".." => return Err(bad(name, "path escapes the package (\"..\")")),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a link at `at` (components) pointing to `target` stays inside.
+fn link_stays_inside(at: &[&str], target: &str) -> bool {
+    if target.starts_with('/') {
+        return false;
+    }
+    let mut depth = at.len() as i64 - 1; // the link's directory
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+/// Validates a deployment package. Returns its entries in archive order.
+pub fn validate(zip: &[u8], rules: &PackageRules) -> Result<Vec<Entry>, PackageError> {
+    if zip.len() as u64 > MAX_ZIPPED {
+        return Err(PackageError::TooLargeZipped {
+            size: zip.len() as u64,
+        });
+    }
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip))
+        .map_err(|e| PackageError::NotZip(e.to_string()))?;
+    let mut entries = Vec::with_capacity(archive.len());
+    let mut total: u64 = 0;
+    for index in 0..archive.len() {
+        let (name, is_dir, mode, size) = {
+            let f = archive
+                .by_index_raw(index)
+                .map_err(|e| PackageError::NotZip(e.to_string()))?;
+            (
+                String::from_utf8_lossy(f.name_raw()).into_owned(),
+                f.is_dir(),
+                f.unix_mode(),
+                f.size(),
+            )
+        };
+        let comps = components(&name)?;
+        if comps.is_empty() {
+            continue;
+        }
+        let path = comps.join("/");
+        let kind = if is_dir {
+            EntryKind::Dir
+        } else if mode.map(|m| m & S_IFMT == S_IFLNK).unwrap_or(false) {
+            if size > 4096 {
+                return Err(bad(&name, "link target is too long"));
+            }
+            let mut target = String::new();
+            archive
+                .by_index(index)
+                .map_err(|e| PackageError::NotZip(e.to_string()))?
+                .read_to_string(&mut target)
+                .map_err(|_| bad(&name, "link target is not readable text"))?;
+            if !link_stays_inside(&comps, &target) {
+                return Err(bad(
+                    &name,
+                    &format!("link points outside the package ({target:?})"),
+                ));
+            }
+            EntryKind::Symlink(target)
+        } else {
+            total = total.saturating_add(size);
+            if total > MAX_UNZIPPED {
+                return Err(PackageError::TooLargeUnzipped);
+            }
+            EntryKind::File {
+                executable: mode.map(|m| m & 0o111 != 0).unwrap_or(false),
+            }
+        };
+        entries.push(Entry {
+            index,
+            path,
+            kind,
+            size: if is_dir { 0 } else { size },
+        });
+    }
+    check_handler(&entries, rules)?;
+    Ok(entries)
+}
+
+fn find<'a>(entries: &'a [Entry], path: &str) -> Option<&'a Entry> {
+    entries.iter().find(|e| e.path == path)
+}
+
+/// Checks a Python handler's form: `module.function`, where the module may
+/// be a dotted or slashed path.
+pub fn python_module_file(handler: &str) -> Result<(String, String), PackageError> {
+    let err = || {
+        PackageError::Handler(format!(
+            "handler {handler:?} is not of the form module.function (for example app.handler)"
+        ))
+    };
+    let (module, function) = handler.rsplit_once('.').ok_or_else(err)?;
+    let ident = |s: &str| {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if !ident(function) || module.is_empty() {
+        return Err(err());
+    }
+    let path = module.replace('.', "/");
+    if !path.split('/').all(ident) {
+        return Err(err());
+    }
+    Ok((format!("{path}.py"), format!("{path}/__init__.py")))
+}
+
+fn check_handler(entries: &[Entry], rules: &PackageRules) -> Result<(), PackageError> {
+    match rules.runtime {
+        Runtime::Provided => match find(entries, "bootstrap") {
+            None => Err(PackageError::Handler(
+                "the package has no bootstrap file at its root; the provided runtime starts \
+                 /var/task/bootstrap"
+                    .into(),
+            )),
+            Some(Entry {
+                kind: EntryKind::File { executable: false },
+                ..
+            }) => Err(PackageError::Handler(
+                "bootstrap is not executable: give it mode 0755 in the ZIP".into(),
+            )),
+            Some(Entry {
+                kind: EntryKind::Dir,
+                ..
+            }) => Err(PackageError::Handler("bootstrap is a directory".into())),
+            Some(_) => Ok(()),
+        },
+        Runtime::Python311 => {
+            let (file, package) = python_module_file(&rules.handler)?;
+            if find(entries, &file).is_some() || find(entries, &package).is_some() {
+                Ok(())
+            } else {
+                Err(PackageError::Handler(format!(
+                    "handler {:?}: the package has no {file}",
+                    rules.handler
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    fn build(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for (name, data, mode) in files {
+            w.start_file(*name, SimpleFileOptions::default().unix_permissions(*mode))
+                .unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    fn python(handler: &str) -> PackageRules {
+        PackageRules {
+            runtime: Runtime::Python311,
+            handler: handler.into(),
+        }
+    }
+
+    fn provided() -> PackageRules {
+        PackageRules {
+            runtime: Runtime::Provided,
+            handler: "function.handler".into(),
+        }
+    }
+
+    #[test]
+    fn good_packages_pass() {
+        let z = build(&[("app.py", b"def handler(e, c): return 1", 0o644)]);
+        assert_eq!(validate(&z, &python("app.handler")).unwrap().len(), 1);
+        let z = build(&[("pkg/mod.py", b"", 0o644)]);
+        validate(&z, &python("pkg.mod.handler")).unwrap();
+        let z = build(&[("bootstrap", b"#!/bin/sh", 0o755)]);
+        validate(&z, &provided()).unwrap();
+    }
+
+    #[test]
+    fn traversal_and_absolute_paths_are_refused() {
+        for name in ["../evil", "a/../../evil", "/etc/passwd", "C:/x", "a\\..\\..\\x"] {
+            let z = build(&[(name, b"x", 0o644), ("app.py", b"", 0o644)]);
+            let e = validate(&z, &python("app.handler")).unwrap_err();
+            assert!(matches!(e, PackageError::BadEntry { .. }), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn links_must_stay_inside() {
+        assert!(link_stays_inside(&["a", "b"], "c"));
+        assert!(link_stays_inside(&["a", "b"], "../c"));
+        assert!(!link_stays_inside(&["a", "b"], "../../c"));
+        assert!(!link_stays_inside(&["b"], "/etc/passwd"));
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.add_symlink("bootstrap", "/bin/sh", SimpleFileOptions::default())
+            .unwrap();
+        let z = w.finish().unwrap().into_inner();
+        let e = validate(&z, &provided()).unwrap_err();
+        assert!(e.to_string().contains("outside the package"), "{e}");
+    }
+
+    #[test]
+    fn handler_and_bootstrap_are_checked() {
+        let z = build(&[("other.py", b"", 0o644)]);
+        let e = validate(&z, &python("app.handler")).unwrap_err();
+        assert!(e.to_string().contains("no app.py"), "{e}");
+        let e = validate(&z, &python("nodot")).unwrap_err();
+        assert!(e.to_string().contains("module.function"), "{e}");
+        let z = build(&[("bootstrap", b"#!/bin/sh", 0o644)]);
+        let e = validate(&z, &provided()).unwrap_err();
+        assert!(e.to_string().contains("not executable"), "{e}");
+        let z = build(&[("app.py", b"", 0o644)]);
+        let e = validate(&z, &provided()).unwrap_err();
+        assert!(e.to_string().contains("no bootstrap"), "{e}");
+    }
+
+    #[test]
+    fn malformed_and_oversize_archives_are_refused() {
+        let e = validate(b"not a zip at all", &python("app.handler")).unwrap_err();
+        assert!(matches!(e, PackageError::NotZip(_)), "{e}");
+        let big = vec![0u8; MAX_ZIPPED as usize + 1];
+        let e = validate(&big, &python("app.handler")).unwrap_err();
+        assert!(matches!(e, PackageError::TooLargeZipped { .. }), "{e}");
+    }
+
+    #[test]
+    fn declared_unzipped_size_is_capped() {
+        // Highly compressible: 260 MB of zeros in a small archive.
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .large_file(true);
+        w.start_file("app.py", opts).unwrap();
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..260 {
+            w.write_all(&chunk).unwrap();
+        }
+        let z = w.finish().unwrap().into_inner();
+        assert!((z.len() as u64) < MAX_ZIPPED);
+        let e = validate(&z, &python("app.handler")).unwrap_err();
+        assert!(matches!(e, PackageError::TooLargeUnzipped), "{e}");
+    }
+}

@@ -1,0 +1,209 @@
+//! One function instance: a VM, the agent protocol spoken over its channel,
+//! and its log stream.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flint_proto::agent::v1::{agent_message, host_message, AgentMessage, HostMessage};
+use flint_proto::frame::{self, FrameBuffer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::engine::Vm;
+use crate::logs::LogStream;
+
+use super::PoolError;
+
+/// What the agent reports, apart from log lines (written to the stream
+/// directly by the reader task).
+#[derive(Debug)]
+pub enum AgentEvent {
+    Ready,
+    InitDone {
+        init_duration: Duration,
+    },
+    InitError {
+        error_type: String,
+        payload: Vec<u8>,
+        init_duration: Duration,
+    },
+    Response {
+        request_id: String,
+        payload: Vec<u8>,
+        max_memory_kb: u64,
+    },
+    Error {
+        request_id: String,
+        error_type: String,
+        payload: Vec<u8>,
+        max_memory_kb: u64,
+        unhandled: bool,
+    },
+    RuntimeExit {
+        exit_code: i32,
+        signal: i32,
+    },
+    /// The channel closed: the VM is gone.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceState {
+    Initializing,
+    Idle,
+    Busy,
+}
+
+pub struct Instance {
+    pub id: String,
+    /// The function revision this instance runs.
+    pub revision: u64,
+    pub code_sha256: String,
+    pub log: LogStream,
+    pub created: SystemTime,
+    pub state: InstanceState,
+    pub invocations: u64,
+    /// Set until the first invocation has reported it.
+    pub pending_init: Option<Duration>,
+    vm: Box<dyn Vm>,
+    to_agent: mpsc::UnboundedSender<HostMessage>,
+    events: mpsc::UnboundedReceiver<AgentEvent>,
+}
+
+impl Instance {
+    /// Wires the agent channel of a freshly booted VM.
+    pub fn attach(
+        id: String,
+        revision: u64,
+        code_sha256: String,
+        mut vm: Box<dyn Vm>,
+        log: LogStream,
+    ) -> Result<Self, PoolError> {
+        let channel = vm.take_channel().ok_or(PoolError::NoChannel)?;
+        let (mut rd, mut wr) = channel.into_split();
+        let (to_agent, mut outbox) = mpsc::unbounded_channel::<HostMessage>();
+        tokio::spawn(async move {
+            while let Some(msg) = outbox.recv().await {
+                if wr.write_all(&frame::encode(&msg)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (ev_tx, events) = mpsc::unbounded_channel();
+        let reader_log = log.clone();
+        tokio::spawn(async move {
+            let mut fb = FrameBuffer::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                fb.extend(&buf[..n]);
+                loop {
+                    match fb.next::<AgentMessage>() {
+                        Ok(Some(msg)) => {
+                            if let Some(ev) = dispatch(msg, &reader_log) {
+                                let _ = ev_tx.send(ev);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bad frame from agent; closing instance");
+                            let _ = ev_tx.send(AgentEvent::Closed);
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = ev_tx.send(AgentEvent::Closed);
+        });
+        Ok(Self {
+            id,
+            revision,
+            code_sha256,
+            log,
+            created: SystemTime::now(),
+            state: InstanceState::Initializing,
+            invocations: 0,
+            pending_init: None,
+            vm,
+            to_agent,
+            events,
+        })
+    }
+
+    pub fn send(&self, msg: host_message::Kind) -> Result<(), PoolError> {
+        self.to_agent
+            .send(HostMessage { kind: Some(msg) })
+            .map_err(|_| PoolError::ChannelClosed)
+    }
+
+    /// The next event, or `None` at the deadline.
+    pub async fn next_event(&mut self, deadline: Instant) -> Option<AgentEvent> {
+        let d = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(d, self.events.recv()).await {
+            Ok(Some(ev)) => Some(ev),
+            Ok(None) => Some(AgentEvent::Closed),
+            Err(_) => None,
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        !self.vm.has_exited()
+    }
+
+    pub fn console_tail(&self) -> String {
+        self.vm.console_tail(2048)
+    }
+
+    pub fn rss_kb(&self) -> u64 {
+        self.vm.stats().rss_kb
+    }
+
+    pub async fn stop(mut self) {
+        if let Err(e) = self.vm.stop().await {
+            tracing::warn!(instance = %self.id, error = %e, "stopping instance");
+        }
+    }
+}
+
+fn dispatch(msg: AgentMessage, log: &LogStream) -> Option<AgentEvent> {
+    use agent_message::Kind;
+    Some(match msg.kind? {
+        Kind::Ready(_) => AgentEvent::Ready,
+        Kind::InitDone(d) => AgentEvent::InitDone {
+            init_duration: Duration::from_micros(d.init_duration_us),
+        },
+        Kind::InitError(e) => AgentEvent::InitError {
+            error_type: e.error_type,
+            payload: e.payload,
+            init_duration: Duration::from_micros(e.init_duration_us),
+        },
+        Kind::Response(r) => AgentEvent::Response {
+            request_id: r.request_id,
+            payload: r.payload,
+            max_memory_kb: r.max_memory_used_kb,
+        },
+        Kind::Error(e) => AgentEvent::Error {
+            request_id: e.request_id,
+            error_type: e.error_type,
+            payload: e.payload,
+            max_memory_kb: e.max_memory_used_kb,
+            unhandled: e.unhandled,
+        },
+        Kind::RuntimeExit(x) => AgentEvent::RuntimeExit {
+            exit_code: x.exit_code,
+            signal: x.signal,
+        },
+        Kind::Log(l) => {
+            log.line(&l.request_id, &l.line);
+            return None;
+        }
+    })
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,277 @@
+//! Instances of functions: starting them (boot, configure, init), keeping
+//! the warm one for reuse, retiring stale or broken ones.
+//!
+//! For now a function has at most one instance; concurrent invocations of
+//! one function wait for it in turn.
+
+mod instance;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use flint_proto::agent::v1::{host_message, Configure};
+
+use crate::engine::{Engine, EngineError, VmSpec};
+use crate::functions::Function;
+use crate::logs::LogStream;
+
+pub use instance::{unix_ms, AgentEvent, Instance, InstanceState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("starting the microVM failed")]
+    Engine(#[from] EngineError),
+    #[error("the VM gave no agent channel")]
+    NoChannel,
+    #[error("the agent channel is closed")]
+    ChannelClosed,
+    #[error("the guest agent did not start within {0:?}; console: {1}")]
+    BootTimeout(Duration, String),
+    #[error("the guest stopped while booting; console: {0}")]
+    BootFailed(String),
+}
+
+/// Where instances come from.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub kernel: PathBuf,
+    pub artifacts_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub boot_timeout: Duration,
+    pub init_timeout: Duration,
+    pub region: String,
+    pub account_id: String,
+}
+
+/// The per-function place of its instance.
+#[derive(Default)]
+pub struct Slot {
+    pub instance: Option<Instance>,
+}
+
+/// The result of starting an instance: ready, or its init failed (a function
+/// error, reported to the invoker, not a node failure).
+pub enum Started {
+    Ready(Instance),
+    InitFailed {
+        error_type: String,
+        payload: Vec<u8>,
+        init_duration: Option<Duration>,
+    },
+}
+
+pub struct Pool {
+    engine: Arc<dyn Engine>,
+    settings: PoolSettings,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+}
+
+fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({"errorType": error_type, "errorMessage": message})
+        .to_string()
+        .into_bytes()
+}
+
+impl Pool {
+    pub fn new(engine: Arc<dyn Engine>, settings: PoolSettings) -> Self {
+        Self {
+            engine,
+            settings,
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn slot(&self, function: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(function.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Stops the function's instance (waiting for a running invocation).
+    pub async fn retire(&self, function: &str) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(function);
+        if let Some(slot) = slot {
+            if let Some(inst) = slot.lock().await.instance.take() {
+                inst.stop().await;
+            }
+        }
+    }
+
+    /// Stops every instance.
+    pub async fn shutdown(&self) {
+        let names: Vec<String> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for n in names {
+            self.retire(&n).await;
+        }
+    }
+
+    /// Boots a VM for `f`, configures it and waits for the runtime's init.
+    pub async fn start(
+        &self,
+        f: &Function,
+        code_image: PathBuf,
+        instance_id: String,
+        log: LogStream,
+    ) -> Result<Started, PoolError> {
+        let s = &self.settings;
+        let spec = VmSpec {
+            id: instance_id.clone(),
+            dir: s.run_dir.join(&instance_id),
+            kernel: s.kernel.clone(),
+            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
+            drives: vec![code_image],
+            memory_mb: f.memory_mb,
+            // Lambda gives a full vCPU at 1769 MB.
+            vcpus: f.memory_mb.div_ceil(1769).clamp(1, 6),
+        };
+        let boot_started = Instant::now();
+        let vm = self.engine.boot(spec).await?;
+        let mut inst = Instance::attach(
+            instance_id.clone(),
+            f.revision,
+            f.code_sha256_hex.clone(),
+            vm,
+            log.clone(),
+        )?;
+
+        let deadline = boot_started + s.boot_timeout;
+        loop {
+            match inst.next_event(deadline).await {
+                Some(AgentEvent::Ready) => break,
+                Some(AgentEvent::Closed) | Some(AgentEvent::RuntimeExit { .. }) => {
+                    let console = inst.console_tail();
+                    inst.stop().await;
+                    return Err(PoolError::BootFailed(console));
+                }
+                Some(_) => {}
+                None => {
+                    let console = inst.console_tail();
+                    inst.stop().await;
+                    return Err(PoolError::BootTimeout(s.boot_timeout, console));
+                }
+            }
+        }
+        tracing::debug!(instance = %instance_id, boot_ms = boot_started.elapsed().as_millis() as u64, "guest agent ready");
+
+        let mut entropy = vec![0u8; 64];
+        if let Ok(mut r) = std::fs::File::open("/dev/urandom") {
+            let _ = r.read_exact(&mut entropy);
+        }
+        inst.send(host_message::Kind::Configure(Configure {
+            instance_id: instance_id.clone(),
+            function_name: f.name.clone(),
+            function_version: "$LATEST".into(),
+            function_arn: f.arn(&s.region, &s.account_id),
+            handler: f.handler.clone(),
+            runtime_entry: f.runtime.entry_point().into(),
+            memory_size_mb: f.memory_mb,
+            timeout_s: f.timeout_s,
+            region: s.region.clone(),
+            log_group: crate::logs::FunctionLogs::group(&f.name),
+            log_stream: log.name.clone(),
+            environment: f.environment.clone().into_iter().collect(),
+            wall_clock_unix_ms: unix_ms(SystemTime::now()),
+            entropy,
+            code_device: "/dev/vdb".into(),
+            runtime: f.runtime.name().into(),
+            ephemeral_storage_mb: 512,
+        }))?;
+
+        let deadline = Instant::now() + s.init_timeout;
+        loop {
+            match inst.next_event(deadline).await {
+                Some(AgentEvent::InitDone { init_duration }) => {
+                    inst.pending_init = Some(init_duration);
+                    inst.state = InstanceState::Idle;
+                    return Ok(Started::Ready(inst));
+                }
+                Some(AgentEvent::InitError {
+                    error_type,
+                    payload,
+                    init_duration,
+                }) => {
+                    inst.stop().await;
+                    return Ok(Started::InitFailed {
+                        error_type,
+                        payload,
+                        init_duration: Some(init_duration),
+                    });
+                }
+                Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
+                    let reason = exit_reason(exit_code, signal);
+                    inst.stop().await;
+                    return Ok(Started::InitFailed {
+                        error_type: "Runtime.ExitError".into(),
+                        payload: error_doc(
+                            "Runtime.ExitError",
+                            &format!("Runtime exited with error: {reason}"),
+                        ),
+                        init_duration: None,
+                    });
+                }
+                Some(AgentEvent::Closed) => {
+                    let console = inst.console_tail();
+                    inst.stop().await;
+                    tracing::warn!(instance = %instance_id, %console, "guest stopped during init");
+                    return Ok(Started::InitFailed {
+                        error_type: "Runtime.ExitError".into(),
+                        payload: error_doc(
+                            "Runtime.ExitError",
+                            "Runtime exited without providing a reason",
+                        ),
+                        init_duration: None,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    inst.stop().await;
+                    let secs = s.init_timeout.as_secs_f64();
+                    return Ok(Started::InitFailed {
+                        error_type: "Sandbox.Timedout".into(),
+                        payload: error_doc(
+                            "Sandbox.Timedout",
+                            &format!("Init timed out after {secs:.2} seconds"),
+                        ),
+                        init_duration: Some(s.init_timeout),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Lambda's wording of a process end: `exit status 1` or `signal: killed`.
+pub fn exit_reason(exit_code: i32, signal: i32) -> String {
+    if signal != 0 {
+        let name = match signal {
+            9 => "killed".to_string(),
+            6 => "aborted".to_string(),
+            11 => "segmentation fault".to_string(),
+            15 => "terminated".to_string(),
+            n => format!("{n}"),
+        };
+        format!("signal: {name}")
+    } else {
+        format!("exit status {exit_code}")
+    }
+}
