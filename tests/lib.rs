@@ -1,1 +1,190 @@
+//! Shared harness of the end-to-end tests: one real flintd (real QEMU
+//! microVMs, a real SQLite database) serving all tests of a run, plus helpers
+//! to build deployment packages.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flint_daemon::config::{Config, Listen};
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::functions_client::FunctionsClient;
+use tonic::transport::Channel;
+
+pub struct TestNode {
+    pub endpoint: String,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+static NODE: OnceLock<TestNode> = OnceLock::new();
+
+/// The artefacts that `scripts/setup` builds. Tests that need VMs fail (never
+/// skip) without them.
+pub fn artifacts_dir() -> PathBuf {
+    let dir = std::env::var_os("FLINT_ARTIFACTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/flint/current"));
+    for f in ["vmlinux", "provided.erofs", "python3.11.erofs"] {
+        assert!(
+            dir.join(f).exists(),
+            "{} is missing: run scripts/setup first",
+            dir.join(f).display()
+        );
+    }
+    dir
+}
+
+/// Starts flintd once per test binary, in its own runtime thread.
+pub fn node() -> &'static TestNode {
+    NODE.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("flint-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let sock = dir.path().join("flintd.sock");
+        let mut config = Config::default();
+        config.data_dir = data_dir.clone();
+        config.listen = vec![Listen::Unix(sock.clone())];
+        config.artifacts_dir = artifacts_dir();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().expect("runtime");
+            rt.block_on(async {
+                if let Err(e) = flint_daemon::server::run(config, std::future::pending()).await {
+                    panic!("flintd failed: {e}");
+                }
+            });
+        });
+        let endpoint = format!("unix:{}", sock.display());
+        for _ in 0..200 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert!(sock.exists(), "flintd did not start");
+        TestNode {
+            endpoint,
+            data_dir,
+            _dir: dir,
+        }
+    })
+}
+
+pub async fn client() -> FunctionsClient<Channel> {
+    flint_daemon::client::functions(&node().endpoint)
+        .await
+        .expect("connect to flintd")
+}
+
+/// A ZIP of `(name, contents, mode)` entries.
+pub fn zip_files(files: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data, mode) in files {
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+        w.start_file(*name, opts).expect("zip entry");
+        w.write_all(data).expect("zip write");
+    }
+    w.finish().expect("zip finish").into_inner()
+}
+
+/// A ZIP of every file in a fixture directory, keeping executable bits.
+pub fn zip_fixture(name: &str) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = fixture(name);
+    let mut entries: Vec<(String, Vec<u8>, u32)> = Vec::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("fixture dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(&dir).unwrap().to_string_lossy().into_owned();
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            entries.push((rel, std::fs::read(&p).unwrap(), mode));
+        }
+    }
+    entries.sort();
+    let refs: Vec<(&str, &[u8], u32)> = entries
+        .iter()
+        .map(|(n, d, m)| (n.as_str(), d.as_slice(), *m))
+        .collect();
+    zip_files(&refs)
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// A unique function name for one test.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id() % 100_000)
+}
+
+pub async fn create(
+    name: &str,
+    runtime: &str,
+    handler: &str,
+    zip: Vec<u8>,
+    timeout: u32,
+) -> Result<pb::FunctionConfiguration, tonic::Status> {
+    client()
+        .await
+        .create_function(pb::CreateFunctionRequest {
+            function_name: name.into(),
+            runtime: runtime.into(),
+            handler: handler.into(),
+            zip_file: zip,
+            timeout,
+            environment: [("GREETING".to_string(), "hello".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+pub async fn invoke(name: &str, payload: &str) -> Result<pb::InvokeResponse, tonic::Status> {
+    client()
+        .await
+        .invoke(pb::InvokeRequest {
+            function_name: name.into(),
+            payload: payload.as_bytes().to_vec(),
+            log_type: pb::LogType::Tail as i32,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// The decoded `LogResult`.
+pub fn tail(r: &pb::InvokeResponse) -> String {
+    use base64::Engine as _;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(&r.log_result)
+            .expect("LogResult is base64"),
+    )
+    .expect("LogResult is UTF-8")
+}
+
+pub fn json(r: &pb::InvokeResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.payload).unwrap_or_else(|_| {
+        panic!(
+            "payload is not JSON: {}",
+            String::from_utf8_lossy(&r.payload)
+        )
+    })
+}
+
+/// The path of a workspace binary (built by `cargo build --bins`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: run cargo build --bins", p.display());
+    p
+}

@@ -31,13 +31,6 @@ impl HostSink {
         // The writer only goes away when the host is gone, and then the VM ends.
         let _ = self.tx.send(msg);
     }
-
-    /// A sink whose messages land in the returned receiver (for tests).
-    #[cfg(test)]
-    pub fn for_test() -> (Self, mpsc::Receiver<AgentMessage>) {
-        let (tx, rx) = mpsc::channel();
-        (Self { tx }, rx)
-    }
 }
 
 /// The device node of the virtio-serial port called `name`.

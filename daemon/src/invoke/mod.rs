@@ -147,7 +147,7 @@ impl Invoker {
         let mut slot = slot.lock().await;
 
         // An instance of an older revision, or one whose VM died, is retired.
-        if let Some(inst) = slot.instance.take() {
+        if let Some(mut inst) = slot.instance.take() {
             if inst.revision == f.revision && inst.code_sha256 == f.code_sha256_hex && inst.is_alive() {
                 slot.instance = Some(inst);
             } else {
@@ -301,11 +301,13 @@ async fn run(
                 } else {
                     FunctionError::Handled
                 };
+                // An unhandled failure (an oversize response) leaves the
+                // runtime in an unknown state: the environment is reset.
                 return (
                     Outcome::Failed {
                         kind,
                         payload,
-                        destroy: false,
+                        destroy: unhandled,
                         status: None,
                     },
                     started.elapsed(),

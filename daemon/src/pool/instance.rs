@@ -148,7 +148,15 @@ impl Instance {
         }
     }
 
-    pub fn is_alive(&self) -> bool {
+    /// Whether the instance can take an invocation: its VM runs and its
+    /// runtime has not exited since the last invocation (events that arrived
+    /// while idle are consumed here).
+    pub fn is_alive(&mut self) -> bool {
+        while let Ok(ev) = self.events.try_recv() {
+            if matches!(ev, AgentEvent::RuntimeExit { .. } | AgentEvent::Closed) {
+                return false;
+            }
+        }
         !self.vm.has_exited()
     }
 
