@@ -12,7 +12,12 @@ fn assert_report(tail: &str, cold: bool) {
         .lines()
         .find(|l| l.starts_with("REPORT RequestId: "))
         .unwrap_or_else(|| panic!("no REPORT line in {tail}"));
-    for field in ["Duration: ", "Billed Duration: ", "Memory Size: ", "Max Memory Used: "] {
+    for field in [
+        "Duration: ",
+        "Billed Duration: ",
+        "Memory Size: ",
+        "Max Memory Used: ",
+    ] {
         assert!(report.contains(field), "{field} missing in {report}");
     }
     assert_eq!(report.contains("Init Duration: "), cold, "{report}");
@@ -22,7 +27,9 @@ fn assert_report(tail: &str, cold: bool) {
 async fn python_handler_runs_with_lambda_context_and_reuses_init() {
     let name = unique("py-ok");
     let zip = zip_fixture("python");
-    let f = create(&name, "python3.11", "app.handler", zip, 0).await.unwrap();
+    let f = create(&name, "python3.11", "app.handler", zip, 0)
+        .await
+        .unwrap();
     assert_eq!(f.timeout, 3);
     assert_eq!(f.memory_size, 128);
 
@@ -87,11 +94,22 @@ async fn python_handler_runs_with_lambda_context_and_reuses_init() {
 #[tokio::test]
 async fn bash_and_curl_bootstrap_from_the_aws_tutorial_runs_unmodified() {
     let name = unique("bash");
-    create(&name, "provided", "function.handler", zip_fixture("bash-echo"), 0)
-        .await
-        .unwrap();
+    create(
+        &name,
+        "provided",
+        "function.handler",
+        zip_fixture("bash-echo"),
+        0,
+    )
+    .await
+    .unwrap();
     let r = invoke(&name, r#"{"text":"Hello"}"#).await.unwrap();
-    assert_eq!(r.function_error, "", "{}", String::from_utf8_lossy(&r.payload));
+    assert_eq!(
+        r.function_error,
+        "",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
     assert_eq!(
         String::from_utf8_lossy(&r.payload),
         r#"Echoing request: '{"text":"Hello"}'"#
@@ -166,7 +184,12 @@ async fn timeout_is_unhandled_and_destroys_the_instance() {
     assert!(t.contains("Status: timeout"), "{t}");
     // A fresh instance (init again) answers the next one.
     let r = invoke(&name, r#"{"seconds": 0}"#).await.unwrap();
-    assert_eq!(r.function_error, "", "{}", String::from_utf8_lossy(&r.payload));
+    assert_eq!(
+        r.function_error,
+        "",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
     assert_eq!(json(&r), serde_json::json!("too late"));
     assert_report(&tail(&r), true);
 }
@@ -174,15 +197,24 @@ async fn timeout_is_unhandled_and_destroys_the_instance() {
 #[tokio::test]
 async fn init_failure_is_unhandled_with_the_runtime_error() {
     let name = unique("py-broken");
-    create(&name, "python3.11", "broken.handler", zip_fixture("python"), 0)
-        .await
-        .unwrap();
+    create(
+        &name,
+        "python3.11",
+        "broken.handler",
+        zip_fixture("python"),
+        0,
+    )
+    .await
+    .unwrap();
     let r = invoke(&name, "{}").await.unwrap();
     assert_eq!(r.function_error, "Unhandled");
     let v = json(&r);
     assert_eq!(v["errorType"], "Runtime.ImportModuleError", "{v}");
     assert!(
-        v["errorMessage"].as_str().unwrap().contains("module_that_does_not_exist"),
+        v["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("module_that_does_not_exist"),
         "{v}"
     );
     let t = tail(&r);
@@ -198,13 +230,23 @@ async fn oversize_payloads_are_refused_and_the_function_keeps_serving() {
     let big = format!("\"{}\"", "x".repeat(6 * 1024 * 1024));
     let e = invoke(&name, &big).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().starts_with("RequestTooLargeException"), "{}", e.message());
+    assert!(
+        e.message().starts_with("RequestTooLargeException"),
+        "{}",
+        e.message()
+    );
     // A response over 6 MB is the function's (unhandled) error.
     let r = invoke(&name, r#"{"bytes": 7340032}"#).await.unwrap();
     assert_eq!(r.function_error, "Unhandled");
     assert_eq!(json(&r)["errorType"], "Function.ResponseSizeTooLarge");
     let r = invoke(&name, r#"{"bytes": 10}"#).await.unwrap();
-    assert_eq!(r.function_error, "", "{} {}", String::from_utf8_lossy(&r.payload), tail(&r));
+    assert_eq!(
+        r.function_error,
+        "",
+        "{} {}",
+        String::from_utf8_lossy(&r.payload),
+        tail(&r)
+    );
     assert_eq!(json(&r), serde_json::json!("xxxxxxxxxx"));
 }
 
@@ -212,7 +254,11 @@ async fn oversize_payloads_are_refused_and_the_function_keeps_serving() {
 async fn unknown_function_is_not_found() {
     let e = invoke("no-such-function", "{}").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    assert!(e.message().starts_with("ResourceNotFoundException"), "{}", e.message());
+    assert!(
+        e.message().starts_with("ResourceNotFoundException"),
+        "{}",
+        e.message()
+    );
     let e = client()
         .await
         .get_function(pb::GetFunctionRequest {
@@ -227,7 +273,12 @@ async fn unknown_function_is_not_found() {
 #[tokio::test]
 async fn bad_packages_are_refused_with_precise_messages_and_nothing_is_stored() {
     let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
-        ("python3.11", "app.handler", b"PK not really a zip".to_vec(), "not a valid ZIP"),
+        (
+            "python3.11",
+            "app.handler",
+            b"PK not really a zip".to_vec(),
+            "not a valid ZIP",
+        ),
         (
             "python3.11",
             "app.handler",
@@ -252,7 +303,12 @@ async fn bad_packages_are_refused_with_precise_messages_and_nothing_is_stored() 
             zip_files(&[("bootstrap", b"#!/bin/sh\n", 0o644)]),
             "not executable",
         ),
-        ("provided", "x", zip_files(&[("main.sh", b"", 0o755)]), "no bootstrap"),
+        (
+            "provided",
+            "x",
+            zip_files(&[("main.sh", b"", 0o755)]),
+            "no bootstrap",
+        ),
     ];
     for (i, (runtime, handler, zip, expect)) in cases.into_iter().enumerate() {
         let name = format!("{}-{i}", unique("badzip"));
@@ -271,23 +327,43 @@ async fn bad_packages_are_refused_with_precise_messages_and_nothing_is_stored() 
     }
     // A link pointing outside the package.
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    w.add_symlink("bootstrap", "/bin/sh", zip::write::SimpleFileOptions::default())
-        .unwrap();
+    w.add_symlink(
+        "bootstrap",
+        "/bin/sh",
+        zip::write::SimpleFileOptions::default(),
+    )
+    .unwrap();
     let zip = w.finish().unwrap().into_inner();
     let e = create(&unique("badlink"), "provided", "x", zip, 0)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    assert!(e.message().contains("outside the package"), "{}", e.message());
+    assert!(
+        e.message().contains("outside the package"),
+        "{}",
+        e.message()
+    );
     // Invalid configuration names the field.
-    let e = create("bad name!", "python3.11", "app.handler", zip_fixture("python"), 0)
-        .await
-        .unwrap_err();
+    let e = create(
+        "bad name!",
+        "python3.11",
+        "app.handler",
+        zip_fixture("python"),
+        0,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("FunctionName"), "{}", e.message());
-    let e = create(&unique("badtimeout"), "python3.11", "app.handler", zip_fixture("python"), 901)
-        .await
-        .unwrap_err();
+    let e = create(
+        &unique("badtimeout"),
+        "python3.11",
+        "app.handler",
+        zip_fixture("python"),
+        901,
+    )
+    .await
+    .unwrap_err();
     assert!(e.message().contains("Timeout"), "{}", e.message());
 }
 
@@ -373,14 +449,18 @@ async fn flintctl_drives_the_node_like_the_aws_cli() {
     let (code, _, err) = ctl(&["get-function", "--function-name", &name]);
     assert_eq!(code, 254);
     assert!(
-        err.contains("An error occurred (ResourceNotFoundException) when calling the GetFunction operation"),
+        err.contains(
+            "An error occurred (ResourceNotFoundException) when calling the GetFunction operation"
+        ),
         "{err}"
     );
 }
 
 #[tokio::test]
 async fn health_and_reflection_are_served() {
-    let channel = flint_daemon::client::channel(&node().endpoint).await.unwrap();
+    let channel = flint_daemon::client::channel(&node().endpoint)
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let r = health
         .check(tonic_health::pb::HealthCheckRequest {
@@ -394,8 +474,9 @@ async fn health_and_reflection_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
     };
     let mut refl = ServerReflectionClient::new(channel);
     let req = ServerReflectionRequest {
@@ -412,6 +493,12 @@ async fn health_and_reflection_are_served() {
         panic!("unexpected reflection answer");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"flint.node.v1.Functions".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"flint.node.v1.Functions".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 }

@@ -45,10 +45,12 @@ pub fn node() -> &'static TestNode {
             .expect("temp dir");
         let data_dir = dir.path().join("data");
         let sock = dir.path().join("flintd.sock");
-        let mut config = Config::default();
-        config.data_dir = data_dir.clone();
-        config.listen = vec![Listen::Unix(sock.clone())];
-        config.artifacts_dir = artifacts_dir();
+        let config = Config {
+            data_dir: data_dir.clone(),
+            listen: vec![Listen::Unix(sock.clone())],
+            artifacts_dir: artifacts_dir(),
+            ..Config::default()
+        };
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async {
@@ -117,7 +119,9 @@ pub fn zip_fixture(name: &str) -> Vec<u8> {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// A unique function name for one test.
@@ -185,6 +189,10 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let p = dir.join(name);
-    assert!(p.exists(), "{} is missing: run cargo build --bins", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run cargo build --bins",
+        p.display()
+    );
     p
 }

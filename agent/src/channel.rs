@@ -54,7 +54,10 @@ pub fn open(name: &str) -> Result<(HostSink, tmpsc::UnboundedReceiver<HostMessag
         let path = port_path(name).unwrap_or_else(|| format!("/dev/virtio-ports/{name}"));
         match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(f) => break f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::time::Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && std::time::Instant::now() < deadline =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             Err(source) => {
@@ -96,7 +99,11 @@ pub fn open(name: &str) -> Result<(HostSink, tmpsc::UnboundedReceiver<HostMessag
         .spawn(move || {
             for msg in out_rx {
                 let bytes = frame::encode(&msg);
-                if writer.write_all(&bytes).and_then(|_| writer.flush()).is_err() {
+                if writer
+                    .write_all(&bytes)
+                    .and_then(|_| writer.flush())
+                    .is_err()
+                {
                     break;
                 }
             }

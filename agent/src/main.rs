@@ -130,6 +130,8 @@ async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(),
             _ = sigchld.recv() => {
                 for (pid, code, sig) in init::reap() {
                     if Some(pid) == runtime_pid {
+                        // Its last words reach the host before the news of its end.
+                        runtime::drain_output().await;
                         report_exit(&sink, code, sig);
                     }
                 }

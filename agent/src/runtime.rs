@@ -1,8 +1,10 @@
 //! The function's runtime process: its environment, its output captured line
 //! by line, and the memory it used.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -105,39 +107,93 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn forward_lines<R: Read + Send + 'static>(
-    from: R,
+/// Raw fds of the runtime's stdout and stderr pipes while they are read.
+static OUTPUT_FDS: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
+/// Readers holding bytes they have not sent yet.
+static FORWARDING: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes waiting in a pipe.
+fn pipe_pending(fd: RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the valid pointer; fd is an
+    // open pipe end (readers remove their fd from OUTPUT_FDS before closing it).
+    let rc = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    if rc < 0 {
+        0
+    } else {
+        n.max(0) as usize
+    }
+}
+
+/// Waits (briefly) until everything the runtime wrote to stdout and stderr
+/// before this moment has been sent to the host, so that an invocation's log
+/// lines precede its result on the channel.
+pub async fn drain_output() {
+    for _ in 0..200 {
+        let busy = FORWARDING.load(Ordering::SeqCst) > 0
+            || OUTPUT_FDS
+                .lock()
+                .map(|fds| fds.iter().any(|fd| pipe_pending(*fd) > 0))
+                .unwrap_or(false);
+        if !busy {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_micros(500)).await;
+    }
+}
+
+fn forward_lines<R: Read + AsRawFd + Send + 'static>(
+    mut from: R,
     stream: u32,
     sink: HostSink,
     current: CurrentRequest,
 ) {
+    let fd = from.as_raw_fd();
+    if let Ok(mut fds) = OUTPUT_FDS.lock() {
+        fds.push(fd);
+    }
     std::thread::spawn(move || {
-        let mut r = BufReader::new(from);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r
-                .by_ref()
-                .take(MAX_LINE as u64)
-                .read_until(b'\n', &mut buf)
-            {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    while buf.last() == Some(&b'\n') || buf.last() == Some(&b'\r') {
-                        buf.pop();
-                    }
-                    let request_id = current.lock().map(|c| c.clone()).unwrap_or_default();
-                    sink.send(AgentMessage {
-                        kind: Some(Kind::Log(Log {
-                            request_id,
-                            stream,
-                            line: String::from_utf8_lossy(&buf).into_owned(),
-                            timestamp_unix_ms: now_ms(),
-                        })),
-                    });
-                }
+        let send = |line: &[u8]| {
+            let mut line = line;
+            while let Some(rest) = line.strip_suffix(b"\r") {
+                line = rest;
             }
+            let request_id = current.lock().map(|c| c.clone()).unwrap_or_default();
+            sink.send(AgentMessage {
+                kind: Some(Kind::Log(Log {
+                    request_id,
+                    stream,
+                    line: String::from_utf8_lossy(line).into_owned(),
+                    timestamp_unix_ms: now_ms(),
+                })),
+            });
+        };
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match from.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            FORWARDING.fetch_add(1, Ordering::SeqCst);
+            pending.extend_from_slice(&chunk[..n]);
+            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                send(&pending[..pos]);
+                pending.drain(..=pos);
+            }
+            if pending.len() >= MAX_LINE {
+                send(&pending);
+                pending.clear();
+            }
+            FORWARDING.fetch_sub(1, Ordering::SeqCst);
         }
+        if !pending.is_empty() {
+            send(&pending);
+        }
+        if let Ok(mut fds) = OUTPUT_FDS.lock() {
+            fds.retain(|f| *f != fd);
+        }
+        drop(from);
     });
 }
 
@@ -216,7 +272,10 @@ mod tests {
 
     #[test]
     fn hwm_is_parsed_from_proc_status() {
-        assert_eq!(parse_hwm_kb("Name:\tx\nVmHWM:\t   1234 kB\nVmRSS:\t 1 kB\n"), 1234);
+        assert_eq!(
+            parse_hwm_kb("Name:\tx\nVmHWM:\t   1234 kB\nVmRSS:\t 1 kB\n"),
+            1234
+        );
         assert_eq!(parse_hwm_kb("Name:\tkthread\n"), 0);
     }
 }

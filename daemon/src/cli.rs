@@ -217,7 +217,13 @@ fn function_row(f: &pb::FunctionConfiguration) -> Vec<String> {
 }
 
 const FUNCTION_HEADERS: &[&str] = &[
-    "NAME", "RUNTIME", "HANDLER", "MEMORY", "TIMEOUT", "CODE SIZE", "LAST MODIFIED",
+    "NAME",
+    "RUNTIME",
+    "HANDLER",
+    "MEMORY",
+    "TIMEOUT",
+    "CODE SIZE",
+    "LAST MODIFIED",
 ];
 
 pub fn print_configuration(f: &pb::FunctionConfiguration, output: Output) {

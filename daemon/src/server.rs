@@ -56,7 +56,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     let _ = std::fs::create_dir_all(dir);
                 }
                 let _ = std::fs::remove_file(path);
-                let ul = UnixListener::bind(path).map_err(|e| ServerError::Bind(l.to_string(), e))?;
+                let ul =
+                    UnixListener::bind(path).map_err(|e| ServerError::Bind(l.to_string(), e))?;
                 let incoming = UnixListenerStream::new(ul);
                 servers.spawn(
                     tonic::transport::Server::builder()

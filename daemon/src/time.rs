@@ -22,7 +22,15 @@ fn parts(t: SystemTime) -> (i64, u32, u32, u64, u64, u64, u32) {
     let secs = d.as_secs();
     let (y, m, day) = civil((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    (y, m, day, rem / 3600, (rem / 60) % 60, rem % 60, d.subsec_millis())
+    (
+        y,
+        m,
+        day,
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        d.subsec_millis(),
+    )
 }
 
 /// `2026-11-27T10:39:00.123+0000`, as Lambda's `LastModified`.

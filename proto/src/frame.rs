@@ -78,7 +78,7 @@ impl FrameBuffer {
     }
 
     /// Takes the next complete frame, if there is one.
-    pub fn next<M: Message + Default>(&mut self) -> Result<Option<M>, FrameError> {
+    pub fn next_frame<M: Message + Default>(&mut self) -> Result<Option<M>, FrameError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -119,7 +119,7 @@ mod tests {
         let mut got = Vec::new();
         for chunk in wire.chunks(7) {
             fb.extend(chunk);
-            while let Some(m) = fb.next::<AgentMessage>().unwrap() {
+            while let Some(m) = fb.next_frame::<AgentMessage>().unwrap() {
                 got.push(m);
             }
         }
@@ -133,13 +133,19 @@ mod tests {
         let mut r = std::io::Cursor::new(wire);
         let m: AgentMessage = read(&mut r).unwrap();
         assert_eq!(m, log("hello"));
-        assert!(matches!(read::<AgentMessage, _>(&mut r), Err(FrameError::Closed)));
+        assert!(matches!(
+            read::<AgentMessage, _>(&mut r),
+            Err(FrameError::Closed)
+        ));
     }
 
     #[test]
     fn oversized_length_is_refused() {
         let mut fb = FrameBuffer::default();
         fb.extend(&(u32::MAX).to_be_bytes());
-        assert!(matches!(fb.next::<AgentMessage>(), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            fb.next_frame::<AgentMessage>(),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 }

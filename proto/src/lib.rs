@@ -9,6 +9,7 @@ pub mod node {
 }
 
 pub mod agent {
+    #[allow(clippy::large_enum_variant)]
     pub mod v1 {
         tonic::include_proto!("flint.agent.v1");
     }

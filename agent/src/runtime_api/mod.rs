@@ -92,7 +92,11 @@ impl RuntimeApi {
     }
 
     fn init_elapsed_us(&self) -> u64 {
-        self.init_started.lock().expect("lock").elapsed().as_micros() as u64
+        self.init_started
+            .lock()
+            .expect("lock")
+            .elapsed()
+            .as_micros() as u64
     }
 
     /// Binds 127.0.0.1:9001 and serves until the process ends.
@@ -203,8 +207,14 @@ impl RuntimeApi {
             .status(StatusCode::OK)
             .header("Content-Type", "application/json")
             .header("Lambda-Runtime-Aws-Request-Id", &ev.request_id)
-            .header("Lambda-Runtime-Deadline-Ms", ev.deadline_unix_ms.to_string())
-            .header("Lambda-Runtime-Invoked-Function-Arn", &ev.invoked_function_arn)
+            .header(
+                "Lambda-Runtime-Deadline-Ms",
+                ev.deadline_unix_ms.to_string(),
+            )
+            .header(
+                "Lambda-Runtime-Invoked-Function-Arn",
+                &ev.invoked_function_arn,
+            )
             .header("Lambda-Runtime-Trace-Id", &ev.trace_id);
         if !ev.client_context.is_empty() {
             b = b.header("Lambda-Runtime-Client-Context", &ev.client_context);
@@ -233,6 +243,7 @@ impl RuntimeApi {
             Err(BodyTooLarge) => (Bytes::new(), MAX_RESPONSE + 1),
         };
         let result = self.inner.lock().expect("lock").state.respond(id, len);
+        crate::runtime::drain_output().await;
         let mem = max_memory_used_kb();
         match result {
             Ok(()) => {
@@ -279,6 +290,7 @@ impl RuntimeApi {
             return rejected(&e);
         }
         let (error_type, payload) = error_document(error_type, &body);
+        crate::runtime::drain_output().await;
         self.sink.send(AgentMessage {
             kind: Some(Kind::Error(InvokeError {
                 request_id: id.into(),
@@ -299,6 +311,7 @@ impl RuntimeApi {
         let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
         let body = read_body(req).await.unwrap_or_default();
         let (error_type, payload) = error_document(error_type, &body);
+        crate::runtime::drain_output().await;
         self.sink.send(AgentMessage {
             kind: Some(Kind::InitError(InitError {
                 error_type,
@@ -335,7 +348,11 @@ pub fn error_document(header_type: Option<String>, body: &[u8]) -> (String, Vec<
     match parsed {
         Some(doc) => {
             let error_type = header_type
-                .or_else(|| doc.get("errorType").and_then(|v| v.as_str()).map(str::to_string))
+                .or_else(|| {
+                    doc.get("errorType")
+                        .and_then(|v| v.as_str())
+                        .map(str::to_string)
+                })
                 .unwrap_or_else(|| "Unhandled".into());
             (error_type, body.to_vec())
         }

@@ -40,7 +40,10 @@ pub enum StateError {
     #[error("Invalid request ID")]
     InvalidRequestId,
     #[error("Transition from {from} to {to} is not allowed")]
-    InvalidStateTransition { from: &'static str, to: &'static str },
+    InvalidStateTransition {
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("Exceeded maximum allowed payload size ({MAX_RESPONSE} bytes).")]
     PayloadTooLarge,
 }

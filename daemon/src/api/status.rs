@@ -85,7 +85,11 @@ impl From<NodeError> for Status {
 
 /// A request field that failed validation at the API edge.
 pub fn invalid(message: impl std::fmt::Display) -> Status {
-    status(Code::InvalidArgument, "InvalidParameterValueException", message)
+    status(
+        Code::InvalidArgument,
+        "InvalidParameterValueException",
+        message,
+    )
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use flint_daemon::client;
 use flint_daemon::cli::{self, Output};
+use flint_daemon::client;
 use flint_proto::node::v1 as pb;
 
 #[derive(Parser)]
@@ -93,7 +93,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("flintctl: {e}");

@@ -23,7 +23,10 @@ pub enum EngineError {
     #[error("QEMU did not connect within {0:?}")]
     ConnectTimeout(std::time::Duration),
     #[error("QMP command {command} failed: {message}")]
-    Qmp { command: &'static str, message: String },
+    Qmp {
+        command: &'static str,
+        message: String,
+    },
     #[error("the accelerator {0} is not usable here: {1}")]
     Accel(&'static str, String),
     #[error("missing artefact {0}: run scripts/setup")]

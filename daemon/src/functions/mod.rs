@@ -135,7 +135,11 @@ pub fn validate_spec(spec: &mut FunctionSpec) -> Result<Runtime, FunctionsError>
     if spec.handler.is_empty() || spec.handler.len() > 128 {
         return Err(invalid("Handler", "must be 1 to 128 characters long"));
     }
-    if spec.handler.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if spec
+        .handler
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(invalid("Handler", "must not contain whitespace"));
     }
     if spec.memory_mb == 0 {
@@ -231,13 +235,22 @@ mod tests {
     fn limits_name_the_field() {
         let mut s = spec();
         s.memory_mb = 64;
-        assert!(validate_spec(&mut s).unwrap_err().to_string().starts_with("MemorySize"));
+        assert!(validate_spec(&mut s)
+            .unwrap_err()
+            .to_string()
+            .starts_with("MemorySize"));
         let mut s = spec();
         s.timeout_s = 901;
-        assert!(validate_spec(&mut s).unwrap_err().to_string().starts_with("Timeout"));
+        assert!(validate_spec(&mut s)
+            .unwrap_err()
+            .to_string()
+            .starts_with("Timeout"));
         let mut s = spec();
         s.runtime = "nodejs20.x".into();
-        assert!(validate_spec(&mut s).unwrap_err().to_string().starts_with("Runtime"));
+        assert!(validate_spec(&mut s)
+            .unwrap_err()
+            .to_string()
+            .starts_with("Runtime"));
     }
 
     #[test]
@@ -246,12 +259,18 @@ mod tests {
         e.insert("GOOD_1".to_string(), "v".to_string());
         validate_environment(&e).unwrap();
         e.insert("AWS_REGION".into(), "x".into());
-        assert!(validate_environment(&e).unwrap_err().to_string().contains("reserved"));
+        assert!(validate_environment(&e)
+            .unwrap_err()
+            .to_string()
+            .contains("reserved"));
         let mut e = BTreeMap::new();
         e.insert("1BAD".to_string(), "v".to_string());
         assert!(validate_environment(&e).is_err());
         let mut e = BTreeMap::new();
         e.insert("BIG".to_string(), "v".repeat(5000));
-        assert!(validate_environment(&e).unwrap_err().to_string().contains("limit"));
+        assert!(validate_environment(&e)
+            .unwrap_err()
+            .to_string()
+            .contains("limit"));
     }
 }

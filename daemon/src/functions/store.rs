@@ -101,8 +101,11 @@ impl FunctionStore {
              FROM functions ORDER BY name",
         )?;
         let rows = stmt.query_map([], row_to_raw)?;
-        rows.map(|r| r.map_err(FunctionsError::from).and_then(RawFunction::into_function))
-            .collect()
+        rows.map(|r| {
+            r.map_err(FunctionsError::from)
+                .and_then(RawFunction::into_function)
+        })
+        .collect()
     }
 
     /// Deletes a function; returns it.
@@ -207,7 +210,10 @@ mod tests {
         let s = FunctionStore::open(&dir.path().join("db")).unwrap();
         s.insert(&f("a")).unwrap();
         s.insert(&f("b")).unwrap();
-        assert!(matches!(s.insert(&f("a")), Err(FunctionsError::AlreadyExists(_))));
+        assert!(matches!(
+            s.insert(&f("a")),
+            Err(FunctionsError::AlreadyExists(_))
+        ));
         assert_eq!(s.get("a").unwrap(), f("a"));
         assert_eq!(s.list().unwrap().len(), 2);
         assert!(s.code_in_use("ab").unwrap());

@@ -11,7 +11,9 @@ use flint_proto::agent::v1::{host_message, Invoke};
 use crate::functions::{Function, FunctionStore, FunctionsError};
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
-use crate::pool::{exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started};
+use crate::pool::{
+    exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
+};
 
 /// Lambda's limit on a synchronous request payload, 6 MB.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -20,7 +22,9 @@ pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
 pub enum InvokeError {
     #[error(transparent)]
     Functions(#[from] FunctionsError),
-    #[error("Request must be smaller than {limit} bytes for the InvokeFunction operation (got {size})")]
+    #[error(
+        "Request must be smaller than {limit} bytes for the InvokeFunction operation (got {size})"
+    )]
     PayloadTooLarge { size: usize, limit: usize },
     #[error("Qualifier: {0:?} is not a version of this function; only $LATEST exists")]
     Qualifier(String),
@@ -112,7 +116,11 @@ fn trace_id() -> String {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let r = uuid::Uuid::new_v4().simple().to_string();
-    format!("Root=1-{now:08x}-{};Parent={};Sampled=0", &r[..24], &r[16..32])
+    format!(
+        "Root=1-{now:08x}-{};Parent={};Sampled=0",
+        &r[..24],
+        &r[16..32]
+    )
 }
 
 impl Invoker {
@@ -148,7 +156,10 @@ impl Invoker {
 
         // An instance of an older revision, or one whose VM died, is retired.
         if let Some(mut inst) = slot.instance.take() {
-            if inst.revision == f.revision && inst.code_sha256 == f.code_sha256_hex && inst.is_alive() {
+            if inst.revision == f.revision
+                && inst.code_sha256 == f.code_sha256_hex
+                && inst.is_alive()
+            {
                 slot.instance = Some(inst);
             } else {
                 inst.stop().await;
@@ -167,7 +178,15 @@ impl Invoker {
                     payload,
                     init_duration,
                 } => {
-                    return Ok(self.init_failed(&f, &req, &log, request_id, &error_type, payload, init_duration));
+                    return Ok(self.init_failed(
+                        &f,
+                        &req,
+                        &log,
+                        request_id,
+                        &error_type,
+                        payload,
+                        init_duration,
+                    ));
                 }
             }
         }
@@ -229,13 +248,23 @@ impl Invoker {
             "",
             &format!("INIT_REPORT Init Duration: {init_ms:.2} ms\tPhase: init\tStatus: error\tError Type: {error_type}"),
         );
-        log.line(&request_id, &format!("START RequestId: {request_id} Version: $LATEST"));
+        log.line(
+            &request_id,
+            &format!("START RequestId: {request_id} Version: $LATEST"),
+        );
         log.line(&request_id, &format!("END RequestId: {request_id}"));
         log.line(
             &request_id,
             &format!(
                 "{}\tStatus: error\tError Type: {error_type}",
-                report_line(&request_id, Duration::ZERO, f.memory_mb, 0, init_duration, None)
+                report_line(
+                    &request_id,
+                    Duration::ZERO,
+                    f.memory_mb,
+                    0,
+                    init_duration,
+                    None
+                )
             ),
         );
         let tail = log.take_capture();
@@ -259,7 +288,10 @@ async fn run(
     arn: String,
 ) -> (Outcome, Duration, u64) {
     let log = inst.log.clone();
-    log.line(request_id, &format!("START RequestId: {request_id} Version: $LATEST"));
+    log.line(
+        request_id,
+        &format!("START RequestId: {request_id} Version: $LATEST"),
+    );
     let timeout = Duration::from_secs(f.timeout_s as u64);
     let started = Instant::now();
     let deadline = started + timeout;
@@ -320,12 +352,18 @@ async fn run(
                     "Runtime.ExitError",
                     &format!("RequestId: {request_id} Error: Runtime exited with error: {reason}"),
                 );
-                return (crashed(p), started.elapsed(), inst.rss_kb().min(f.memory_mb as u64 * 1024));
+                return (
+                    crashed(p),
+                    started.elapsed(),
+                    inst.rss_kb().min(f.memory_mb as u64 * 1024),
+                );
             }
             Some(AgentEvent::Closed) => {
                 let p = error_doc(
                     "Runtime.ExitError",
-                    &format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
+                    &format!(
+                        "RequestId: {request_id} Error: Runtime exited without providing a reason"
+                    ),
                 );
                 return (crashed(p), started.elapsed(), 0);
             }
@@ -341,7 +379,9 @@ async fn run(
                 );
                 let p = error_doc(
                     "Sandbox.Timedout",
-                    &format!("RequestId: {request_id} Error: Task timed out after {secs:.2} seconds"),
+                    &format!(
+                        "RequestId: {request_id} Error: Task timed out after {secs:.2} seconds"
+                    ),
                 );
                 return (
                     Outcome::Failed {
@@ -409,7 +449,14 @@ mod tests {
             l,
             "REPORT RequestId: r1\tDuration: 2.43 ms\tBilled Duration: 3 ms\tMemory Size: 128 MB\tMax Memory Used: 40 MB\tInit Duration: 132.57 ms"
         );
-        let warm = report_line("r2", Duration::from_micros(100), 256, 0, None, Some("timeout"));
+        let warm = report_line(
+            "r2",
+            Duration::from_micros(100),
+            256,
+            0,
+            None,
+            Some("timeout"),
+        );
         assert!(!warm.contains("Init Duration"));
         assert!(warm.contains("Billed Duration: 1 ms"));
         assert!(warm.ends_with("Status: timeout"));

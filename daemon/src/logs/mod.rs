@@ -95,7 +95,11 @@ impl LogStream {
         } else {
             line
         };
-        let rid = if request_id.is_empty() { "-" } else { request_id };
+        let rid = if request_id.is_empty() {
+            "-"
+        } else {
+            request_id
+        };
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let _ = writeln!(inner.file, "{}\t{rid}\t{line}", rfc3339(SystemTime::now()));
         if let Some(c) = inner.capture.as_mut() {

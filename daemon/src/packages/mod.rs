@@ -113,8 +113,8 @@ fn tempfile_dir(parent: &Path) -> std::io::Result<PathBuf> {
 fn extract(zip: &[u8], dest: &Path, entries: &[Entry]) -> Result<(), PackageError> {
     use std::os::unix::fs::PermissionsExt;
     let store = |e: std::io::Error| PackageError::Store(e.to_string());
-    let mut archive =
-        zip::ZipArchive::new(std::io::Cursor::new(zip)).map_err(|e| PackageError::NotZip(e.to_string()))?;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip))
+        .map_err(|e| PackageError::NotZip(e.to_string()))?;
     let mut written: u64 = 0;
     for entry in entries {
         let target = dest.join(&entry.path);

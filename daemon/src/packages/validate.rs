@@ -283,7 +283,13 @@ mod tests {
 
     #[test]
     fn traversal_and_absolute_paths_are_refused() {
-        for name in ["../evil", "a/../../evil", "/etc/passwd", "C:/x", "a\\..\\..\\x"] {
+        for name in [
+            "../evil",
+            "a/../../evil",
+            "/etc/passwd",
+            "C:/x",
+            "a\\..\\..\\x",
+        ] {
             let z = build(&[(name, b"x", 0o644), ("app.py", b"", 0o644)]);
             let e = validate(&z, &python("app.handler")).unwrap_err();
             assert!(matches!(e, PackageError::BadEntry { .. }), "{name}: {e}");

@@ -100,7 +100,7 @@ impl Instance {
                 };
                 fb.extend(&buf[..n]);
                 loop {
-                    match fb.next::<AgentMessage>() {
+                    match fb.next_frame::<AgentMessage>() {
                         Ok(Some(msg)) => {
                             if let Some(ev) = dispatch(msg, &reader_log) {
                                 let _ = ev_tx.send(ev);
