@@ -502,3 +502,43 @@ async fn health_and_reflection_are_served() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn rust_lambda_runtime_binaries_run_dynamic_and_static() {
+    for static_link in [false, true] {
+        let bootstrap = rust_bootstrap(static_link);
+        let name = format!(
+            "{}-{}",
+            unique("rust"),
+            if static_link { "static" } else { "dynamic" }
+        );
+        create(
+            &name,
+            "provided",
+            "bootstrap",
+            zip_files(&[("bootstrap", &bootstrap, 0o755)]),
+            0,
+        )
+        .await
+        .unwrap();
+        let r = invoke(&name, r#"{"hello":"rust"}"#).await.unwrap();
+        assert_eq!(
+            r.function_error,
+            "",
+            "{}",
+            String::from_utf8_lossy(&r.payload)
+        );
+        let v = json(&r);
+        assert_eq!(v["echo"]["hello"], "rust");
+        assert_eq!(v["request_id"], r.request_id.as_str());
+        assert_eq!(v["function_name"], name.as_str());
+        assert_eq!(v["memory"], 128);
+        let t = tail(&r);
+        assert!(t.contains(r#"rust handler saw {"hello":"rust"}"#), "{t}");
+        assert_report(&t, true);
+        // The runtime reports the handler's error through /error.
+        let r = invoke(&name, r#"{"fail":1}"#).await.unwrap();
+        assert_eq!(r.function_error, "Handled");
+        assert_eq!(json(&r)["errorMessage"], "asked to fail");
+    }
+}

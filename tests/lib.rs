@@ -196,3 +196,30 @@ pub fn bin(name: &str) -> PathBuf {
     );
     p
 }
+
+/// The `bootstrap` binary of the `rust-fn` fixture, built with AWS's
+/// `lambda_runtime`, dynamically or statically linked. Built once and cached
+/// outside the repository.
+pub fn rust_bootstrap(static_link: bool) -> Vec<u8> {
+    let cache = std::env::var_os("FLINT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
+    let target_dir = cache.join("fixtures").join("rust-fn");
+    let mut cmd =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(fixture("rust-fn"))
+        .args(["build", "--release", "--quiet"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    let bin = if static_link {
+        cmd.args(["--target", "x86_64-unknown-linux-gnu"])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static");
+        target_dir.join("x86_64-unknown-linux-gnu/release/bootstrap")
+    } else {
+        target_dir.join("release/bootstrap")
+    };
+    let status = cmd.status().expect("run cargo for the rust-fn fixture");
+    assert!(status.success(), "building the rust-fn fixture failed");
+    std::fs::read(bin).expect("rust-fn bootstrap")
+}
