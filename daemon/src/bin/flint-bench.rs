@@ -156,7 +156,8 @@ fn main() -> anyhow::Result<()> {
                     .into_inner();
                 warm.push(t.elapsed().as_secs_f64() * 1000.0);
                 anyhow::ensure!(
-                    r.payload == payload,
+                    serde_json::from_slice::<serde_json::Value>(&r.payload).ok()
+                        == serde_json::from_slice::<serde_json::Value>(&payload).ok(),
                     "warm invoke returned {:?}",
                     String::from_utf8_lossy(&r.payload)
                 );
