@@ -113,6 +113,7 @@ async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(),
                         runtime_pid = Some(runtime::spawn(&cfg, &sink, &current)?);
                     }
                     Some(host_message::Kind::Invoke(inv)) => {
+                        correct_clock(inv.host_unix_ms);
                         api.deliver(Event {
                             request_id: inv.request_id,
                             payload: inv.payload,
@@ -146,12 +147,31 @@ fn report_exit(sink: &HostSink, exit_code: i32, signal: i32) {
     });
 }
 
+/// Steps the guest's wall clock to the host's when they differ by more than
+/// 20 ms (an emulated guest's clock can drift).
+fn correct_clock(host_unix_ms: u64) {
+    if host_unix_ms == 0 {
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if now.abs_diff(host_unix_ms) > 20 {
+        set_clock(host_unix_ms);
+    }
+}
+
+fn set_clock(unix_ms: u64) {
+    let d = Duration::from_millis(unix_ms);
+    let ts = nix::sys::time::TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64);
+    let _ = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts);
+}
+
 /// Applies the host's settings: clock, entropy, /var/task, /tmp.
 fn configure(cfg: &Configure) -> Result<(), AgentError> {
     if cfg.wall_clock_unix_ms > 0 {
-        let d = Duration::from_millis(cfg.wall_clock_unix_ms);
-        let ts = nix::sys::time::TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64);
-        let _ = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts);
+        set_clock(cfg.wall_clock_unix_ms);
     }
     if !cfg.entropy.is_empty() {
         // Mixed into the pool (without credit) so that clones diverge.
@@ -161,6 +181,15 @@ fn configure(cfg: &Configure) -> Result<(), AgentError> {
         init::mount_at(
             &cfg.code_device,
             "/var/task",
+            "erofs",
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            None,
+        )?;
+    }
+    if !cfg.opt_device.is_empty() {
+        init::mount_at(
+            &cfg.opt_device,
+            "/opt",
             "erofs",
             MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
             None,

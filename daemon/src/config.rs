@@ -9,6 +9,10 @@ pub enum ConfigError {
     Listen(String),
     #[error("invalid accelerator {0:?}: expected auto, kvm or tcg")]
     Accel(String),
+    #[error("reading the configuration file {0} failed")]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("configuration file {0}: {1}")]
+    Parse(PathBuf, String),
 }
 
 /// Where the gRPC API listens.
@@ -89,6 +93,37 @@ pub struct Config {
     pub boot_timeout: Duration,
     /// From configuring the instance to the runtime's first `next` (Lambda: 10 s).
     pub init_timeout: Duration,
+    /// On SIGTERM, how long in-flight invocations may take to finish.
+    pub shutdown_grace: Duration,
+    /// Bytes of deployment packages (functions and layers) the node keeps.
+    pub code_storage_limit: u64,
+    pub logs: crate::logs::LogLimits,
+}
+
+/// The TOML configuration file: every key optional, defaults as in
+/// [`Config::default`]. Documented in `docs/configuration.md`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<Vec<String>>,
+    pub artifacts_dir: Option<PathBuf>,
+    pub qemu: Option<PathBuf>,
+    pub accel: Option<String>,
+    pub region: Option<String>,
+    pub account_id: Option<String>,
+    pub boot_timeout_s: Option<u64>,
+    pub init_timeout_s: Option<u64>,
+    pub shutdown_grace_s: Option<u64>,
+    pub code_storage_limit_mb: Option<u64>,
+    pub logs: Option<FileLogs>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLogs {
+    pub max_stream_mb: Option<u64>,
+    pub retention_days: Option<u64>,
 }
 
 /// The default unix socket, shared by flintd and flintctl.
@@ -111,11 +146,76 @@ impl Default for Config {
             account_id: "000000000000".into(),
             boot_timeout: Duration::from_secs(30),
             init_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            code_storage_limit: 75 * 1024 * 1024 * 1024,
+            logs: crate::logs::LogLimits::default(),
         }
     }
 }
 
 impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_path_buf(), e))?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse(_, m) => ConfigError::Parse(path.to_path_buf(), m),
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let f: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(PathBuf::new(), e.to_string()))?;
+        let mut c = Config::default();
+        if let Some(v) = f.data_dir {
+            c.data_dir = v;
+        }
+        if let Some(v) = f.listen {
+            c.listen = v.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = f.artifacts_dir {
+            c.artifacts_dir = v;
+        }
+        if let Some(v) = f.qemu {
+            c.qemu = v;
+        }
+        if let Some(v) = f.accel {
+            c.accel = v.parse()?;
+        }
+        if let Some(v) = f.region {
+            c.region = v;
+        }
+        if let Some(v) = f.account_id {
+            c.account_id = v;
+        }
+        if let Some(v) = f.boot_timeout_s {
+            c.boot_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = f.init_timeout_s {
+            c.init_timeout = Duration::from_secs(v);
+        }
+        if let Some(v) = f.shutdown_grace_s {
+            c.shutdown_grace = Duration::from_secs(v);
+        }
+        if let Some(v) = f.code_storage_limit_mb {
+            c.code_storage_limit = v * 1024 * 1024;
+        }
+        if let Some(l) = f.logs {
+            if let Some(v) = l.max_stream_mb {
+                c.logs.max_stream_bytes = v * 1024 * 1024;
+            }
+            if let Some(v) = l.retention_days {
+                c.logs.retention = Duration::from_secs(v * 24 * 3600);
+            }
+        }
+        Ok(c)
+    }
+
+    pub fn log_limits(&self) -> crate::logs::LogLimits {
+        self.logs
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("flint.db")
     }
@@ -162,5 +262,30 @@ mod tests {
             Listen::Tcp("127.0.0.1:9".parse().unwrap())
         );
         assert!("nonsense".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn toml_overrides_defaults_and_refuses_unknown_keys() {
+        let c = Config::from_toml(
+            "data_dir = \"/srv/flint\"\nlisten = [\"127.0.0.1:7000\"]\naccel = \"tcg\"\n\
+             shutdown_grace_s = 5\n[logs]\nretention_days = 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/flint"));
+        assert_eq!(
+            c.listen,
+            vec![Listen::Tcp("127.0.0.1:7000".parse().unwrap())]
+        );
+        assert_eq!(c.accel, AccelChoice::Tcg);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.logs.retention, Duration::from_secs(86_400));
+        assert_eq!(c.region, "us-east-1");
+        assert!(Config::from_toml("no_such_key = 1").is_err());
+        assert!(Config::from_toml("accel = \"fast\"").is_err());
+        // The example shipped in scripts/ parses and matches the defaults.
+        let example = include_str!("../../scripts/flintd.toml");
+        let c = Config::from_toml(example).unwrap();
+        assert_eq!(c.data_dir, Config::default().data_dir);
+        assert_eq!(c.code_storage_limit, Config::default().code_storage_limit);
     }
 }

@@ -1,16 +1,21 @@
 //! The node: functions, packages, instances and invocations wired together.
 //! The API layer calls these methods with domain types only.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::config::Config;
 use crate::engine::{AccelInfo, Engine, EngineError, QemuEngine};
-use crate::functions::{self, Function, FunctionSpec, FunctionStore, FunctionsError};
+use crate::functions::{
+    self, parse_layer_version_arn, parse_qualifier, validate_alias_name, validate_routing, Alias,
+    ConfigUpdate, Function, FunctionSpec, FunctionStore, FunctionsError, LayerRef, LayerVersion,
+    Qualifier, LATEST,
+};
 use crate::invoke::{InvokeError, InvokeRequest, InvokeResult, Invoker};
 use crate::logs::FunctionLogs;
-use crate::packages::{CodeStore, PackageError, PackageRules};
-use crate::pool::{Pool, PoolSettings};
+use crate::packages::{CodeImage, CodeStore, PackageError, PackageRules, Runtime, MAX_UNZIPPED};
+use crate::pool::{InstanceInfo, Pool, PoolSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -22,10 +27,23 @@ pub enum NodeError {
     Invoke(#[from] InvokeError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error("Code storage limit of {limit} bytes would be exceeded ({used} bytes in use)")]
+    CodeStorageExceeded { used: u64, limit: u64 },
     #[error("preparing the data directory failed")]
     DataDir(#[source] std::io::Error),
     #[error("a blocking task failed: {0}")]
     Join(String),
+}
+
+/// An alias as the API asks for it.
+#[derive(Debug, Clone, Default)]
+pub struct AliasSpec {
+    pub function: String,
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    /// `Some` replaces the routing (an empty map removes it).
+    pub routing: Option<Vec<(String, f64)>>,
 }
 
 pub struct Node {
@@ -33,7 +51,9 @@ pub struct Node {
     store: Arc<FunctionStore>,
     code: Arc<CodeStore>,
     pool: Arc<Pool>,
+    logs: FunctionLogs,
     invoker: Invoker,
+    started: SystemTime,
 }
 
 impl Node {
@@ -48,6 +68,7 @@ impl Node {
         ] {
             std::fs::create_dir_all(&d).map_err(NodeError::DataDir)?;
         }
+        crate::engine::reap_leftovers(&config.run_dir());
         // Leftovers of an earlier run: instance directories and staging files.
         for d in [config.run_dir(), config.tmp_dir()] {
             if let Ok(rd) = std::fs::read_dir(&d) {
@@ -77,11 +98,12 @@ impl Node {
                 account_id: config.account_id.clone(),
             },
         ));
+        let logs = FunctionLogs::new(config.logs_dir(), config.log_limits());
         let invoker = Invoker {
             store: store.clone(),
             code: code.clone(),
             pool: pool.clone(),
-            logs: FunctionLogs::new(config.logs_dir()),
+            logs: logs.clone(),
             region: config.region.clone(),
             account_id: config.account_id.clone(),
         };
@@ -90,7 +112,9 @@ impl Node {
             store,
             code,
             pool,
+            logs,
             invoker,
+            started: SystemTime::now(),
         })
     }
 
@@ -102,8 +126,104 @@ impl Node {
         self.pool.engine().accel()
     }
 
+    pub fn logs(&self) -> &FunctionLogs {
+        &self.logs
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
     pub fn arn(&self, f: &Function) -> String {
         f.arn(&self.config.region, &self.config.account_id)
+    }
+
+    pub fn region_account(&self) -> (&str, &str) {
+        (&self.config.region, &self.config.account_id)
+    }
+
+    async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, PackageError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        Ok(tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| NodeError::Join(e.to_string()))??)
+    }
+
+    /// Bytes of packages stored on the node.
+    fn code_storage_used(&self) -> u64 {
+        std::fs::read_dir(self.config.code_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Validates and stores a package (function code when `rules.runtime` is set).
+    async fn store_package(
+        &self,
+        zip: Vec<u8>,
+        rules: PackageRules,
+    ) -> Result<CodeImage, NodeError> {
+        let used = self.code_storage_used();
+        let limit = self.config.code_storage_limit;
+        if used + zip.len() as u64 > limit {
+            return Err(NodeError::CodeStorageExceeded { used, limit });
+        }
+        let code = self.code.clone();
+        Self::blocking(move || code.store(&zip, &rules)).await
+    }
+
+    /// Removes packages nothing refers to any more.
+    fn collect_garbage(&self) {
+        let Ok(packages) = self.store.referenced_packages() else {
+            return;
+        };
+        let mut opt_keys = HashSet::new();
+        for f in self.store.list().unwrap_or_default() {
+            let mut all = vec![f.clone()];
+            all.extend(self.store.list_versions(&f.name).unwrap_or_default());
+            for v in all {
+                let shas: Vec<String> = v.layers.iter().map(|l| l.sha256_hex.clone()).collect();
+                opt_keys.insert(CodeStore::opt_key(&shas));
+            }
+        }
+        self.code.collect(&packages, &opt_keys);
+    }
+
+    /// Layer ARNs to references, checking the combined unzipped size.
+    fn resolve_layers(
+        &self,
+        arns: &[String],
+        code_unzipped: u64,
+    ) -> Result<Vec<LayerRef>, NodeError> {
+        let mut refs = Vec::with_capacity(arns.len());
+        let mut total = code_unzipped;
+        for arn in arns {
+            let (name, version) = parse_layer_version_arn(arn)?;
+            let l = self.store.get_layer(&name, version)?;
+            total += l.unzipped_size;
+            refs.push(LayerRef {
+                arn: arn.clone(),
+                sha256_hex: l.sha256_hex,
+                code_size: l.code_size,
+                unzipped_size: l.unzipped_size,
+            });
+        }
+        if total > MAX_UNZIPPED {
+            return Err(FunctionsError::Invalid {
+                field: "Layers",
+                rule: format!(
+                    "function code combined with layers exceeds the maximum allowed size of {MAX_UNZIPPED} bytes (got {total})"
+                ),
+            }
+            .into());
+        }
+        Ok(refs)
     }
 
     pub async fn create_function(
@@ -117,16 +237,23 @@ impl Node {
             Err(FunctionsError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        // Layers are checked before the package is stored.
+        self.resolve_layers(&spec.layers, 0)?;
         let rules = PackageRules {
-            runtime,
+            runtime: Some(runtime),
             handler: spec.handler.clone(),
         };
-        let code = self.code.clone();
-        let image = tokio::task::spawn_blocking(move || code.store(&zip, &rules))
-            .await
-            .map_err(|e| NodeError::Join(e.to_string()))??;
+        let image = self.store_package(zip, rules).await?;
+        let layers = match self.resolve_layers(&spec.layers, image.unzipped_size) {
+            Ok(l) => l,
+            Err(e) => {
+                self.collect_garbage();
+                return Err(e);
+            }
+        };
         let f = Function {
             name: spec.name,
+            version: LATEST.into(),
             runtime,
             handler: spec.handler,
             memory_mb: spec.memory_mb,
@@ -136,25 +263,32 @@ impl Node {
             code_sha256_hex: image.sha256_hex.clone(),
             code_sha256_b64: image.sha256_b64,
             code_size: image.zip_size,
+            unzipped_size: image.unzipped_size,
+            layers,
+            ephemeral_mb: spec.ephemeral_mb,
             last_modified: crate::time::lambda_timestamp(SystemTime::now()),
             revision: 1,
         };
         if let Err(e) = self.store.insert(&f) {
-            // Nothing half-created: drop the package unless another function uses it.
-            if !self.store.code_in_use(&image.sha256_hex).unwrap_or(true) {
-                self.code.remove(&image.sha256_hex);
-            }
+            // Nothing half-created: drop the package unless something uses it.
+            self.collect_garbage();
             return Err(e.into());
         }
         tracing::info!(function = %f.name, runtime = f.runtime.name(), "function created");
         Ok(f)
     }
 
+    /// A function at a qualifier; an alias gives its primary version.
     pub fn get_function(&self, name: &str, qualifier: &str) -> Result<Function, NodeError> {
-        if !(qualifier.is_empty() || qualifier == "$LATEST") {
-            return Err(InvokeError::Qualifier(qualifier.into()).into());
-        }
-        Ok(self.store.get(name)?)
+        let latest = self.store.get(name)?;
+        Ok(match parse_qualifier(qualifier)? {
+            Qualifier::Latest => latest,
+            Qualifier::Version(v) => self.store.get_version(name, v)?,
+            Qualifier::Alias(a) => {
+                let alias = self.store.get_alias(name, &a)?;
+                self.store.get_qualified(name, &alias.version)?
+            }
+        })
     }
 
     pub fn list_functions(&self) -> Result<Vec<Function>, NodeError> {
@@ -166,17 +300,308 @@ impl Node {
     }
 
     pub async fn delete_function(&self, name: &str) -> Result<(), NodeError> {
-        let f = self.store.delete(name)?;
+        self.store.delete(name)?;
         self.pool.retire(name).await;
-        if !self.store.code_in_use(&f.code_sha256_hex)? {
-            self.code.remove(&f.code_sha256_hex);
-        }
+        self.collect_garbage();
         tracing::info!(function = %name, "function deleted");
+        Ok(())
+    }
+
+    pub async fn update_function_code(
+        &self,
+        name: &str,
+        zip: Vec<u8>,
+        publish: bool,
+    ) -> Result<Function, NodeError> {
+        let mut f = self.store.get(name)?;
+        if zip.is_empty() {
+            return Err(FunctionsError::Invalid {
+                field: "ZipFile",
+                rule: "a deployment package is required".into(),
+            }
+            .into());
+        }
+        let rules = PackageRules {
+            runtime: Some(f.runtime),
+            handler: f.handler.clone(),
+        };
+        let image = self.store_package(zip, rules).await?;
+        let layers_unzipped: u64 = f.layers.iter().map(|l| l.unzipped_size).sum();
+        if image.unzipped_size + layers_unzipped > MAX_UNZIPPED {
+            self.collect_garbage();
+            return Err(FunctionsError::Invalid {
+                field: "ZipFile",
+                rule: format!("function code combined with layers exceeds the maximum allowed size of {MAX_UNZIPPED} bytes"),
+            }
+            .into());
+        }
+        f.code_sha256_hex = image.sha256_hex;
+        f.code_sha256_b64 = image.sha256_b64;
+        f.code_size = image.zip_size;
+        f.unzipped_size = image.unzipped_size;
+        f.revision += 1;
+        f.last_modified = crate::time::lambda_timestamp(SystemTime::now());
+        self.store.update(&f)?;
+        self.collect_garbage();
+        tracing::info!(function = %name, revision = f.revision, "function code updated");
+        if publish {
+            return Ok(self.store.publish_version(name, "")?);
+        }
+        Ok(f)
+    }
+
+    pub async fn update_function_configuration(
+        &self,
+        name: &str,
+        u: ConfigUpdate,
+    ) -> Result<Function, NodeError> {
+        let old = self.store.get(name)?;
+        let mut spec = FunctionSpec {
+            name: old.name.clone(),
+            runtime: u.runtime.unwrap_or_else(|| old.runtime.name().to_string()),
+            handler: u.handler.unwrap_or_else(|| old.handler.clone()),
+            memory_mb: u.memory_mb.unwrap_or(old.memory_mb),
+            timeout_s: u.timeout_s.unwrap_or(old.timeout_s),
+            environment: u.environment.unwrap_or_else(|| old.environment.clone()),
+            description: u.description.unwrap_or_else(|| old.description.clone()),
+            layers: u
+                .layers
+                .clone()
+                .unwrap_or_else(|| old.layers.iter().map(|l| l.arn.clone()).collect()),
+            ephemeral_mb: u.ephemeral_mb.unwrap_or(old.ephemeral_mb),
+        };
+        let runtime = functions::validate_spec(&mut spec)?;
+        if runtime != old.runtime || spec.handler != old.handler {
+            // The stored package must still have what the runtime looks for.
+            let zip = self.code.zip_bytes(&old.code_sha256_hex)?;
+            let rules = PackageRules {
+                runtime: Some(runtime),
+                handler: spec.handler.clone(),
+            };
+            Self::blocking(move || crate::packages::validate(&zip, &rules).map(drop)).await?;
+        }
+        let layers = match u.layers {
+            Some(_) => self.resolve_layers(&spec.layers, old.unzipped_size)?,
+            None => old.layers.clone(),
+        };
+        let f = Function {
+            runtime,
+            handler: spec.handler,
+            memory_mb: spec.memory_mb,
+            timeout_s: spec.timeout_s,
+            environment: spec.environment,
+            description: spec.description,
+            layers,
+            ephemeral_mb: spec.ephemeral_mb,
+            revision: old.revision + 1,
+            last_modified: crate::time::lambda_timestamp(SystemTime::now()),
+            ..old
+        };
+        self.store.update(&f)?;
+        tracing::info!(function = %name, revision = f.revision, "function configuration updated");
+        Ok(f)
+    }
+
+    pub fn publish_version(&self, name: &str, description: &str) -> Result<Function, NodeError> {
+        if description.len() > 256 {
+            return Err(FunctionsError::Invalid {
+                field: "Description",
+                rule: "must be at most 256 characters".into(),
+            }
+            .into());
+        }
+        Ok(self.store.publish_version(name, description)?)
+    }
+
+    /// `$LATEST` and every published version.
+    pub fn list_versions(&self, name: &str) -> Result<Vec<Function>, NodeError> {
+        let mut out = vec![self.store.get(name)?];
+        out.extend(self.store.list_versions(name)?);
+        Ok(out)
+    }
+
+    fn check_version_exists(&self, function: &str, version: &str) -> Result<(), NodeError> {
+        if version != LATEST && version.parse::<u64>().is_err() {
+            return Err(FunctionsError::Invalid {
+                field: "FunctionVersion",
+                rule: format!("{version:?} must be $LATEST or a version number"),
+            }
+            .into());
+        }
+        self.store.get_qualified(function, version)?;
+        Ok(())
+    }
+
+    fn routing(
+        list: Option<Vec<(String, f64)>>,
+    ) -> Result<Option<Option<(String, f64)>>, NodeError> {
+        match list {
+            None => Ok(None),
+            Some(l) if l.is_empty() => Ok(Some(None)),
+            Some(l) if l.len() == 1 => Ok(Some(l.into_iter().next())),
+            Some(_) => Err(FunctionsError::Invalid {
+                field: "RoutingConfig",
+                rule: "at most one additional version".into(),
+            }
+            .into()),
+        }
+    }
+
+    pub fn create_alias(&self, spec: AliasSpec) -> Result<Alias, NodeError> {
+        self.store.get(&spec.function)?;
+        validate_alias_name(&spec.name)?;
+        let version = spec.version.ok_or_else(|| FunctionsError::Invalid {
+            field: "FunctionVersion",
+            rule: "is required".into(),
+        })?;
+        self.check_version_exists(&spec.function, &version)?;
+        let additional = Self::routing(spec.routing)?.flatten();
+        validate_routing(&version, &additional)?;
+        if let Some((v, _)) = &additional {
+            self.check_version_exists(&spec.function, v)?;
+        }
+        let a = Alias {
+            function: spec.function,
+            name: spec.name,
+            version,
+            description: spec.description.unwrap_or_default(),
+            additional,
+        };
+        self.store.insert_alias(&a)?;
+        Ok(a)
+    }
+
+    pub fn update_alias(&self, spec: AliasSpec) -> Result<Alias, NodeError> {
+        let mut a = self.store.get_alias(&spec.function, &spec.name)?;
+        if let Some(v) = spec.version {
+            self.check_version_exists(&spec.function, &v)?;
+            a.version = v;
+        }
+        if let Some(d) = spec.description {
+            a.description = d;
+        }
+        if let Some(r) = Self::routing(spec.routing)? {
+            a.additional = r;
+        }
+        validate_routing(&a.version, &a.additional)?;
+        if let Some((v, _)) = &a.additional {
+            self.check_version_exists(&spec.function, v)?;
+        }
+        self.store.update_alias(&a)?;
+        Ok(a)
+    }
+
+    pub fn get_alias(&self, function: &str, name: &str) -> Result<Alias, NodeError> {
+        self.store.get(function)?;
+        Ok(self.store.get_alias(function, name)?)
+    }
+
+    pub fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, NodeError> {
+        self.store.get(function)?;
+        Ok(self.store.list_aliases(function)?)
+    }
+
+    pub fn delete_alias(&self, function: &str, name: &str) -> Result<(), NodeError> {
+        self.store.get(function)?;
+        Ok(self.store.delete_alias(function, name)?)
+    }
+
+    pub async fn publish_layer_version(
+        &self,
+        name: &str,
+        zip: Vec<u8>,
+        description: String,
+        compatible_runtimes: Vec<String>,
+    ) -> Result<LayerVersion, NodeError> {
+        functions::validate_layer_name(name)?;
+        for r in &compatible_runtimes {
+            if Runtime::parse(r).is_none() {
+                return Err(FunctionsError::Invalid {
+                    field: "CompatibleRuntimes",
+                    rule: format!("{r:?} is not a runtime of this node"),
+                }
+                .into());
+            }
+        }
+        if zip.is_empty() {
+            return Err(FunctionsError::Invalid {
+                field: "ZipFile",
+                rule: "a layer package is required".into(),
+            }
+            .into());
+        }
+        let image = self
+            .store_package(
+                zip,
+                PackageRules {
+                    runtime: None,
+                    handler: String::new(),
+                },
+            )
+            .await?;
+        let l = LayerVersion {
+            name: name.to_string(),
+            version: 0,
+            description,
+            compatible_runtimes,
+            sha256_hex: image.sha256_hex,
+            sha256_b64: image.sha256_b64,
+            code_size: image.zip_size,
+            unzipped_size: image.unzipped_size,
+            created: crate::time::lambda_timestamp(SystemTime::now()),
+        };
+        Ok(self.store.publish_layer(l)?)
+    }
+
+    pub fn list_layers(&self) -> Result<Vec<LayerVersion>, NodeError> {
+        Ok(self.store.list_layers()?)
+    }
+
+    pub fn list_layer_versions(&self, name: &str) -> Result<Vec<LayerVersion>, NodeError> {
+        Ok(self.store.list_layer_versions(name)?)
+    }
+
+    pub fn get_layer_version(&self, name: &str, version: u64) -> Result<LayerVersion, NodeError> {
+        Ok(self.store.get_layer(name, version)?)
+    }
+
+    /// Deletes a layer version; functions that use it keep their copy.
+    pub fn delete_layer_version(&self, name: &str, version: u64) -> Result<(), NodeError> {
+        self.store.delete_layer(name, version)?;
+        self.collect_garbage();
         Ok(())
     }
 
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, NodeError> {
         Ok(self.invoker.invoke(req).await?)
+    }
+
+    pub fn instances(&self, function: &str) -> Vec<InstanceInfo> {
+        self.pool
+            .instances()
+            .into_iter()
+            .filter(|i| function.is_empty() || i.function == function)
+            .collect()
+    }
+
+    /// Stops one instance, or all of a function's. Returns the ids stopped.
+    pub async fn stop_instances(
+        &self,
+        instance_id: &str,
+        function: &str,
+    ) -> Result<Vec<String>, NodeError> {
+        if !instance_id.is_empty() {
+            if self.pool.stop_instance(instance_id).await {
+                return Ok(vec![instance_id.to_string()]);
+            }
+            return Err(FunctionsError::Invalid {
+                field: "InstanceId",
+                rule: format!("no instance {instance_id:?} on this node"),
+            }
+            .into());
+        }
+        self.store.get(function)?;
+        Ok(self.pool.retire(function).await)
     }
 
     /// Stops every instance.

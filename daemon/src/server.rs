@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
-use crate::api::FunctionsService;
+use crate::api::{FunctionsService, NodeService};
 use crate::config::{Config, Listen};
 use crate::node::{Node, NodeError};
 
@@ -31,6 +31,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     health
         .set_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>()
         .await;
+    health
+        .set_serving::<flint_proto::node::v1::node_server::NodeServer<NodeService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(flint_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -38,6 +41,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(FunctionsService::new(node.clone()).into_server())
+        .add_service(NodeService::new(node.clone()).into_server())
         .add_service(health_service)
         .add_service(reflection);
     let routes = routes.routes();
@@ -82,6 +86,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let accel = node.accel();
     tracing::info!(accel = accel.accel.name(), reason = %accel.reason, "flintd ready");
+    notify_systemd("READY=1");
+
+    // Log retention, now and then hourly.
+    let logs = node.logs().clone();
+    let retention = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let n = logs.enforce_retention();
+            if n > 0 {
+                tracing::info!(files = n, "old log files removed");
+            }
+        }
+    });
 
     tokio::select! {
         _ = shutdown => {}
@@ -91,10 +109,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
         }
     }
+    notify_systemd("STOPPING=1");
+    retention.abort();
+    // Stop accepting; in-flight calls (invocations) get the grace period.
     let _ = stop_tx.send(true);
     health.set_not_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>().await;
+    let grace = node.config().shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            ?grace,
+            "calls still running after the grace period; stopping them"
+        );
+        servers.abort_all();
+        while servers.join_next().await.is_some() {}
+    }
     node.shutdown().await;
-    while servers.join_next().await.is_some() {}
     for l in &listen {
         if let Listen::Unix(p) = l {
             let _ = std::fs::remove_file(p);
@@ -102,4 +135,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("flintd stopped");
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) about readiness and stopping, when run by it.
+fn notify_systemd(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let path = std::path::PathBuf::from(path);
+    let sent = if let Some(abstract_name) = path.to_str().and_then(|p| p.strip_prefix('@')) {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|addr| sock.send_to_addr(state.as_bytes(), &addr))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "notifying systemd failed");
+    }
 }

@@ -1,17 +1,24 @@
-//! gRPC services: `flint.node.v1.Functions`, health and reflection. Proto in,
-//! domain types to the node, proto out; errors mapped in [`status`].
+//! gRPC services: `flint.node.v1.Functions` and `flint.node.v1.Node`, health
+//! and reflection. Proto in, domain types to the node, proto out; errors
+//! mapped in [`status`].
 
 mod status;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use flint_proto::node::v1 as pb;
 use flint_proto::node::v1::functions_server::{Functions, FunctionsServer};
+use flint_proto::node::v1::node_server::{Node as NodeApi, NodeServer};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::functions::{Function, FunctionSpec};
+use crate::functions::{Alias, ConfigUpdate, Function, FunctionSpec, LayerVersion};
 use crate::invoke::{InvocationType, InvokeRequest};
-use crate::node::Node;
+use crate::logs::LogRecord;
+use crate::node::{AliasSpec, Node};
+use crate::pool::InstanceInfo;
 
 /// Large enough for a 50 MB package plus framing.
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
@@ -34,7 +41,12 @@ impl FunctionsService {
     fn to_pb(&self, f: &Function) -> pb::FunctionConfiguration {
         pb::FunctionConfiguration {
             function_name: f.name.clone(),
-            function_arn: self.node.arn(f),
+            function_arn: if f.version == crate::functions::LATEST {
+                self.node.arn(f)
+            } else {
+                let (r, a) = self.node.region_account();
+                f.version_arn(r, a)
+            },
             runtime: f.runtime.name().into(),
             handler: f.handler.clone(),
             memory_size: f.memory_mb,
@@ -43,11 +55,60 @@ impl FunctionsService {
             code_sha256: f.code_sha256_b64.clone(),
             code_size: f.code_size,
             last_modified: f.last_modified.clone(),
-            version: "$LATEST".into(),
+            version: f.version.clone(),
             description: f.description.clone(),
             state: "Active".into(),
+            layers: f
+                .layers
+                .iter()
+                .map(|l| pb::Layer {
+                    arn: l.arn.clone(),
+                    code_size: l.code_size,
+                })
+                .collect(),
+            ephemeral_storage: f.ephemeral_mb,
+            revision_id: format!(
+                "{}-{}",
+                f.revision,
+                &f.code_sha256_hex[..12.min(f.code_sha256_hex.len())]
+            ),
         }
     }
+
+    fn alias_pb(&self, a: &Alias) -> pb::AliasConfiguration {
+        let (r, acct) = self.node.region_account();
+        pb::AliasConfiguration {
+            alias_arn: a.arn(r, acct),
+            name: a.name.clone(),
+            function_version: a.version.clone(),
+            description: a.description.clone(),
+            routing_config: a
+                .additional
+                .as_ref()
+                .map(|(v, w)| pb::AliasRoutingConfiguration {
+                    additional_version_weights: [(v.clone(), *w)].into(),
+                }),
+        }
+    }
+
+    fn layer_pb(&self, l: &LayerVersion) -> pb::LayerVersion {
+        let (r, a) = self.node.region_account();
+        pb::LayerVersion {
+            layer_arn: l.layer_arn(r, a),
+            layer_version_arn: l.version_arn(r, a),
+            layer_name: l.name.clone(),
+            version: l.version,
+            description: l.description.clone(),
+            created_date: l.created.clone(),
+            compatible_runtimes: l.compatible_runtimes.clone(),
+            code_sha256: l.sha256_b64.clone(),
+            code_size: l.code_size,
+        }
+    }
+}
+
+fn routing(r: Option<pb::AliasRoutingConfiguration>) -> Option<Vec<(String, f64)>> {
+    r.map(|r| r.additional_version_weights.into_iter().collect())
 }
 
 #[tonic::async_trait]
@@ -65,6 +126,8 @@ impl Functions for FunctionsService {
             timeout_s: r.timeout,
             environment: r.environment.into_iter().collect(),
             description: r.description,
+            layers: r.layers,
+            ephemeral_mb: r.ephemeral_storage,
         };
         if r.zip_file.is_empty() {
             return Err(status::invalid("ZipFile: a deployment package is required"));
@@ -102,6 +165,40 @@ impl Functions for FunctionsService {
         let r = request.into_inner();
         self.node.delete_function(&r.function_name).await?;
         Ok(Response::new(pb::DeleteFunctionResponse {}))
+    }
+
+    async fn update_function_code(
+        &self,
+        request: Request<pb::UpdateFunctionCodeRequest>,
+    ) -> Result<Response<pb::FunctionConfiguration>, Status> {
+        let r = request.into_inner();
+        let f = self
+            .node
+            .update_function_code(&r.function_name, r.zip_file, r.publish)
+            .await?;
+        Ok(Response::new(self.to_pb(&f)))
+    }
+
+    async fn update_function_configuration(
+        &self,
+        request: Request<pb::UpdateFunctionConfigurationRequest>,
+    ) -> Result<Response<pb::FunctionConfiguration>, Status> {
+        let r = request.into_inner();
+        let u = ConfigUpdate {
+            handler: r.handler,
+            runtime: r.runtime,
+            memory_mb: r.memory_size,
+            timeout_s: r.timeout,
+            environment: r.environment.map(|e| e.variables.into_iter().collect()),
+            layers: r.layers.map(|l| l.arns),
+            ephemeral_mb: r.ephemeral_storage,
+            description: r.description,
+        };
+        let f = self
+            .node
+            .update_function_configuration(&r.function_name, u)
+            .await?;
+        Ok(Response::new(self.to_pb(&f)))
     }
 
     async fn invoke(
@@ -146,5 +243,349 @@ impl Functions for FunctionsService {
             payload: res.payload,
             request_id: res.request_id,
         }))
+    }
+
+    async fn publish_version(
+        &self,
+        request: Request<pb::PublishVersionRequest>,
+    ) -> Result<Response<pb::FunctionConfiguration>, Status> {
+        let r = request.into_inner();
+        let f = self
+            .node
+            .publish_version(&r.function_name, &r.description)?;
+        Ok(Response::new(self.to_pb(&f)))
+    }
+
+    async fn list_versions_by_function(
+        &self,
+        request: Request<pb::ListVersionsByFunctionRequest>,
+    ) -> Result<Response<pb::ListVersionsByFunctionResponse>, Status> {
+        let r = request.into_inner();
+        let vs = self.node.list_versions(&r.function_name)?;
+        Ok(Response::new(pb::ListVersionsByFunctionResponse {
+            versions: vs.iter().map(|f| self.to_pb(f)).collect(),
+        }))
+    }
+
+    async fn create_alias(
+        &self,
+        request: Request<pb::CreateAliasRequest>,
+    ) -> Result<Response<pb::AliasConfiguration>, Status> {
+        let r = request.into_inner();
+        let a = self.node.create_alias(AliasSpec {
+            function: r.function_name,
+            name: r.name,
+            version: Some(r.function_version),
+            description: Some(r.description),
+            routing: routing(r.routing_config),
+        })?;
+        Ok(Response::new(self.alias_pb(&a)))
+    }
+
+    async fn update_alias(
+        &self,
+        request: Request<pb::UpdateAliasRequest>,
+    ) -> Result<Response<pb::AliasConfiguration>, Status> {
+        let r = request.into_inner();
+        let a = self.node.update_alias(AliasSpec {
+            function: r.function_name,
+            name: r.name,
+            version: r.function_version,
+            description: r.description,
+            routing: routing(r.routing_config),
+        })?;
+        Ok(Response::new(self.alias_pb(&a)))
+    }
+
+    async fn get_alias(
+        &self,
+        request: Request<pb::GetAliasRequest>,
+    ) -> Result<Response<pb::AliasConfiguration>, Status> {
+        let r = request.into_inner();
+        let a = self.node.get_alias(&r.function_name, &r.name)?;
+        Ok(Response::new(self.alias_pb(&a)))
+    }
+
+    async fn list_aliases(
+        &self,
+        request: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        let r = request.into_inner();
+        let list = self.node.list_aliases(&r.function_name)?;
+        Ok(Response::new(pb::ListAliasesResponse {
+            aliases: list.iter().map(|a| self.alias_pb(a)).collect(),
+        }))
+    }
+
+    async fn delete_alias(
+        &self,
+        request: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let r = request.into_inner();
+        self.node.delete_alias(&r.function_name, &r.name)?;
+        Ok(Response::new(pb::DeleteAliasResponse {}))
+    }
+
+    async fn publish_layer_version(
+        &self,
+        request: Request<pb::PublishLayerVersionRequest>,
+    ) -> Result<Response<pb::LayerVersion>, Status> {
+        let r = request.into_inner();
+        let l = self
+            .node
+            .publish_layer_version(
+                &r.layer_name,
+                r.zip_file,
+                r.description,
+                r.compatible_runtimes,
+            )
+            .await?;
+        Ok(Response::new(self.layer_pb(&l)))
+    }
+
+    async fn list_layers(
+        &self,
+        _request: Request<pb::ListLayersRequest>,
+    ) -> Result<Response<pb::ListLayersResponse>, Status> {
+        let ls = self.node.list_layers()?;
+        Ok(Response::new(pb::ListLayersResponse {
+            layers: ls.iter().map(|l| self.layer_pb(l)).collect(),
+        }))
+    }
+
+    async fn list_layer_versions(
+        &self,
+        request: Request<pb::ListLayerVersionsRequest>,
+    ) -> Result<Response<pb::ListLayerVersionsResponse>, Status> {
+        let r = request.into_inner();
+        let ls = self.node.list_layer_versions(&r.layer_name)?;
+        Ok(Response::new(pb::ListLayerVersionsResponse {
+            layer_versions: ls.iter().map(|l| self.layer_pb(l)).collect(),
+        }))
+    }
+
+    async fn get_layer_version(
+        &self,
+        request: Request<pb::GetLayerVersionRequest>,
+    ) -> Result<Response<pb::LayerVersion>, Status> {
+        let r = request.into_inner();
+        let l = self.node.get_layer_version(&r.layer_name, r.version)?;
+        Ok(Response::new(self.layer_pb(&l)))
+    }
+
+    async fn delete_layer_version(
+        &self,
+        request: Request<pb::DeleteLayerVersionRequest>,
+    ) -> Result<Response<pb::DeleteLayerVersionResponse>, Status> {
+        let r = request.into_inner();
+        self.node.delete_layer_version(&r.layer_name, r.version)?;
+        Ok(Response::new(pb::DeleteLayerVersionResponse {}))
+    }
+}
+
+/// Node inspection and operation.
+pub struct NodeService {
+    node: Arc<Node>,
+}
+
+impl NodeService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    pub fn into_server(self) -> NodeServer<Self> {
+        NodeServer::new(self)
+    }
+}
+
+fn instance_pb(i: &InstanceInfo) -> pb::InstanceInfo {
+    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", i.pid))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0);
+    pb::InstanceInfo {
+        id: i.id.clone(),
+        function_name: i.function.clone(),
+        function_version: i.version.clone(),
+        state: format!("{:?}", i.state),
+        memory_size: i.memory_mb,
+        rss_kb,
+        created: crate::time::rfc3339(i.created),
+        age_seconds: SystemTime::now()
+            .duration_since(i.created)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        invocations: i.invocations,
+        last_used: i.last_used.map(crate::time::rfc3339).unwrap_or_default(),
+        start_kind: i.start_kind.into(),
+    }
+}
+
+fn meminfo_mb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+fn record_pb(r: LogRecord) -> pb::LogLine {
+    pb::LogLine {
+        timestamp: r.timestamp,
+        function_name: r.function,
+        log_stream: r.stream,
+        request_id: r.request_id,
+        message: r.message,
+    }
+}
+
+type LogStreamOut = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeApi for NodeService {
+    async fn get_node_info(
+        &self,
+        _request: Request<pb::GetNodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfo>, Status> {
+        let cfg = self.node.config();
+        let accel = self.node.accel();
+        let instances = self.node.instances("");
+        let runtime_images = crate::packages::Runtime::ALL
+            .iter()
+            .map(|r| {
+                let path = cfg.runtime_image(r.name());
+                pb::RuntimeImage {
+                    runtime: r.name().into(),
+                    size: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                    path: std::fs::canonicalize(&path)
+                        .unwrap_or(path)
+                        .display()
+                        .to_string(),
+                }
+            })
+            .collect();
+        let rss: u64 = instances.iter().map(|i| instance_pb(i).rss_kb).sum();
+        Ok(Response::new(pb::NodeInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            engine: crate::engine::qemu_version(&cfg.qemu),
+            accelerator: accel.accel.name().into(),
+            accelerator_reason: accel.reason.clone(),
+            kernel: std::fs::canonicalize(cfg.kernel())
+                .unwrap_or(cfg.kernel())
+                .display()
+                .to_string(),
+            runtime_images,
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(0),
+            memory_total_mb: meminfo_mb("MemTotal:"),
+            memory_available_mb: meminfo_mb("MemAvailable:"),
+            instances: instances.len() as u32,
+            instance_memory_mb: instances.iter().map(|i| i.memory_mb as u64).sum(),
+            instance_rss_mb: rss / 1024,
+            functions: self
+                .node
+                .list_functions()
+                .map(|f| f.len() as u32)
+                .unwrap_or(0),
+            data_dir: cfg.data_dir.display().to_string(),
+            started_at: crate::time::rfc3339(self.node.started()),
+        }))
+    }
+
+    async fn list_instances(
+        &self,
+        request: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(pb::ListInstancesResponse {
+            instances: self
+                .node
+                .instances(&r.function_name)
+                .iter()
+                .map(instance_pb)
+                .collect(),
+        }))
+    }
+
+    async fn stop_instances(
+        &self,
+        request: Request<pb::StopInstancesRequest>,
+    ) -> Result<Response<pb::StopInstancesResponse>, Status> {
+        let r = request.into_inner();
+        if r.instance_id.is_empty() == r.function_name.is_empty() {
+            return Err(status::invalid(
+                "InstanceId, FunctionName: give exactly one of them",
+            ));
+        }
+        let stopped = self
+            .node
+            .stop_instances(&r.instance_id, &r.function_name)
+            .await?;
+        Ok(Response::new(pb::StopInstancesResponse { stopped }))
+    }
+
+    type TailLogsStream = LogStreamOut;
+
+    async fn tail_logs(
+        &self,
+        request: Request<pb::TailLogsRequest>,
+    ) -> Result<Response<Self::TailLogsStream>, Status> {
+        let r = request.into_inner();
+        self.node.get_function(&r.function_name, "")?;
+        let since =
+            (r.since_seconds > 0).then(|| SystemTime::now() - Duration::from_secs(r.since_seconds));
+        let logs = self.node.logs().clone();
+        // Subscribe first so nothing written meanwhile is missed.
+        let live = r.follow.then(|| logs.subscribe());
+        let backlog = logs.read(&r.function_name, since);
+        let function = r.function_name.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            let last = backlog.last().map(|l| l.timestamp.clone());
+            for rec in backlog {
+                if tx.send(Ok(record_pb(rec))).await.is_err() {
+                    return;
+                }
+            }
+            let Some(mut live) = live else { return };
+            loop {
+                match live.recv().await {
+                    Ok(rec) if rec.function == function => {
+                        // Lines already sent from the files are not repeated.
+                        if last.as_deref().is_some_and(|l| rec.timestamp.as_str() < l) {
+                            continue;
+                        }
+                        if tx.send(Ok(record_pb(rec))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let note = pb::LogLine {
+                            message: format!("[flintd: {n} log lines dropped for a slow reader]"),
+                            function_name: function.clone(),
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(note)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

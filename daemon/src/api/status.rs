@@ -15,8 +15,14 @@ fn status(code: Code, exception: &str, message: impl std::fmt::Display) -> Statu
 fn functions(e: &FunctionsError) -> Status {
     match e {
         FunctionsError::NotFound(_) => status(Code::NotFound, "ResourceNotFoundException", e),
-        FunctionsError::AlreadyExists(_) => {
+        FunctionsError::AlreadyExists(_) | FunctionsError::AliasExists(_) => {
             status(Code::AlreadyExists, "ResourceConflictException", e)
+        }
+        FunctionsError::AliasNotFound(_) | FunctionsError::LayerNotFound(_) => {
+            status(Code::NotFound, "ResourceNotFoundException", e)
+        }
+        FunctionsError::Conflict(_) => {
+            status(Code::FailedPrecondition, "ResourceConflictException", e)
         }
         FunctionsError::Invalid { .. } => {
             status(Code::InvalidArgument, "InvalidParameterValueException", e)
@@ -48,7 +54,7 @@ fn invoke(e: &InvokeError) -> Status {
         InvokeError::PayloadTooLarge { .. } => {
             status(Code::InvalidArgument, "RequestTooLargeException", e)
         }
-        InvokeError::Qualifier(_) => status(Code::NotFound, "ResourceNotFoundException", e),
+        InvokeError::Layers(_) => status(Code::Unavailable, "ServiceException", e),
         InvokeError::EventUnsupported => {
             status(Code::Unimplemented, "InvalidParameterValueException", e)
         }
@@ -76,6 +82,9 @@ impl From<NodeError> for Status {
             NodeError::Functions(f) => functions(f),
             NodeError::Package(p) => package(p),
             NodeError::Invoke(i) => invoke(i),
+            NodeError::CodeStorageExceeded { .. } => {
+                status(Code::FailedPrecondition, "CodeStorageExceededException", &e)
+            }
             NodeError::Engine(_) | NodeError::DataDir(_) | NodeError::Join(_) => {
                 status(Code::Internal, "ServiceException", chain(&e))
             }

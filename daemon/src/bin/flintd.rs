@@ -8,6 +8,9 @@ use flint_daemon::config::{AccelChoice, Config, Listen};
 #[derive(Parser)]
 #[command(version, about = "Flint execution node: Lambda functions in microVMs")]
 struct Args {
+    /// TOML configuration file (default: /etc/flint/flintd.toml when it exists).
+    #[arg(long, env = "FLINT_CONFIG")]
+    config: Option<PathBuf>,
     /// Data directory: metadata, code, logs, instance files.
     #[arg(long, env = "FLINT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -29,7 +32,12 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    let mut config = Config::default();
+    let default_file = PathBuf::from("/etc/flint/flintd.toml");
+    let mut config = match args.config {
+        Some(path) => Config::load(&path)?,
+        None if default_file.exists() => Config::load(&default_file)?,
+        None => Config::default(),
+    };
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }

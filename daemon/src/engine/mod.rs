@@ -82,3 +82,46 @@ pub trait Vm: Send + Sync {
     /// The last lines of the guest console, for diagnostics.
     fn console_tail(&self, max_bytes: usize) -> String;
 }
+
+/// Kills VMM processes left by an earlier flintd whose files live under
+/// `run_dir` (normally none: QEMU dies with its parent). Returns how many.
+pub fn reap_leftovers(run_dir: &std::path::Path) -> usize {
+    let needle = run_dir.display().to_string();
+    let mut n = 0;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_qemu = args.first().is_some_and(|a| a.contains("qemu-system"));
+        if is_qemu && args.iter().any(|a| a.contains(&needle)) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            tracing::warn!(pid, "killed a VMM left by an earlier run");
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The QEMU version string, for node information.
+pub fn qemu_version(qemu: &std::path::Path) -> String {
+    std::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into())
+}

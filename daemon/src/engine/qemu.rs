@@ -26,11 +26,43 @@ const QMP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct QemuEngine {
     qemu: PathBuf,
     accel: AccelInfo,
+    /// Host TSC frequency; under TCG the guest's TSC is the host's.
+    tsc_khz: Option<u64>,
+}
+
+/// Measures the host TSC frequency against CLOCK_MONOTONIC.
+fn host_tsc_khz() -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let t0 = std::time::Instant::now();
+        // SAFETY: RDTSC only reads the time-stamp counter; every x86_64 CPU has it.
+        let c0 = unsafe { std::arch::x86_64::_rdtsc() };
+        std::thread::sleep(Duration::from_millis(50));
+        // SAFETY: as above.
+        let c1 = unsafe { std::arch::x86_64::_rdtsc() };
+        let us = t0.elapsed().as_micros() as u64;
+        (us > 0 && c1 > c0).then(|| (c1 - c0) * 1000 / us)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
 }
 
 impl QemuEngine {
     pub fn new(qemu: PathBuf, accel: AccelInfo) -> Self {
-        Self { qemu, accel }
+        // Under TCG the guest cannot calibrate its TSC reliably (the PIT is
+        // emulated too, and a busy host skews it): tell it the frequency, or
+        // its clock drifts and Lambda deadlines go wrong.
+        let tsc_khz = match accel.accel {
+            Accel::Tcg => host_tsc_khz(),
+            Accel::Kvm => None,
+        };
+        Self {
+            qemu,
+            accel,
+            tsc_khz,
+        }
     }
 
     fn args(&self, spec: &VmSpec, agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
@@ -57,12 +89,17 @@ impl QemuEngine {
         a.push("-kernel".into());
         a.push(spec.kernel.display().to_string());
         a.push("-append".into());
-        a.push(
+        let mut cmdline = String::from(
             "console=ttyS0 reboot=t panic=-1 root=/dev/vda ro rootfstype=erofs \
              init=/sbin/flint-agent quiet loglevel=4 8250.nr_uarts=1 \
-             flint.channel=flint.agent"
-                .into(),
+             flint.channel=flint.agent",
         );
+        if let Some(khz) = self.tsc_khz {
+            cmdline.push_str(&format!(
+                " tsc_early_khz={khz} tsc=reliable clocksource=tsc"
+            ));
+        }
+        a.push(cmdline);
         a.push("-serial".into());
         a.push(format!("file:{}", console.display()));
         let drives = std::iter::once(&spec.rootfs).chain(spec.drives.iter());

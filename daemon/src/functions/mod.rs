@@ -1,8 +1,11 @@
-//! The function model and its SQLite store.
+//! The function model — functions, published versions, aliases, layers —
+//! its validation rules, and its SQLite store.
 
 mod store;
 
 use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 pub use store::FunctionStore;
 
@@ -16,6 +19,12 @@ pub const MAX_TIMEOUT_S: u32 = 900;
 pub const DEFAULT_TIMEOUT_S: u32 = 3;
 /// Lambda's limit on all environment variables together.
 pub const MAX_ENVIRONMENT_BYTES: usize = 4 * 1024;
+pub const MIN_EPHEMERAL_MB: u32 = 512;
+pub const MAX_EPHEMERAL_MB: u32 = 10_240;
+/// Lambda's limit on layers per function.
+pub const MAX_LAYERS: usize = 5;
+/// The unpublished version every function has.
+pub const LATEST: &str = "$LATEST";
 
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionsError {
@@ -23,6 +32,14 @@ pub enum FunctionsError {
     NotFound(String),
     #[error("Function already exist: {0}")]
     AlreadyExists(String),
+    #[error("Alias not found: {0}")]
+    AliasNotFound(String),
+    #[error("Alias already exists: {0}")]
+    AliasExists(String),
+    #[error("Layer version not found: {0}")]
+    LayerNotFound(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("{field}: {rule}")]
     Invalid { field: &'static str, rule: String },
     #[error("metadata store failed")]
@@ -48,12 +65,38 @@ pub struct FunctionSpec {
     pub timeout_s: u32,
     pub environment: BTreeMap<String, String>,
     pub description: String,
+    pub layers: Vec<String>,
+    pub ephemeral_mb: u32,
 }
 
-/// A stored function (`$LATEST`).
-#[derive(Debug, Clone, PartialEq)]
+/// A change of `$LATEST`'s configuration: only the fields that are set change.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigUpdate {
+    pub handler: Option<String>,
+    pub runtime: Option<String>,
+    pub memory_mb: Option<u32>,
+    pub timeout_s: Option<u32>,
+    pub environment: Option<BTreeMap<String, String>>,
+    pub layers: Option<Vec<String>>,
+    pub ephemeral_mb: Option<u32>,
+    pub description: Option<String>,
+}
+
+/// A layer version as a function refers to it. The function keeps the
+/// package's digest, so it keeps working after the layer version is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    pub arn: String,
+    pub sha256_hex: String,
+    pub code_size: u64,
+    pub unzipped_size: u64,
+}
+
+/// One version of a function: `$LATEST` (mutable) or a published number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Function {
     pub name: String,
+    pub version: String,
     pub runtime: Runtime,
     pub handler: String,
     pub memory_mb: u32,
@@ -63,19 +106,216 @@ pub struct Function {
     pub code_sha256_hex: String,
     pub code_sha256_b64: String,
     pub code_size: u64,
+    pub unzipped_size: u64,
+    pub layers: Vec<LayerRef>,
+    pub ephemeral_mb: u32,
     pub last_modified: String,
-    /// Bumped by every change; instances of an older revision are retired.
+    /// Bumped by every change of `$LATEST`; instances of an older revision
+    /// are retired.
     pub revision: u64,
 }
 
 impl Function {
+    /// The unqualified ARN.
     pub fn arn(&self, region: &str, account: &str) -> String {
         function_arn(region, account, &self.name)
+    }
+
+    /// The ARN qualified with this version.
+    pub fn version_arn(&self, region: &str, account: &str) -> String {
+        format!("{}:{}", self.arn(region, account), self.version)
+    }
+
+    /// Whether two versions run the same code with the same configuration
+    /// (what `PublishVersion` compares).
+    pub fn same_code_and_configuration(&self, other: &Function) -> bool {
+        self.runtime == other.runtime
+            && self.handler == other.handler
+            && self.memory_mb == other.memory_mb
+            && self.timeout_s == other.timeout_s
+            && self.environment == other.environment
+            && self.code_sha256_hex == other.code_sha256_hex
+            && self.layers == other.layers
+            && self.ephemeral_mb == other.ephemeral_mb
     }
 }
 
 pub fn function_arn(region: &str, account: &str, name: &str) -> String {
     format!("arn:aws:lambda:{region}:{account}:function:{name}")
+}
+
+/// An alias: a name for a version, optionally sending a share of the
+/// traffic to a second version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alias {
+    pub function: String,
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// (version, weight in 0..=1).
+    pub additional: Option<(String, f64)>,
+}
+
+impl Alias {
+    pub fn arn(&self, region: &str, account: &str) -> String {
+        format!(
+            "{}:{}",
+            function_arn(region, account, &self.function),
+            self.name
+        )
+    }
+
+    /// The version an invocation goes to, given a uniform sample in [0, 1).
+    pub fn route(&self, sample: f64) -> &str {
+        match &self.additional {
+            Some((v, w)) if sample < *w => v,
+            _ => &self.version,
+        }
+    }
+}
+
+/// A published layer version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerVersion {
+    pub name: String,
+    pub version: u64,
+    pub description: String,
+    pub compatible_runtimes: Vec<String>,
+    pub sha256_hex: String,
+    pub sha256_b64: String,
+    pub code_size: u64,
+    pub unzipped_size: u64,
+    pub created: String,
+}
+
+impl LayerVersion {
+    pub fn layer_arn(&self, region: &str, account: &str) -> String {
+        layer_arn(region, account, &self.name)
+    }
+
+    pub fn version_arn(&self, region: &str, account: &str) -> String {
+        format!("{}:{}", self.layer_arn(region, account), self.version)
+    }
+}
+
+pub fn layer_arn(region: &str, account: &str, name: &str) -> String {
+    format!("arn:aws:lambda:{region}:{account}:layer:{name}")
+}
+
+/// Splits `arn:aws:lambda:REGION:ACCOUNT:layer:NAME:VERSION`.
+pub fn parse_layer_version_arn(arn: &str) -> Result<(String, u64), FunctionsError> {
+    let parts: Vec<&str> = arn.split(':').collect();
+    let bad = || {
+        invalid(
+            "Layers",
+            format!("{arn:?} is not a layer version ARN (arn:aws:lambda:REGION:ACCOUNT:layer:NAME:VERSION)"),
+        )
+    };
+    if parts.len() != 8 || parts[0] != "arn" || parts[2] != "lambda" || parts[5] != "layer" {
+        return Err(bad());
+    }
+    validate_layer_name(parts[6])?;
+    let version = parts[7].parse::<u64>().map_err(|_| bad())?;
+    if version == 0 {
+        return Err(bad());
+    }
+    Ok((parts[6].to_string(), version))
+}
+
+/// What an invocation or a read names: `$LATEST`, a version, or an alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Qualifier {
+    Latest,
+    Version(u64),
+    Alias(String),
+}
+
+/// Parses a qualifier (empty means `$LATEST`).
+pub fn parse_qualifier(q: &str) -> Result<Qualifier, FunctionsError> {
+    if q.is_empty() || q == LATEST {
+        return Ok(Qualifier::Latest);
+    }
+    if q.chars().all(|c| c.is_ascii_digit()) {
+        return match q.parse::<u64>() {
+            Ok(v) if v > 0 => Ok(Qualifier::Version(v)),
+            _ => Err(invalid(
+                "Qualifier",
+                format!("{q:?} is not a valid version"),
+            )),
+        };
+    }
+    validate_alias_name(q).map_err(|_| {
+        invalid(
+            "Qualifier",
+            format!("{q:?} must be $LATEST, a version number or an alias name"),
+        )
+    })?;
+    Ok(Qualifier::Alias(q.to_string()))
+}
+
+/// Lambda's alias-name rule: 1 to 128 of `[A-Za-z0-9_-]`, not all digits.
+pub fn validate_alias_name(name: &str) -> Result<(), FunctionsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && !name.chars().all(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "Name",
+            format!("alias name {name:?} must be 1 to 128 letters, digits, hyphens or underscores, and not only digits"),
+        ))
+    }
+}
+
+/// Lambda's layer-name rule: 1 to 140 of `[A-Za-z0-9_-]`.
+pub fn validate_layer_name(name: &str) -> Result<(), FunctionsError> {
+    let ok = !name.is_empty()
+        && name.len() <= 140
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "LayerName",
+            format!("{name:?} must be 1 to 140 letters, digits, hyphens or underscores"),
+        ))
+    }
+}
+
+/// Checks an alias's routing: at most one additional version, a published
+/// one other than the primary, with a weight in [0, 1].
+pub fn validate_routing(
+    primary: &str,
+    additional: &Option<(String, f64)>,
+) -> Result<(), FunctionsError> {
+    let Some((v, w)) = additional else {
+        return Ok(());
+    };
+    if !(0.0..=1.0).contains(w) || w.is_nan() {
+        return Err(invalid(
+            "RoutingConfig",
+            format!("the weight of version {v} must be between 0.0 and 1.0 (got {w})"),
+        ));
+    }
+    if primary == LATEST || v == LATEST {
+        return Err(invalid(
+            "RoutingConfig",
+            "traffic can only be split between published versions, not $LATEST",
+        ));
+    }
+    if v == primary {
+        return Err(invalid(
+            "RoutingConfig",
+            format!("the additional version {v} is the alias's own version"),
+        ));
+    }
+    Ok(())
 }
 
 /// Variables the platform sets; a function may not override them.
@@ -169,8 +409,32 @@ pub fn validate_spec(spec: &mut FunctionSpec) -> Result<Runtime, FunctionsError>
     if spec.description.len() > 256 {
         return Err(invalid("Description", "must be at most 256 characters"));
     }
+    if spec.ephemeral_mb == 0 {
+        spec.ephemeral_mb = MIN_EPHEMERAL_MB;
+    }
+    validate_ephemeral(spec.ephemeral_mb)?;
+    if spec.layers.len() > MAX_LAYERS {
+        return Err(invalid(
+            "Layers",
+            format!("at most {MAX_LAYERS} layers (got {})", spec.layers.len()),
+        ));
+    }
+    for l in &spec.layers {
+        parse_layer_version_arn(l)?;
+    }
     validate_environment(&spec.environment)?;
     Ok(runtime)
+}
+
+pub fn validate_ephemeral(mb: u32) -> Result<(), FunctionsError> {
+    if (MIN_EPHEMERAL_MB..=MAX_EPHEMERAL_MB).contains(&mb) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "EphemeralStorage",
+            format!("must be between {MIN_EPHEMERAL_MB} and {MAX_EPHEMERAL_MB} MB (got {mb})"),
+        ))
+    }
 }
 
 pub fn validate_environment(env: &BTreeMap<String, String>) -> Result<(), FunctionsError> {

@@ -1,33 +1,61 @@
-//! SQLite (WAL) store of functions.
+//! SQLite (WAL) store of functions, versions, aliases and layers. Each row
+//! keeps its record as JSON next to the keys it is looked up by; changes that
+//! touch several rows run in one transaction.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::de::DeserializeOwned;
 
-use super::{Function, FunctionsError};
-use crate::packages::Runtime;
+use super::{Alias, Function, FunctionsError, LayerVersion, LATEST};
 
 pub struct FunctionStore {
     conn: Mutex<Connection>,
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS functions (
-    name            TEXT PRIMARY KEY,
-    runtime         TEXT NOT NULL,
-    handler         TEXT NOT NULL,
-    memory_mb       INTEGER NOT NULL,
-    timeout_s       INTEGER NOT NULL,
-    environment     TEXT NOT NULL,
-    description     TEXT NOT NULL,
-    code_sha256     TEXT NOT NULL,
-    code_sha256_b64 TEXT NOT NULL,
-    code_size       INTEGER NOT NULL,
-    last_modified   TEXT NOT NULL,
-    revision        INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS fn_latest (
+    name         TEXT PRIMARY KEY,
+    record       TEXT NOT NULL,
+    next_version INTEGER NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS fn_versions (
+    name    TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record  TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS fn_aliases (
+    function TEXT NOT NULL,
+    name     TEXT NOT NULL,
+    record   TEXT NOT NULL,
+    PRIMARY KEY (function, name)
+);
+CREATE TABLE IF NOT EXISTS layer_versions (
+    name    TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    record  TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS layer_names (
+    name         TEXT PRIMARY KEY,
+    next_version INTEGER NOT NULL
 );
 ";
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String, FunctionsError> {
+    serde_json::to_string(v).map_err(|e| FunctionsError::Corrupt(what.into(), e.to_string()))
+}
+
+fn from_json<T: DeserializeOwned>(what: &str, s: &str) -> Result<T, FunctionsError> {
+    serde_json::from_str(s).map_err(|e| FunctionsError::Corrupt(what.into(), e.to_string()))
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
 
 impl FunctionStore {
     pub fn open(path: &Path) -> Result<Self, FunctionsError> {
@@ -45,151 +73,334 @@ impl FunctionStore {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Inserts a new function; fails if the name is taken.
+    // ------------------------------------------------------------ functions
+
+    /// Inserts a new function's `$LATEST`; fails if the name is taken.
     pub fn insert(&self, f: &Function) -> Result<(), FunctionsError> {
-        let env = serde_json::to_string(&f.environment)
-            .map_err(|e| FunctionsError::Corrupt(f.name.clone(), e.to_string()))?;
         let r = self.conn().execute(
-            "INSERT INTO functions (name, runtime, handler, memory_mb, timeout_s, environment,
-                description, code_sha256, code_sha256_b64, code_size, last_modified, revision)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                f.name,
-                f.runtime.name(),
-                f.handler,
-                f.memory_mb,
-                f.timeout_s,
-                env,
-                f.description,
-                f.code_sha256_hex,
-                f.code_sha256_b64,
-                f.code_size as i64,
-                f.last_modified,
-                f.revision as i64,
-            ],
+            "INSERT INTO fn_latest (name, record) VALUES (?1, ?2)",
+            params![f.name, to_json(&f.name, f)?],
         );
         match r {
             Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(FunctionsError::AlreadyExists(f.name.clone()))
-            }
+            Err(e) if is_constraint(&e) => Err(FunctionsError::AlreadyExists(f.name.clone())),
             Err(e) => Err(e.into()),
         }
     }
 
+    /// Replaces a function's `$LATEST`.
+    pub fn update(&self, f: &Function) -> Result<(), FunctionsError> {
+        let n = self.conn().execute(
+            "UPDATE fn_latest SET record = ?2 WHERE name = ?1",
+            params![f.name, to_json(&f.name, f)?],
+        )?;
+        if n == 0 {
+            return Err(FunctionsError::NotFound(f.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// A function's `$LATEST`.
     pub fn get(&self, name: &str) -> Result<Function, FunctionsError> {
-        self.conn()
+        let rec: Option<String> = self
+            .conn()
             .query_row(
-                "SELECT name, runtime, handler, memory_mb, timeout_s, environment, description,
-                    code_sha256, code_sha256_b64, code_size, last_modified, revision
-                 FROM functions WHERE name = ?1",
+                "SELECT record FROM fn_latest WHERE name = ?1",
                 params![name],
-                row_to_raw,
+                |r| r.get(0),
             )
-            .optional()?
-            .ok_or_else(|| FunctionsError::NotFound(name.into()))
-            .and_then(RawFunction::into_function)
+            .optional()?;
+        from_json(
+            name,
+            &rec.ok_or_else(|| FunctionsError::NotFound(name.into()))?,
+        )
     }
 
     pub fn list(&self) -> Result<Vec<Function>, FunctionsError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT name, runtime, handler, memory_mb, timeout_s, environment, description,
-                code_sha256, code_sha256_b64, code_size, last_modified, revision
-             FROM functions ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], row_to_raw)?;
+        let mut stmt = conn.prepare("SELECT name, record FROM fn_latest ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         rows.map(|r| {
-            r.map_err(FunctionsError::from)
-                .and_then(RawFunction::into_function)
+            let (n, rec) = r?;
+            from_json(&n, &rec)
         })
         .collect()
     }
 
-    /// Deletes a function; returns it.
-    pub fn delete(&self, name: &str) -> Result<Function, FunctionsError> {
-        let f = self.get(name)?;
-        self.conn()
-            .execute("DELETE FROM functions WHERE name = ?1", params![name])?;
-        Ok(f)
+    /// Deletes a function with its versions and aliases; returns every
+    /// version that was deleted.
+    pub fn delete(&self, name: &str) -> Result<Vec<Function>, FunctionsError> {
+        let mut deleted = vec![self.get(name)?];
+        deleted.extend(self.list_versions(name)?);
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM fn_latest WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM fn_versions WHERE name = ?1", params![name])?;
+        tx.execute("DELETE FROM fn_aliases WHERE function = ?1", params![name])?;
+        tx.commit()?;
+        Ok(deleted)
     }
 
-    /// Whether any function still uses the package with this SHA-256.
-    pub fn code_in_use(&self, sha256_hex: &str) -> Result<bool, FunctionsError> {
-        let n: i64 = self.conn().query_row(
-            "SELECT COUNT(*) FROM functions WHERE code_sha256 = ?1",
-            params![sha256_hex],
-            |r| r.get(0),
+    // ------------------------------------------------------------- versions
+
+    /// Publishes `$LATEST` as a new version, unless the last published
+    /// version has the same code and configuration: then that one is returned.
+    pub fn publish_version(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<Function, FunctionsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let (rec, next): (String, i64) = tx
+            .query_row(
+                "SELECT record, next_version FROM fn_latest WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or_else(|| FunctionsError::NotFound(name.into()))?;
+        let latest: Function = from_json(name, &rec)?;
+        let last: Option<String> = tx
+            .query_row(
+                "SELECT record FROM fn_versions WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                params![name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(last) = last {
+            let last: Function = from_json(name, &last)?;
+            if last.same_code_and_configuration(&latest) {
+                return Ok(last);
+            }
+        }
+        let mut v = latest;
+        v.version = next.to_string();
+        if !description.is_empty() {
+            v.description = description.to_string();
+        }
+        v.last_modified = crate::time::lambda_timestamp(std::time::SystemTime::now());
+        tx.execute(
+            "INSERT INTO fn_versions (name, version, record) VALUES (?1, ?2, ?3)",
+            params![name, next, to_json(name, &v)?],
         )?;
-        Ok(n > 0)
+        tx.execute(
+            "UPDATE fn_latest SET next_version = ?2 WHERE name = ?1",
+            params![name, next + 1],
+        )?;
+        tx.commit()?;
+        Ok(v)
     }
-}
 
-struct RawFunction {
-    name: String,
-    runtime: String,
-    handler: String,
-    memory_mb: u32,
-    timeout_s: u32,
-    environment: String,
-    description: String,
-    code_sha256_hex: String,
-    code_sha256_b64: String,
-    code_size: i64,
-    last_modified: String,
-    revision: i64,
-}
+    pub fn get_version(&self, name: &str, version: u64) -> Result<Function, FunctionsError> {
+        let rec: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT record FROM fn_versions WHERE name = ?1 AND version = ?2",
+                params![name, version as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match rec {
+            Some(rec) => from_json(name, &rec),
+            None => Err(FunctionsError::NotFound(format!("{name}:{version}"))),
+        }
+    }
 
-fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawFunction> {
-    Ok(RawFunction {
-        name: r.get(0)?,
-        runtime: r.get(1)?,
-        handler: r.get(2)?,
-        memory_mb: r.get(3)?,
-        timeout_s: r.get(4)?,
-        environment: r.get(5)?,
-        description: r.get(6)?,
-        code_sha256_hex: r.get(7)?,
-        code_sha256_b64: r.get(8)?,
-        code_size: r.get(9)?,
-        last_modified: r.get(10)?,
-        revision: r.get(11)?,
-    })
-}
+    /// Published versions, oldest first (without `$LATEST`).
+    pub fn list_versions(&self, name: &str) -> Result<Vec<Function>, FunctionsError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT record FROM fn_versions WHERE name = ?1 ORDER BY version")?;
+        let rows = stmt.query_map(params![name], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json(name, &r?)).collect()
+    }
 
-impl RawFunction {
-    fn into_function(self) -> Result<Function, FunctionsError> {
-        let runtime = Runtime::parse(&self.runtime).ok_or_else(|| {
-            FunctionsError::Corrupt(self.name.clone(), format!("runtime {}", self.runtime))
-        })?;
-        let environment = serde_json::from_str(&self.environment)
-            .map_err(|e| FunctionsError::Corrupt(self.name.clone(), e.to_string()))?;
-        Ok(Function {
-            name: self.name,
-            runtime,
-            handler: self.handler,
-            memory_mb: self.memory_mb,
-            timeout_s: self.timeout_s,
-            environment,
-            description: self.description,
-            code_sha256_hex: self.code_sha256_hex,
-            code_sha256_b64: self.code_sha256_b64,
-            code_size: self.code_size as u64,
-            last_modified: self.last_modified,
-            revision: self.revision as u64,
-        })
+    /// A version by its name: `$LATEST` or a number.
+    pub fn get_qualified(&self, name: &str, version: &str) -> Result<Function, FunctionsError> {
+        if version == LATEST {
+            return self.get(name);
+        }
+        let n = version
+            .parse::<u64>()
+            .map_err(|_| FunctionsError::NotFound(format!("{name}:{version}")))?;
+        self.get_version(name, n)
+    }
+
+    // -------------------------------------------------------------- aliases
+
+    pub fn insert_alias(&self, a: &Alias) -> Result<(), FunctionsError> {
+        let r = self.conn().execute(
+            "INSERT INTO fn_aliases (function, name, record) VALUES (?1, ?2, ?3)",
+            params![a.function, a.name, to_json(&a.name, a)?],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_constraint(&e) => Err(FunctionsError::AliasExists(format!(
+                "{}:{}",
+                a.function, a.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn update_alias(&self, a: &Alias) -> Result<(), FunctionsError> {
+        let n = self.conn().execute(
+            "UPDATE fn_aliases SET record = ?3 WHERE function = ?1 AND name = ?2",
+            params![a.function, a.name, to_json(&a.name, a)?],
+        )?;
+        if n == 0 {
+            return Err(FunctionsError::AliasNotFound(format!(
+                "{}:{}",
+                a.function, a.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn get_alias(&self, function: &str, name: &str) -> Result<Alias, FunctionsError> {
+        let rec: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT record FROM fn_aliases WHERE function = ?1 AND name = ?2",
+                params![function, name],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match rec {
+            Some(rec) => from_json(name, &rec),
+            None => Err(FunctionsError::AliasNotFound(format!("{function}:{name}"))),
+        }
+    }
+
+    pub fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, FunctionsError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT record FROM fn_aliases WHERE function = ?1 ORDER BY name")?;
+        let rows = stmt.query_map(params![function], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json(function, &r?)).collect()
+    }
+
+    pub fn delete_alias(&self, function: &str, name: &str) -> Result<(), FunctionsError> {
+        let n = self.conn().execute(
+            "DELETE FROM fn_aliases WHERE function = ?1 AND name = ?2",
+            params![function, name],
+        )?;
+        if n == 0 {
+            return Err(FunctionsError::AliasNotFound(format!("{function}:{name}")));
+        }
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- layers
+
+    /// Stores a new version of a layer; assigns its number.
+    pub fn publish_layer(&self, mut l: LayerVersion) -> Result<LayerVersion, FunctionsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let next: i64 = tx
+            .query_row(
+                "SELECT next_version FROM layer_names WHERE name = ?1",
+                params![l.name],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(1);
+        l.version = next as u64;
+        tx.execute(
+            "INSERT INTO layer_versions (name, version, record) VALUES (?1, ?2, ?3)",
+            params![l.name, next, to_json(&l.name, &l)?],
+        )?;
+        tx.execute(
+            "INSERT INTO layer_names (name, next_version) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET next_version = excluded.next_version",
+            params![l.name, next + 1],
+        )?;
+        tx.commit()?;
+        Ok(l)
+    }
+
+    pub fn get_layer(&self, name: &str, version: u64) -> Result<LayerVersion, FunctionsError> {
+        let rec: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT record FROM layer_versions WHERE name = ?1 AND version = ?2",
+                params![name, version as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match rec {
+            Some(rec) => from_json(name, &rec),
+            None => Err(FunctionsError::LayerNotFound(format!("{name}:{version}"))),
+        }
+    }
+
+    pub fn list_layer_versions(&self, name: &str) -> Result<Vec<LayerVersion>, FunctionsError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT record FROM layer_versions WHERE name = ?1 ORDER BY version DESC")?;
+        let rows = stmt.query_map(params![name], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json(name, &r?)).collect()
+    }
+
+    /// The latest version of every layer.
+    pub fn list_layers(&self) -> Result<Vec<LayerVersion>, FunctionsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT record FROM layer_versions l WHERE version =
+                (SELECT MAX(version) FROM layer_versions WHERE name = l.name) ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json("layer", &r?)).collect()
+    }
+
+    pub fn delete_layer(&self, name: &str, version: u64) -> Result<LayerVersion, FunctionsError> {
+        let l = self.get_layer(name, version)?;
+        self.conn().execute(
+            "DELETE FROM layer_versions WHERE name = ?1 AND version = ?2",
+            params![name, version as i64],
+        )?;
+        Ok(l)
+    }
+
+    // ------------------------------------------------------------------ gc
+
+    /// Digests of every package still referenced: function code (all
+    /// versions) and layers (published ones and those functions use).
+    pub fn referenced_packages(&self) -> Result<HashSet<String>, FunctionsError> {
+        let mut out = HashSet::new();
+        let conn = self.conn();
+        for sql in [
+            "SELECT record FROM fn_latest",
+            "SELECT record FROM fn_versions",
+        ] {
+            let mut stmt = conn.prepare(sql)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for r in rows {
+                let f: Function = from_json("function", &r?)?;
+                out.insert(f.code_sha256_hex);
+                out.extend(f.layers.into_iter().map(|l| l.sha256_hex));
+            }
+        }
+        let mut stmt = conn.prepare("SELECT record FROM layer_versions")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for r in rows {
+            let l: LayerVersion = from_json("layer", &r?)?;
+            out.insert(l.sha256_hex);
+        }
+        Ok(out)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packages::Runtime;
 
     fn f(name: &str) -> Function {
         Function {
             name: name.into(),
+            version: LATEST.into(),
             runtime: Runtime::Python311,
             handler: "app.handler".into(),
             memory_mb: 128,
@@ -199,15 +410,23 @@ mod tests {
             code_sha256_hex: "ab".into(),
             code_sha256_b64: "qw==".into(),
             code_size: 10,
+            unzipped_size: 20,
+            layers: vec![],
+            ephemeral_mb: 512,
             last_modified: "now".into(),
             revision: 1,
         }
     }
 
-    #[test]
-    fn round_trip_conflict_and_delete() {
+    fn store() -> (tempfile::TempDir, FunctionStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = FunctionStore::open(&dir.path().join("db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn round_trip_conflict_and_delete() {
+        let (dir, s) = store();
         s.insert(&f("a")).unwrap();
         s.insert(&f("b")).unwrap();
         assert!(matches!(
@@ -216,12 +435,78 @@ mod tests {
         ));
         assert_eq!(s.get("a").unwrap(), f("a"));
         assert_eq!(s.list().unwrap().len(), 2);
-        assert!(s.code_in_use("ab").unwrap());
+        assert!(s.referenced_packages().unwrap().contains("ab"));
         s.delete("a").unwrap();
         assert!(matches!(s.get("a"), Err(FunctionsError::NotFound(_))));
-        // Survives reopening.
         drop(s);
         let s = FunctionStore::open(&dir.path().join("db")).unwrap();
         assert_eq!(s.list().unwrap(), vec![f("b")]);
+    }
+
+    #[test]
+    fn publishing_numbers_versions_and_dedupes_unchanged_code() {
+        let (_d, s) = store();
+        s.insert(&f("a")).unwrap();
+        let v1 = s.publish_version("a", "").unwrap();
+        assert_eq!(v1.version, "1");
+        assert_eq!(s.publish_version("a", "").unwrap().version, "1");
+        let mut changed = f("a");
+        changed.code_sha256_hex = "cd".into();
+        s.update(&changed).unwrap();
+        assert_eq!(s.publish_version("a", "second").unwrap().version, "2");
+        let vs = s.list_versions("a").unwrap();
+        assert_eq!(vs.len(), 2);
+        assert_eq!(vs[1].description, "second");
+        assert_eq!(s.get_qualified("a", "1").unwrap().code_sha256_hex, "ab");
+        assert!(matches!(
+            s.get_version("a", 9),
+            Err(FunctionsError::NotFound(_))
+        ));
+        // Deleting the function deletes its versions; numbers restart only
+        // for a new function.
+        assert_eq!(s.delete("a").unwrap().len(), 3);
+        assert!(s.list_versions("a").unwrap().is_empty());
+    }
+
+    #[test]
+    fn aliases_and_layers() {
+        let (_d, s) = store();
+        let a = Alias {
+            function: "f".into(),
+            name: "live".into(),
+            version: "1".into(),
+            description: String::new(),
+            additional: Some(("2".into(), 0.2)),
+        };
+        s.insert_alias(&a).unwrap();
+        assert!(matches!(
+            s.insert_alias(&a),
+            Err(FunctionsError::AliasExists(_))
+        ));
+        assert_eq!(s.get_alias("f", "live").unwrap(), a);
+        s.delete_alias("f", "live").unwrap();
+        assert!(matches!(
+            s.get_alias("f", "live"),
+            Err(FunctionsError::AliasNotFound(_))
+        ));
+
+        let l = LayerVersion {
+            name: "deps".into(),
+            version: 0,
+            description: String::new(),
+            compatible_runtimes: vec![],
+            sha256_hex: "ee".into(),
+            sha256_b64: String::new(),
+            code_size: 1,
+            unzipped_size: 1,
+            created: "now".into(),
+        };
+        assert_eq!(s.publish_layer(l.clone()).unwrap().version, 1);
+        assert_eq!(s.publish_layer(l.clone()).unwrap().version, 2);
+        s.delete_layer("deps", 2).unwrap();
+        // Numbers are never reused.
+        assert_eq!(s.publish_layer(l).unwrap().version, 3);
+        assert_eq!(s.list_layers().unwrap()[0].version, 3);
+        assert_eq!(s.list_layer_versions("deps").unwrap().len(), 2);
     }
 }

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flint_proto::agent::v1::{host_message, Invoke};
 
-use crate::functions::{Function, FunctionStore, FunctionsError};
+use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError, Qualifier};
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
 use crate::pool::{
-    exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
+    exit_reason, slot_key, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
 };
 
 /// Lambda's limit on a synchronous request payload, 6 MB.
@@ -26,8 +26,8 @@ pub enum InvokeError {
         "Request must be smaller than {limit} bytes for the InvokeFunction operation (got {size})"
     )]
     PayloadTooLarge { size: usize, limit: usize },
-    #[error("Qualifier: {0:?} is not a version of this function; only $LATEST exists")]
-    Qualifier(String),
+    #[error("preparing the layers failed: {0}")]
+    Layers(String),
     #[error("InvocationType: Event invocations are not supported by this node yet")]
     EventUnsupported,
     #[error("the instance could not be started")]
@@ -124,11 +124,25 @@ fn trace_id() -> String {
 }
 
 impl Invoker {
+    /// The function version an invocation runs: `$LATEST`, a version, or
+    /// (for an alias) one of its versions, picked by weight.
+    pub fn resolve(&self, name: &str, qualifier: &str) -> Result<Function, InvokeError> {
+        Ok(match parse_qualifier(qualifier)? {
+            Qualifier::Latest => self.store.get(name)?,
+            Qualifier::Version(v) => {
+                self.store.get(name)?;
+                self.store.get_version(name, v)?
+            }
+            Qualifier::Alias(a) => {
+                let alias = self.store.get_alias(name, &a)?;
+                let sample = (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
+                self.store.get_qualified(name, alias.route(sample))?
+            }
+        })
+    }
+
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, InvokeError> {
-        let f = self.store.get(&req.function_name)?;
-        if !(req.qualifier.is_empty() || req.qualifier == "$LATEST") {
-            return Err(InvokeError::Qualifier(req.qualifier));
-        }
+        let f = self.resolve(&req.function_name, &req.qualifier)?;
         if req.payload.len() > MAX_SYNC_PAYLOAD {
             return Err(InvokeError::PayloadTooLarge {
                 size: req.payload.len(),
@@ -143,7 +157,7 @@ impl Invoker {
                     function_error: None,
                     payload: Vec::new(),
                     log_tail: None,
-                    executed_version: "$LATEST".into(),
+                    executed_version: f.version.clone(),
                     request_id,
                 })
             }
@@ -151,7 +165,7 @@ impl Invoker {
             InvocationType::RequestResponse => {}
         }
 
-        let slot = self.pool.slot(&f.name);
+        let slot = self.pool.slot(&slot_key(&f.name, &f.version));
         let mut slot = slot.lock().await;
 
         // An instance of an older revision, or one whose VM died, is retired.
@@ -168,10 +182,26 @@ impl Invoker {
 
         if slot.instance.is_none() {
             let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-            let log = self.logs.open_stream(&f.name, "$LATEST", &instance_id)?;
+            let log = self.logs.open_stream(&f.name, &f.version, &instance_id)?;
             log.start_capture();
             let image = self.code.image_path(&f.code_sha256_hex);
-            match self.pool.start(&f, image, instance_id, log.clone()).await? {
+            let opt = if f.layers.is_empty() {
+                None
+            } else {
+                let shas: Vec<String> = f.layers.iter().map(|l| l.sha256_hex.clone()).collect();
+                let code = self.code.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || code.opt_image(&shas))
+                        .await
+                        .map_err(|e| InvokeError::Layers(e.to_string()))?
+                        .map_err(|e| InvokeError::Layers(e.to_string()))?,
+                )
+            };
+            match self
+                .pool
+                .start(&f, image, opt, instance_id, log.clone())
+                .await?
+            {
                 Started::Ready(inst) => slot.instance = Some(inst),
                 Started::InitFailed {
                     error_type,
@@ -195,9 +225,13 @@ impl Invoker {
             inst.log.start_capture();
         }
         let arn = f.arn(&self.region, &self.account_id);
+        let arn = if req.qualifier.is_empty() {
+            arn
+        } else {
+            format!("{arn}:{}", req.qualifier)
+        };
         let (outcome, duration, max_kb) = run(inst, &f, &req, &request_id, arn).await;
         let init = inst.pending_init.take();
-        inst.invocations += 1;
         let log = inst.log.clone();
 
         let (function_error, payload, destroy, status) = match outcome {
@@ -214,12 +248,11 @@ impl Invoker {
             &request_id,
             &report_line(&request_id, duration, f.memory_mb, max_kb, init, status),
         );
+        inst.set_state(InstanceState::Idle);
         if destroy {
             if let Some(inst) = slot.instance.take() {
                 inst.stop().await;
             }
-        } else {
-            inst.state = InstanceState::Idle;
         }
         let tail = log.take_capture();
         Ok(InvokeResult {
@@ -227,7 +260,7 @@ impl Invoker {
             function_error,
             payload,
             log_tail: req.log_tail.then_some(tail),
-            executed_version: "$LATEST".into(),
+            executed_version: f.version.clone(),
             request_id,
         })
     }
@@ -273,7 +306,7 @@ impl Invoker {
             function_error: Some(FunctionError::Unhandled),
             payload,
             log_tail: req.log_tail.then_some(tail),
-            executed_version: "$LATEST".into(),
+            executed_version: f.version.clone(),
             request_id,
         }
     }
@@ -295,7 +328,7 @@ async fn run(
     let timeout = Duration::from_secs(f.timeout_s as u64);
     let started = Instant::now();
     let deadline = started + timeout;
-    inst.state = InstanceState::Busy;
+    inst.set_state(InstanceState::Busy);
     let sent = inst.send(host_message::Kind::Invoke(Invoke {
         request_id: request_id.to_string(),
         payload: req.payload.clone(),
@@ -304,6 +337,7 @@ async fn run(
         trace_id: trace_id(),
         client_context: req.client_context.clone(),
         cognito_identity: String::new(),
+        host_unix_ms: unix_ms(SystemTime::now()),
     }));
     if sent.is_err() {
         let p = error_doc(

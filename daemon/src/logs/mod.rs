@@ -1,11 +1,14 @@
 //! Function logs: one stream per instance, as Lambda's log streams, in files
 //! under the data directory. Each line carries a timestamp and the request id
-//! where known.
+//! where known. Streams rotate by size; old files go after the retention
+//! period; new lines are also published for followers.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::broadcast;
 
 use crate::time::{date_path, rfc3339};
 
@@ -20,14 +23,45 @@ pub const TAIL_BYTES: usize = 4096;
 /// Longest line kept; longer ones are cut (a guest can print anything).
 const MAX_LINE: usize = 256 * 1024;
 
+/// Size and age limits of the log files.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    /// A stream's file is rotated (to `.1`, replacing the previous one) past this size.
+    pub max_stream_bytes: u64,
+    /// Files not written for this long are deleted.
+    pub retention: Duration,
+}
+
+impl Default for LogLimits {
+    fn default() -> Self {
+        Self {
+            max_stream_bytes: 16 * 1024 * 1024,
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// One log line, as read back or followed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRecord {
+    pub timestamp: String,
+    pub function: String,
+    pub stream: String,
+    pub request_id: String,
+    pub message: String,
+}
+
 #[derive(Clone)]
 pub struct FunctionLogs {
     dir: PathBuf,
+    limits: LogLimits,
+    live: broadcast::Sender<LogRecord>,
 }
 
 impl FunctionLogs {
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+    pub fn new(dir: PathBuf, limits: LogLimits) -> Self {
+        let (live, _) = broadcast::channel(4096);
+        Self { dir, limits, live }
     }
 
     /// Lambda's log group name for a function.
@@ -48,28 +82,121 @@ impl FunctionLogs {
         let file_name = format!("{}-{instance_id}.log", date_path(now).replace('/', "-"));
         let path = dir.join(file_name);
         std::fs::create_dir_all(&dir).map_err(|e| LogsError::Open(path.clone(), e))?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| LogsError::Open(path.clone(), e))?;
+        let file = open_append(&path).map_err(|e| LogsError::Open(path.clone(), e))?;
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(LogStream {
             name,
             path,
+            function: function.to_string(),
+            limits: self.limits,
+            live: self.live.clone(),
             inner: Arc::new(Mutex::new(StreamInner {
                 file,
+                written,
                 capture: None,
             })),
         })
     }
 
-    pub fn function_dir(&self, function: &str) -> PathBuf {
-        self.dir.join(function)
+    /// Lines written from now on, for every function.
+    pub fn subscribe(&self) -> broadcast::Receiver<LogRecord> {
+        self.live.subscribe()
     }
+
+    /// Every stored line of `function` at or after `since`, oldest first.
+    pub fn read(&self, function: &str, since: Option<SystemTime>) -> Vec<LogRecord> {
+        let since = since.map(rfc3339);
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(self.dir.join(function)) else {
+            return out;
+        };
+        for e in rd.flatten() {
+            let path = e.path();
+            let stream = stream_of(&path);
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+                let mut parts = line.splitn(3, '\t');
+                let (Some(ts), Some(rid), Some(msg)) = (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                if since.as_deref().is_some_and(|s| ts < s) {
+                    continue;
+                }
+                out.push(LogRecord {
+                    timestamp: ts.to_string(),
+                    function: function.to_string(),
+                    stream: stream.clone(),
+                    request_id: if rid == "-" {
+                        String::new()
+                    } else {
+                        rid.to_string()
+                    },
+                    message: msg.to_string(),
+                });
+            }
+        }
+        // Timestamps are fixed-width RFC 3339: text order is time order.
+        out.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+        out
+    }
+
+    /// Deletes files not written within the retention period. Returns how
+    /// many went.
+    pub fn enforce_retention(&self) -> usize {
+        let cutoff = SystemTime::now() - self.limits.retention;
+        let mut n = 0;
+        let Ok(functions) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        for f in functions.flatten() {
+            let Ok(files) = std::fs::read_dir(f.path()) else {
+                continue;
+            };
+            for e in files.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .map(|t| t < cutoff)
+                    .unwrap_or(false);
+                if old && std::fs::remove_file(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
+            let _ = std::fs::remove_dir(f.path()); // only if empty
+        }
+        n
+    }
+
+    /// Removes every stream of a deleted function.
+    pub fn remove_function(&self, function: &str) {
+        let _ = std::fs::remove_dir_all(self.dir.join(function));
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// The stream a file belongs to: its name without `.log` / `.log.1`.
+fn stream_of(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.trim_end_matches(".1")
+        .trim_end_matches(".log")
+        .to_string()
 }
 
 struct StreamInner {
     file: std::fs::File,
+    written: u64,
     /// The current invocation's log, kept for `LogType: Tail`.
     capture: Option<Vec<u8>>,
 }
@@ -79,6 +206,9 @@ struct StreamInner {
 pub struct LogStream {
     pub name: String,
     pub path: PathBuf,
+    function: String,
+    limits: LogLimits,
+    live: broadcast::Sender<LogRecord>,
     inner: Arc<Mutex<StreamInner>>,
 }
 
@@ -100,8 +230,20 @@ impl LogStream {
         } else {
             request_id
         };
+        let ts = rfc3339(SystemTime::now());
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(inner.file, "{}\t{rid}\t{line}", rfc3339(SystemTime::now()));
+        if inner.written >= self.limits.max_stream_bytes {
+            let rotated = PathBuf::from(format!("{}.1", self.path.display()));
+            let _ = std::fs::rename(&self.path, rotated);
+            if let Ok(f) = open_append(&self.path) {
+                inner.file = f;
+                inner.written = 0;
+            }
+        }
+        let text = format!("{ts}\t{rid}\t{line}\n");
+        if inner.file.write_all(text.as_bytes()).is_ok() {
+            inner.written += text.len() as u64;
+        }
         if let Some(c) = inner.capture.as_mut() {
             c.extend_from_slice(line.as_bytes());
             c.push(b'\n');
@@ -110,6 +252,16 @@ impl LogStream {
                 let cut = c.len() - TAIL_BYTES;
                 c.drain(..cut);
             }
+        }
+        drop(inner);
+        if self.live.receiver_count() > 0 {
+            let _ = self.live.send(LogRecord {
+                timestamp: ts,
+                function: self.function.clone(),
+                stream: stream_of(&self.path),
+                request_id: request_id.to_string(),
+                message: line.to_string(),
+            });
         }
     }
 
@@ -139,10 +291,20 @@ impl LogStream {
 mod tests {
     use super::*;
 
+    fn logs(dir: &Path, max: u64) -> FunctionLogs {
+        FunctionLogs::new(
+            dir.to_path_buf(),
+            LogLimits {
+                max_stream_bytes: max,
+                retention: Duration::from_secs(3600),
+            },
+        )
+    }
+
     #[test]
     fn lines_go_to_file_and_capture_keeps_the_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = FunctionLogs::new(dir.path().to_path_buf());
+        let logs = logs(dir.path(), 1 << 30);
         let s = logs.open_stream("f", "$LATEST", "abc").unwrap();
         assert!(s.name.ends_with("/[$LATEST]abc"));
         s.line("", "before capture");
@@ -154,8 +316,66 @@ mod tests {
         assert!(tail.len() <= TAIL_BYTES);
         assert!(tail.ends_with("line 999\n"));
         assert!(!tail.contains("before capture"));
-        let text = std::fs::read_to_string(&s.path).unwrap();
-        assert_eq!(text.lines().count(), 1001);
-        assert!(text.lines().nth(1).unwrap().contains("\treq-1\tline 0"));
+        let all = logs.read("f", None);
+        assert_eq!(all.len(), 1001);
+        assert_eq!(all[1].request_id, "req-1");
+        assert_eq!(all[1].message, "line 0");
+        assert_eq!(all[0].request_id, "");
+    }
+
+    #[test]
+    fn streams_rotate_by_size_and_read_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = logs(dir.path(), 2000);
+        let s = logs.open_stream("f", "1", "i1").unwrap();
+        for i in 0..100 {
+            s.line("r", &format!("message number {i:03}"));
+        }
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("f"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(files.len(), 2, "current file and one rotated file");
+        let total: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+        assert!(total < 4500, "{total}");
+        let back = logs.read("f", None);
+        assert!(back.last().unwrap().message.ends_with("099"));
+        let future = SystemTime::now() + Duration::from_secs(60);
+        assert!(logs.read("f", Some(future)).is_empty());
+    }
+
+    #[test]
+    fn followers_see_new_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = logs(dir.path(), 1 << 20);
+        let mut rx = logs.subscribe();
+        let s = logs.open_stream("g", "$LATEST", "i2").unwrap();
+        s.line("r9", "hello");
+        let rec = rx.try_recv().unwrap();
+        assert_eq!(
+            (
+                rec.function.as_str(),
+                rec.request_id.as_str(),
+                rec.message.as_str()
+            ),
+            ("g", "r9", "hello")
+        );
+    }
+
+    #[test]
+    fn retention_removes_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = FunctionLogs::new(
+            dir.path().to_path_buf(),
+            LogLimits {
+                max_stream_bytes: 1 << 20,
+                retention: Duration::ZERO,
+            },
+        );
+        let s = logs.open_stream("h", "$LATEST", "i3").unwrap();
+        s.line("", "x");
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(logs.enforce_retention(), 1);
+        assert!(logs.read("h", None).is_empty());
     }
 }

@@ -95,10 +95,81 @@ impl CodeStore {
         })
     }
 
-    /// Removes a package and its image (when no function refers to it).
-    pub fn remove(&self, sha256_hex: &str) {
-        let _ = std::fs::remove_file(self.image_path(sha256_hex));
-        let _ = std::fs::remove_file(self.zip_path(sha256_hex));
+    /// The stored ZIP of a package.
+    pub fn zip_bytes(&self, sha256_hex: &str) -> Result<Vec<u8>, PackageError> {
+        std::fs::read(self.zip_path(sha256_hex)).map_err(|e| PackageError::Store(e.to_string()))
+    }
+
+    /// The key of the `/opt` image for a list of layer packages, in order.
+    pub fn opt_key(layer_shas: &[String]) -> String {
+        let mut h = Sha256::new();
+        for s in layer_shas {
+            h.update(s.as_bytes());
+            h.update(b"\n");
+        }
+        hex::encode(h.finalize())
+    }
+
+    pub fn opt_image_path(&self, layer_shas: &[String]) -> PathBuf {
+        self.dir
+            .join(format!("opt-{}.erofs", Self::opt_key(layer_shas)))
+    }
+
+    /// The read-only image mounted at `/opt`: the layers extracted in order,
+    /// later ones overwriting earlier ones. Built once per list. Blocking.
+    pub fn opt_image(&self, layer_shas: &[String]) -> Result<PathBuf, PackageError> {
+        let image = self.opt_image_path(layer_shas);
+        if image.exists() {
+            return Ok(image);
+        }
+        let store = |e: std::io::Error| PackageError::Store(e.to_string());
+        std::fs::create_dir_all(&self.tmp).map_err(store)?;
+        let stage = tempfile_dir(&self.tmp).map_err(store)?;
+        let rules = PackageRules {
+            runtime: None,
+            handler: String::new(),
+        };
+        let result = (|| {
+            for sha in layer_shas {
+                let zip = self.zip_bytes(sha)?;
+                let entries = validate(&zip, &rules)?;
+                extract(&zip, &stage, &entries)?;
+            }
+            build_image(&stage, &image)
+        })();
+        let _ = std::fs::remove_dir_all(&stage);
+        result.map(|_| image)
+    }
+
+    /// Removes packages, their images and `/opt` images that nothing refers
+    /// to any more.
+    pub fn collect(
+        &self,
+        packages: &std::collections::HashSet<String>,
+        opt_keys: &std::collections::HashSet<String>,
+    ) {
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = if let Some(k) = name
+                .strip_prefix("opt-")
+                .and_then(|n| n.strip_suffix(".erofs"))
+            {
+                opt_keys.contains(k)
+            } else if let Some(sha) = name
+                .strip_suffix(".zip")
+                .or_else(|| name.strip_suffix(".erofs"))
+            {
+                packages.contains(sha)
+            } else {
+                true
+            };
+            if !keep {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
@@ -124,6 +195,7 @@ fn extract(zip: &[u8], dest: &Path, entries: &[Entry]) -> Result<(), PackageErro
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(store)?;
                 }
+                let _ = std::fs::remove_file(&target); // a later layer wins
                 std::os::unix::fs::symlink(to, &target).map_err(store)?;
             }
             EntryKind::File { executable } => {
@@ -133,6 +205,9 @@ fn extract(zip: &[u8], dest: &Path, entries: &[Entry]) -> Result<(), PackageErro
                 let mut zf = archive
                     .by_index(entry.index)
                     .map_err(|e| PackageError::NotZip(e.to_string()))?;
+                if target.is_symlink() {
+                    let _ = std::fs::remove_file(&target);
+                }
                 let mut out = std::fs::File::create(&target).map_err(store)?;
                 let mut buf = vec![0u8; 64 * 1024];
                 loop {

@@ -6,11 +6,13 @@ use std::io::Read;
 use super::{PackageError, MAX_UNZIPPED, MAX_ZIPPED};
 
 /// The runtimes a node offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Runtime {
     /// The function brings an executable `bootstrap`.
+    #[serde(rename = "provided")]
     Provided,
     /// Python 3.11 with AWS's runtime interface client.
+    #[serde(rename = "python3.11")]
     Python311,
 }
 
@@ -37,10 +39,11 @@ impl Runtime {
     }
 }
 
-/// What the package must contain.
+/// What the package must contain: a function's handler, or nothing in
+/// particular (a layer, `runtime: None`).
 #[derive(Debug, Clone)]
 pub struct PackageRules {
-    pub runtime: Runtime,
+    pub runtime: Option<Runtime>,
     pub handler: String,
 }
 
@@ -208,7 +211,10 @@ pub fn python_module_file(handler: &str) -> Result<(String, String), PackageErro
 }
 
 fn check_handler(entries: &[Entry], rules: &PackageRules) -> Result<(), PackageError> {
-    match rules.runtime {
+    let Some(runtime) = rules.runtime else {
+        return Ok(());
+    };
+    match runtime {
         Runtime::Provided => match find(entries, "bootstrap") {
             None => Err(PackageError::Handler(
                 "the package has no bootstrap file at its root; the provided runtime starts \
@@ -259,14 +265,14 @@ mod tests {
 
     fn python(handler: &str) -> PackageRules {
         PackageRules {
-            runtime: Runtime::Python311,
+            runtime: Some(Runtime::Python311),
             handler: handler.into(),
         }
     }
 
     fn provided() -> PackageRules {
         PackageRules {
-            runtime: Runtime::Provided,
+            runtime: Some(Runtime::Provided),
             handler: "function.handler".into(),
         }
     }

@@ -1,6 +1,8 @@
 //! One function instance: a VM, the agent protocol spoken over its channel,
 //! and its log stream.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flint_proto::agent::v1::{agent_message, host_message, AgentMessage, HostMessage};
@@ -9,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::engine::Vm;
+use crate::functions::Function;
 use crate::logs::LogStream;
 
 use super::PoolError;
@@ -53,6 +56,25 @@ pub enum InstanceState {
     Busy,
 }
 
+/// What the node shows of an instance (`ListInstances`), shared between the
+/// instance and the pool's registry.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub function: String,
+    pub version: String,
+    pub state: InstanceState,
+    pub memory_mb: u32,
+    pub created: SystemTime,
+    pub invocations: u64,
+    pub last_used: Option<SystemTime>,
+    /// How it started: "boot".
+    pub start_kind: &'static str,
+    pub pid: u32,
+}
+
+pub type Registry = Arc<Mutex<HashMap<String, Arc<Mutex<InstanceInfo>>>>>;
+
 pub struct Instance {
     pub id: String,
     /// The function revision this instance runs.
@@ -67,17 +89,36 @@ pub struct Instance {
     vm: Box<dyn Vm>,
     to_agent: mpsc::UnboundedSender<HostMessage>,
     events: mpsc::UnboundedReceiver<AgentEvent>,
+    info: Arc<Mutex<InstanceInfo>>,
+    registry: Registry,
 }
 
 impl Instance {
     /// Wires the agent channel of a freshly booted VM.
     pub fn attach(
+        f: &Function,
         id: String,
-        revision: u64,
-        code_sha256: String,
         mut vm: Box<dyn Vm>,
         log: LogStream,
+        registry: Registry,
     ) -> Result<Self, PoolError> {
+        let (revision, code_sha256) = (f.revision, f.code_sha256_hex.clone());
+        let info = Arc::new(Mutex::new(InstanceInfo {
+            id: id.clone(),
+            function: f.name.clone(),
+            version: f.version.clone(),
+            state: InstanceState::Initializing,
+            memory_mb: f.memory_mb,
+            created: SystemTime::now(),
+            invocations: 0,
+            last_used: None,
+            start_kind: "boot",
+            pid: vm.stats().pid,
+        }));
+        registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), info.clone());
         let channel = vm.take_channel().ok_or(PoolError::NoChannel)?;
         let (mut rd, mut wr) = channel.into_split();
         let (to_agent, mut outbox) = mpsc::unbounded_channel::<HostMessage>();
@@ -129,7 +170,22 @@ impl Instance {
             vm,
             to_agent,
             events,
+            info,
+            registry,
         })
+    }
+
+    /// Records a state change (and, for `Idle` after `Busy`, a served invocation).
+    pub fn set_state(&mut self, state: InstanceState) {
+        let was_busy = self.state == InstanceState::Busy;
+        self.state = state;
+        let mut info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        info.state = state;
+        if was_busy && state != InstanceState::Busy {
+            self.invocations += 1;
+            info.invocations = self.invocations;
+            info.last_used = Some(SystemTime::now());
+        }
     }
 
     pub fn send(&self, msg: host_message::Kind) -> Result<(), PoolError> {
@@ -169,6 +225,10 @@ impl Instance {
     }
 
     pub async fn stop(mut self) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
         if let Err(e) = self.vm.stop().await {
             tracing::warn!(instance = %self.id, error = %e, "stopping instance");
         }

@@ -18,7 +18,7 @@ use crate::engine::{Engine, EngineError, VmSpec};
 use crate::functions::Function;
 use crate::logs::LogStream;
 
-pub use instance::{unix_ms, AgentEvent, Instance, InstanceState};
+pub use instance::{unix_ms, AgentEvent, Instance, InstanceInfo, InstanceState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -66,7 +66,14 @@ pub enum Started {
 pub struct Pool {
     engine: Arc<dyn Engine>,
     settings: PoolSettings,
+    /// One slot per function version, keyed `name:version`.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    registry: instance::Registry,
+}
+
+/// The slot key of a function version.
+pub fn slot_key(function: &str, version: &str) -> String {
+    format!("{function}:{version}")
 }
 
 fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
@@ -81,7 +88,45 @@ impl Pool {
             engine,
             settings,
             slots: Mutex::new(HashMap::new()),
+            registry: Default::default(),
         }
+    }
+
+    /// Every instance, as the node shows them.
+    pub fn instances(&self) -> Vec<InstanceInfo> {
+        let reg = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<InstanceInfo> = reg
+            .values()
+            .map(|i| i.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect();
+        out.sort_by(|a, b| a.created.cmp(&b.created));
+        out
+    }
+
+    /// Stops one instance, after its running invocation if it has one.
+    /// Returns whether it was found.
+    pub async fn stop_instance(&self, id: &str) -> bool {
+        let Some((function, version)) = self
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|i| {
+                let i = i.lock().unwrap_or_else(|p| p.into_inner());
+                (i.function.clone(), i.version.clone())
+            })
+        else {
+            return false;
+        };
+        let slot = self.slot(&slot_key(&function, &version));
+        let mut slot = slot.lock().await;
+        if slot.instance.as_ref().is_some_and(|i| i.id == id) {
+            if let Some(inst) = slot.instance.take() {
+                inst.stop().await;
+                return true;
+            }
+        }
+        false
     }
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
@@ -97,31 +142,42 @@ impl Pool {
             .clone()
     }
 
-    /// Stops the function's instance (waiting for a running invocation).
-    pub async fn retire(&self, function: &str) {
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(function);
-        if let Some(slot) = slot {
+    /// Stops every instance of a function (each after its running
+    /// invocation). Returns the ids stopped.
+    pub async fn retire(&self, function: &str) -> Vec<String> {
+        let prefix = format!("{function}:");
+        let slots: Vec<_> = {
+            let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<String> = map
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned()
+                .collect();
+            keys.into_iter().filter_map(|k| map.remove(&k)).collect()
+        };
+        let mut stopped = Vec::new();
+        for slot in slots {
             if let Some(inst) = slot.lock().await.instance.take() {
+                stopped.push(inst.id.clone());
                 inst.stop().await;
             }
         }
+        stopped
     }
 
     /// Stops every instance.
     pub async fn shutdown(&self) {
-        let names: Vec<String> = self
+        let slots: Vec<_> = self
             .slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
+            .drain()
+            .map(|(_, s)| s)
             .collect();
-        for n in names {
-            self.retire(&n).await;
+        for slot in slots {
+            if let Some(inst) = slot.lock().await.instance.take() {
+                inst.stop().await;
+            }
         }
     }
 
@@ -130,6 +186,7 @@ impl Pool {
         &self,
         f: &Function,
         code_image: PathBuf,
+        opt_image: Option<PathBuf>,
         instance_id: String,
         log: LogStream,
     ) -> Result<Started, PoolError> {
@@ -139,7 +196,9 @@ impl Pool {
             dir: s.run_dir.join(&instance_id),
             kernel: s.kernel.clone(),
             rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
-            drives: vec![code_image],
+            drives: std::iter::once(code_image)
+                .chain(opt_image.clone())
+                .collect(),
             memory_mb: f.memory_mb,
             // Lambda gives a full vCPU at 1769 MB.
             vcpus: f.memory_mb.div_ceil(1769).clamp(1, 6),
@@ -147,11 +206,11 @@ impl Pool {
         let boot_started = Instant::now();
         let vm = self.engine.boot(spec).await?;
         let mut inst = Instance::attach(
+            f,
             instance_id.clone(),
-            f.revision,
-            f.code_sha256_hex.clone(),
             vm,
             log.clone(),
+            self.registry.clone(),
         )?;
 
         let deadline = boot_started + s.boot_timeout;
@@ -180,7 +239,7 @@ impl Pool {
         inst.send(host_message::Kind::Configure(Configure {
             instance_id: instance_id.clone(),
             function_name: f.name.clone(),
-            function_version: "$LATEST".into(),
+            function_version: f.version.clone(),
             function_arn: f.arn(&s.region, &s.account_id),
             handler: f.handler.clone(),
             runtime_entry: f.runtime.entry_point().into(),
@@ -194,7 +253,12 @@ impl Pool {
             entropy,
             code_device: "/dev/vdb".into(),
             runtime: f.runtime.name().into(),
-            ephemeral_storage_mb: 512,
+            ephemeral_storage_mb: f.ephemeral_mb,
+            opt_device: if opt_image.is_some() {
+                "/dev/vdc".into()
+            } else {
+                String::new()
+            },
         }))?;
 
         let deadline = Instant::now() + s.init_timeout;
@@ -202,7 +266,7 @@ impl Pool {
             match inst.next_event(deadline).await {
                 Some(AgentEvent::InitDone { init_duration }) => {
                     inst.pending_init = Some(init_duration);
-                    inst.state = InstanceState::Idle;
+                    inst.set_state(InstanceState::Idle);
                     return Ok(Started::Ready(inst));
                 }
                 Some(AgentEvent::InitError {

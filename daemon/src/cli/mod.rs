@@ -1,6 +1,8 @@
 //! flintctl's logic: argument parsing in the AWS CLI's forms, output in the
 //! AWS CLI's JSON shapes or as tables, errors as the AWS CLI prints them.
 
+pub mod commands;
+
 use std::collections::BTreeMap;
 
 use flint_proto::node::v1 as pb;
@@ -119,6 +121,82 @@ pub fn parse_environment(arg: &str) -> Result<BTreeMap<String, String>, CliError
     Ok(out)
 }
 
+/// `AdditionalVersionWeights={2=0.2}` or
+/// `{"AdditionalVersionWeights":{"2":0.2}}`; an empty map removes routing.
+pub fn parse_routing(arg: &str) -> Result<Vec<(String, f64)>, CliError> {
+    let arg = arg.trim();
+    let bad = |m: String| CliError::Usage(format!("--routing-config: {m}"));
+    let pairs: Vec<(String, f64)> = if arg.starts_with('{') {
+        let v: Value = serde_json::from_str(arg).map_err(|e| bad(e.to_string()))?;
+        let w = v
+            .get("AdditionalVersionWeights")
+            .and_then(|x| x.as_object())
+            .ok_or_else(|| bad("needs an AdditionalVersionWeights object".into()))?;
+        w.iter()
+            .map(|(k, v)| {
+                v.as_f64()
+                    .map(|f| (k.clone(), f))
+                    .ok_or_else(|| bad(format!("weight of {k} is not a number")))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        let inner = arg
+            .strip_prefix("AdditionalVersionWeights=")
+            .and_then(|s| s.strip_prefix('{'))
+            .and_then(|s| s.strip_suffix('}'))
+            .ok_or_else(|| bad("expected AdditionalVersionWeights={VERSION=WEIGHT}".into()))?;
+        inner
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                let (k, v) = p
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("{p:?} is not VERSION=WEIGHT")))?;
+                let w = v
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| bad(format!("{v:?} is not a number")))?;
+                Ok((k.trim().to_string(), w))
+            })
+            .collect::<Result<_, CliError>>()?
+    };
+    Ok(pairs)
+}
+
+/// `Size=1024` or `{"Size":1024}`.
+pub fn parse_ephemeral(arg: &str) -> Result<u32, CliError> {
+    let arg = arg.trim();
+    let bad = || CliError::Usage("--ephemeral-storage: expected Size=MB".into());
+    if arg.starts_with('{') {
+        let v: Value = serde_json::from_str(arg).map_err(|_| bad())?;
+        return v
+            .get("Size")
+            .and_then(|s| s.as_u64())
+            .map(|s| s as u32)
+            .ok_or_else(bad);
+    }
+    arg.strip_prefix("Size=")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)
+}
+
+/// `30s`, `10m`, `2h`, `1d` (a bare number is seconds).
+pub fn parse_since(arg: &str) -> Result<u64, CliError> {
+    let arg = arg.trim();
+    let (num, mult) = match arg.chars().last() {
+        Some('s') => (&arg[..arg.len() - 1], 1),
+        Some('m') => (&arg[..arg.len() - 1], 60),
+        Some('h') => (&arg[..arg.len() - 1], 3600),
+        Some('d') => (&arg[..arg.len() - 1], 86_400),
+        _ => (arg, 1),
+    };
+    num.parse::<u64>().map(|n| n * mult).map_err(|_| {
+        CliError::Usage(format!(
+            "--since {arg:?}: expected a duration like 10m, 2h, 30s"
+        ))
+    })
+}
+
 pub fn invocation_type(s: &str) -> Result<pb::InvocationType, CliError> {
     match s {
         "RequestResponse" => Ok(pb::InvocationType::RequestResponse),
@@ -174,7 +252,123 @@ pub fn configuration_json(f: &pb::FunctionConfiguration) -> Value {
         let vars: BTreeMap<_, _> = f.environment.iter().collect();
         v["Environment"] = json!({ "Variables": vars });
     }
+    if !f.layers.is_empty() {
+        v["Layers"] = json!(f
+            .layers
+            .iter()
+            .map(|l| json!({"Arn": l.arn, "CodeSize": l.code_size}))
+            .collect::<Vec<_>>());
+    }
+    v["EphemeralStorage"] = json!({"Size": f.ephemeral_storage});
+    v["RevisionId"] = json!(f.revision_id);
     v
+}
+
+pub fn alias_json(a: &pb::AliasConfiguration) -> Value {
+    let mut v = json!({
+        "AliasArn": a.alias_arn,
+        "Name": a.name,
+        "FunctionVersion": a.function_version,
+        "Description": a.description,
+    });
+    if let Some(r) = &a.routing_config {
+        let w: BTreeMap<_, _> = r.additional_version_weights.iter().collect();
+        v["RoutingConfig"] = json!({"AdditionalVersionWeights": w});
+    }
+    v
+}
+
+pub fn alias_row(a: &pb::AliasConfiguration) -> Vec<String> {
+    let routing = a
+        .routing_config
+        .as_ref()
+        .map(|r| {
+            r.additional_version_weights
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    vec![
+        a.name.clone(),
+        a.function_version.clone(),
+        routing,
+        a.description.clone(),
+    ]
+}
+
+pub fn layer_json(l: &pb::LayerVersion) -> Value {
+    json!({
+        "LayerArn": l.layer_arn,
+        "LayerVersionArn": l.layer_version_arn,
+        "Version": l.version,
+        "Description": l.description,
+        "CreatedDate": l.created_date,
+        "CompatibleRuntimes": l.compatible_runtimes,
+        "Content": {"CodeSha256": l.code_sha256, "CodeSize": l.code_size},
+    })
+}
+
+pub fn layer_row(l: &pb::LayerVersion) -> Vec<String> {
+    vec![
+        l.layer_name.clone(),
+        l.version.to_string(),
+        l.code_size.to_string(),
+        l.created_date.clone(),
+        l.layer_version_arn.clone(),
+    ]
+}
+
+pub fn instance_json(i: &pb::InstanceInfo) -> Value {
+    json!({
+        "InstanceId": i.id,
+        "FunctionName": i.function_name,
+        "FunctionVersion": i.function_version,
+        "State": i.state,
+        "MemorySize": i.memory_size,
+        "RssKb": i.rss_kb,
+        "Created": i.created,
+        "AgeSeconds": i.age_seconds,
+        "Invocations": i.invocations,
+        "LastUsed": i.last_used,
+        "StartKind": i.start_kind,
+    })
+}
+
+pub fn instance_row(i: &pb::InstanceInfo) -> Vec<String> {
+    vec![
+        i.id.clone(),
+        i.function_name.clone(),
+        i.function_version.clone(),
+        i.state.clone(),
+        format!("{} MB", i.memory_size),
+        format!("{} MB", i.rss_kb / 1024),
+        format!("{:.0}s", i.age_seconds),
+        i.invocations.to_string(),
+        i.last_used.clone(),
+        i.start_kind.clone(),
+    ]
+}
+
+pub fn node_info_json(n: &pb::NodeInfo) -> Value {
+    json!({
+        "Version": n.version,
+        "Engine": n.engine,
+        "Accelerator": n.accelerator,
+        "AcceleratorReason": n.accelerator_reason,
+        "Kernel": n.kernel,
+        "RuntimeImages": n.runtime_images.iter().map(|r| json!({"Runtime": r.runtime, "Path": r.path, "Size": r.size})).collect::<Vec<_>>(),
+        "Cpus": n.cpus,
+        "MemoryTotalMb": n.memory_total_mb,
+        "MemoryAvailableMb": n.memory_available_mb,
+        "Instances": n.instances,
+        "InstanceMemoryMb": n.instance_memory_mb,
+        "InstanceRssMb": n.instance_rss_mb,
+        "Functions": n.functions,
+        "DataDir": n.data_dir,
+        "StartedAt": n.started_at,
+    })
 }
 
 fn print_json(v: &Value) {
@@ -225,6 +419,14 @@ const FUNCTION_HEADERS: &[&str] = &[
     "CODE SIZE",
     "LAST MODIFIED",
 ];
+
+/// A JSON document for scripts, or a table for people.
+pub fn emit(output: Output, json: Value, headers: &[&str], rows: Vec<Vec<String>>) {
+    match output {
+        Output::Json => print_json(&json),
+        Output::Table => print_table(headers, &rows),
+    }
+}
 
 pub fn print_configuration(f: &pb::FunctionConfiguration, output: Output) {
     match output {
@@ -313,6 +515,28 @@ mod tests {
             "An error occurred (ResourceNotFoundException) when calling the GetFunction operation: Function not found: x"
         );
         assert_eq!(e.exit_code(), 254);
+    }
+
+    #[test]
+    fn routing_ephemeral_and_since_shorthands() {
+        assert_eq!(
+            parse_routing("AdditionalVersionWeights={2=0.2}").unwrap(),
+            vec![("2".to_string(), 0.2)]
+        );
+        assert_eq!(
+            parse_routing(r#"{"AdditionalVersionWeights":{"3":0.5}}"#).unwrap(),
+            vec![("3".to_string(), 0.5)]
+        );
+        assert!(parse_routing("AdditionalVersionWeights={}")
+            .unwrap()
+            .is_empty());
+        assert!(parse_routing("2=0.2").is_err());
+        assert_eq!(parse_ephemeral("Size=1024").unwrap(), 1024);
+        assert_eq!(parse_ephemeral(r#"{"Size":2048}"#).unwrap(), 2048);
+        assert_eq!(parse_since("10m").unwrap(), 600);
+        assert_eq!(parse_since("2h").unwrap(), 7200);
+        assert_eq!(parse_since("45").unwrap(), 45);
+        assert!(parse_since("soon").is_err());
     }
 
     #[test]

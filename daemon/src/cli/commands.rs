@@ -1,0 +1,760 @@
+//! flintctl's commands, named like the AWS CLI's `aws lambda` commands, plus
+//! `logs`, `node` and `instances` for operators.
+
+use std::collections::BTreeMap;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::node_client::NodeClient;
+use serde_json::json;
+
+use super::*;
+use crate::client;
+
+#[derive(Parser)]
+#[command(name = "flintctl", version, about = "Control a Flint node")]
+pub struct Args {
+    /// flintd endpoint: unix:PATH, a socket path, or host:port.
+    #[arg(long, env = "FLINT_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputArg::Json, global = true)]
+    pub output: OutputArg,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputArg {
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Creates a function from a ZIP deployment package.
+    CreateFunction {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        runtime: String,
+        #[arg(long)]
+        handler: String,
+        /// Path of the ZIP (`fileb://` prefix accepted).
+        #[arg(long)]
+        zip_file: String,
+        #[arg(long)]
+        memory_size: Option<u32>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// `Variables={KEY=VALUE,...}` or `{"Variables":{...}}`.
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Layer version ARNs, merged in order into /opt.
+        #[arg(long, num_args = 1..)]
+        layers: Vec<String>,
+        /// `Size=MB` for /tmp.
+        #[arg(long)]
+        ephemeral_storage: Option<String>,
+    },
+    /// Shows a function (at a version or alias with --qualifier).
+    GetFunction {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, default_value = "")]
+        qualifier: String,
+    },
+    /// Lists functions.
+    ListFunctions,
+    /// Deletes a function with its versions and aliases, and stops its instances.
+    DeleteFunction {
+        #[arg(long)]
+        function_name: String,
+    },
+    /// Replaces a function's code.
+    UpdateFunctionCode {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        zip_file: String,
+        /// Also publish a version.
+        #[arg(long)]
+        publish: bool,
+    },
+    /// Changes a function's configuration; only the given settings change.
+    UpdateFunctionConfiguration {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        handler: Option<String>,
+        #[arg(long)]
+        runtime: Option<String>,
+        #[arg(long)]
+        memory_size: Option<u32>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[arg(long)]
+        environment: Option<String>,
+        /// Replaces the layers (none given: no change; use --no-layers to remove them).
+        #[arg(long, num_args = 1..)]
+        layers: Option<Vec<String>>,
+        /// Removes every layer.
+        #[arg(long, conflicts_with = "layers")]
+        no_layers: bool,
+        #[arg(long)]
+        ephemeral_storage: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Invokes a function; writes the response payload to OUTFILE.
+    Invoke {
+        #[arg(long)]
+        function_name: String,
+        /// JSON, or `file://PATH` / `fileb://PATH`.
+        #[arg(long, default_value = "")]
+        payload: String,
+        /// A version number or an alias.
+        #[arg(long, default_value = "")]
+        qualifier: String,
+        /// RequestResponse, Event or DryRun.
+        #[arg(long, default_value = "RequestResponse")]
+        invocation_type: String,
+        /// None or Tail.
+        #[arg(long, default_value = "None")]
+        log_type: String,
+        /// `raw-in-base64-out` (the default here) or `base64`.
+        #[arg(long, default_value = "raw-in-base64-out")]
+        cli_binary_format: String,
+        /// Base64 JSON client context.
+        #[arg(long, default_value = "")]
+        client_context: String,
+        /// Where the response payload goes (`-` for stdout).
+        outfile: String,
+    },
+    /// Publishes $LATEST as an immutable version.
+    PublishVersion {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Lists $LATEST and the published versions.
+    ListVersionsByFunction {
+        #[arg(long)]
+        function_name: String,
+    },
+    /// Creates an alias for a version, optionally splitting traffic.
+    CreateAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        function_version: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// `AdditionalVersionWeights={VERSION=WEIGHT}`.
+        #[arg(long)]
+        routing_config: Option<String>,
+    },
+    /// Changes an alias.
+    UpdateAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        function_version: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// `AdditionalVersionWeights={VERSION=WEIGHT}`; `AdditionalVersionWeights={}` removes it.
+        #[arg(long)]
+        routing_config: Option<String>,
+    },
+    GetAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+    },
+    ListAliases {
+        #[arg(long)]
+        function_name: String,
+    },
+    DeleteAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Publishes a layer version from a ZIP.
+    PublishLayerVersion {
+        #[arg(long)]
+        layer_name: String,
+        #[arg(long)]
+        zip_file: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, num_args = 1..)]
+        compatible_runtimes: Vec<String>,
+    },
+    /// Lists layers (their latest versions).
+    ListLayers,
+    ListLayerVersions {
+        #[arg(long)]
+        layer_name: String,
+    },
+    GetLayerVersion {
+        #[arg(long)]
+        layer_name: String,
+        #[arg(long)]
+        version_number: u64,
+    },
+    /// Deletes a layer version; functions using it keep working.
+    DeleteLayerVersion {
+        #[arg(long)]
+        layer_name: String,
+        #[arg(long)]
+        version_number: u64,
+    },
+    /// Function logs.
+    Logs {
+        #[command(subcommand)]
+        action: LogsAction,
+    },
+    /// The node.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+    /// Lists instances, or stops them.
+    Instances {
+        #[arg(long)]
+        function_name: Option<String>,
+        #[command(subcommand)]
+        action: Option<InstancesAction>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LogsAction {
+    /// Prints a function's log lines; with --follow, new ones as they come.
+    Tail {
+        function_name: String,
+        #[arg(long)]
+        follow: bool,
+        /// Only lines this recent: 30s, 10m, 2h, 1d.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeAction {
+    /// Version, engine, accelerator, kernel, images, capacity and use.
+    Info,
+}
+
+#[derive(Subcommand)]
+pub enum InstancesAction {
+    /// Stops one instance, or every instance of a function.
+    Stop {
+        instance_id: Option<String>,
+        #[arg(long)]
+        function_name: Option<String>,
+    },
+}
+
+fn svc(op: &'static str) -> impl Fn(tonic::Status) -> CliError {
+    move |s| CliError::from_status(op, s)
+}
+
+const ALIAS_HEADERS: &[&str] = &["NAME", "VERSION", "ROUTING", "DESCRIPTION"];
+const LAYER_HEADERS: &[&str] = &["LAYER", "VERSION", "CODE SIZE", "CREATED", "ARN"];
+const INSTANCE_HEADERS: &[&str] = &[
+    "ID",
+    "FUNCTION",
+    "VERSION",
+    "STATE",
+    "MEMORY",
+    "RSS",
+    "AGE",
+    "INVOCATIONS",
+    "LAST USED",
+    "STARTED BY",
+];
+
+fn environment(e: Option<String>) -> Result<Option<BTreeMap<String, String>>, CliError> {
+    e.map(|e| parse_environment(&e)).transpose()
+}
+
+/// Runs one command against `endpoint`.
+pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(), CliError> {
+    let channel = client::channel(endpoint).await?;
+    let mut c = flint_proto::node::v1::functions_client::FunctionsClient::new(channel.clone())
+        .max_decoding_message_size(crate::api::MAX_MESSAGE)
+        .max_encoding_message_size(crate::api::MAX_MESSAGE);
+    let mut n = NodeClient::new(channel);
+    match command {
+        Command::CreateFunction {
+            function_name,
+            runtime,
+            handler,
+            zip_file,
+            memory_size,
+            timeout,
+            environment: env,
+            description,
+            layers,
+            ephemeral_storage,
+        } => {
+            let f = c
+                .create_function(pb::CreateFunctionRequest {
+                    function_name,
+                    runtime,
+                    handler,
+                    zip_file: read_file_arg(&zip_file)?,
+                    memory_size: memory_size.unwrap_or(0),
+                    timeout: timeout.unwrap_or(0),
+                    environment: environment(env)?.unwrap_or_default().into_iter().collect(),
+                    description,
+                    layers,
+                    ephemeral_storage: ephemeral_storage
+                        .map(|e| parse_ephemeral(&e))
+                        .transpose()?
+                        .unwrap_or(0),
+                })
+                .await
+                .map_err(svc("CreateFunction"))?
+                .into_inner();
+            print_configuration(&f, output);
+        }
+        Command::GetFunction {
+            function_name,
+            qualifier,
+        } => {
+            let r = c
+                .get_function(pb::GetFunctionRequest {
+                    function_name,
+                    qualifier,
+                })
+                .await
+                .map_err(svc("GetFunction"))?
+                .into_inner();
+            print_get_function(&r, output);
+        }
+        Command::ListFunctions => {
+            let r = c
+                .list_functions(pb::ListFunctionsRequest {})
+                .await
+                .map_err(svc("ListFunctions"))?
+                .into_inner();
+            print_functions(&r.functions, output);
+        }
+        Command::DeleteFunction { function_name } => {
+            c.delete_function(pb::DeleteFunctionRequest { function_name })
+                .await
+                .map_err(svc("DeleteFunction"))?;
+        }
+        Command::UpdateFunctionCode {
+            function_name,
+            zip_file,
+            publish,
+        } => {
+            let f = c
+                .update_function_code(pb::UpdateFunctionCodeRequest {
+                    function_name,
+                    zip_file: read_file_arg(&zip_file)?,
+                    publish,
+                })
+                .await
+                .map_err(svc("UpdateFunctionCode"))?
+                .into_inner();
+            print_configuration(&f, output);
+        }
+        Command::UpdateFunctionConfiguration {
+            function_name,
+            handler,
+            runtime,
+            memory_size,
+            timeout,
+            environment: env,
+            layers,
+            no_layers,
+            ephemeral_storage,
+            description,
+        } => {
+            let layers = if no_layers { Some(Vec::new()) } else { layers };
+            let f = c
+                .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+                    function_name,
+                    handler,
+                    runtime,
+                    memory_size,
+                    timeout,
+                    environment: environment(env)?.map(|v| pb::Environment {
+                        variables: v.into_iter().collect(),
+                    }),
+                    layers: layers.map(|arns| pb::LayerList { arns }),
+                    ephemeral_storage: ephemeral_storage
+                        .map(|e| parse_ephemeral(&e))
+                        .transpose()?,
+                    description,
+                })
+                .await
+                .map_err(svc("UpdateFunctionConfiguration"))?
+                .into_inner();
+            print_configuration(&f, output);
+        }
+        Command::Invoke {
+            function_name,
+            payload,
+            qualifier,
+            invocation_type: it,
+            log_type: lt,
+            cli_binary_format,
+            client_context,
+            outfile,
+        } => {
+            let r = c
+                .invoke(pb::InvokeRequest {
+                    function_name,
+                    qualifier,
+                    invocation_type: invocation_type(&it)? as i32,
+                    log_type: log_type(&lt)? as i32,
+                    payload: read_payload(&payload, &cli_binary_format)?,
+                    client_context,
+                })
+                .await
+                .map_err(svc("Invoke"))?
+                .into_inner();
+            write_outfile(&outfile, &r.payload)?;
+            print_invoke(&r, output);
+        }
+        Command::PublishVersion {
+            function_name,
+            description,
+        } => {
+            let f = c
+                .publish_version(pb::PublishVersionRequest {
+                    function_name,
+                    description,
+                })
+                .await
+                .map_err(svc("PublishVersion"))?
+                .into_inner();
+            print_configuration(&f, output);
+        }
+        Command::ListVersionsByFunction { function_name } => {
+            let r = c
+                .list_versions_by_function(pb::ListVersionsByFunctionRequest { function_name })
+                .await
+                .map_err(svc("ListVersionsByFunction"))?
+                .into_inner();
+            emit(
+                output,
+                json!({"Versions": r.versions.iter().map(configuration_json).collect::<Vec<_>>()}),
+                &["VERSION", "CODE SHA256", "LAST MODIFIED", "DESCRIPTION"],
+                r.versions
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.version.clone(),
+                            v.code_sha256.clone(),
+                            v.last_modified.clone(),
+                            v.description.clone(),
+                        ]
+                    })
+                    .collect(),
+            );
+        }
+        Command::CreateAlias {
+            function_name,
+            name,
+            function_version,
+            description,
+            routing_config,
+        } => {
+            let a = c
+                .create_alias(pb::CreateAliasRequest {
+                    function_name,
+                    name,
+                    function_version,
+                    description,
+                    routing_config: routing_config.map(|r| parse_routing(&r)).transpose()?.map(
+                        |w| pb::AliasRoutingConfiguration {
+                            additional_version_weights: w.into_iter().collect(),
+                        },
+                    ),
+                })
+                .await
+                .map_err(svc("CreateAlias"))?
+                .into_inner();
+            emit(output, alias_json(&a), ALIAS_HEADERS, vec![alias_row(&a)]);
+        }
+        Command::UpdateAlias {
+            function_name,
+            name,
+            function_version,
+            description,
+            routing_config,
+        } => {
+            let a = c
+                .update_alias(pb::UpdateAliasRequest {
+                    function_name,
+                    name,
+                    function_version,
+                    description,
+                    routing_config: routing_config.map(|r| parse_routing(&r)).transpose()?.map(
+                        |w| pb::AliasRoutingConfiguration {
+                            additional_version_weights: w.into_iter().collect(),
+                        },
+                    ),
+                })
+                .await
+                .map_err(svc("UpdateAlias"))?
+                .into_inner();
+            emit(output, alias_json(&a), ALIAS_HEADERS, vec![alias_row(&a)]);
+        }
+        Command::GetAlias {
+            function_name,
+            name,
+        } => {
+            let a = c
+                .get_alias(pb::GetAliasRequest {
+                    function_name,
+                    name,
+                })
+                .await
+                .map_err(svc("GetAlias"))?
+                .into_inner();
+            emit(output, alias_json(&a), ALIAS_HEADERS, vec![alias_row(&a)]);
+        }
+        Command::ListAliases { function_name } => {
+            let r = c
+                .list_aliases(pb::ListAliasesRequest { function_name })
+                .await
+                .map_err(svc("ListAliases"))?
+                .into_inner();
+            emit(
+                output,
+                json!({"Aliases": r.aliases.iter().map(alias_json).collect::<Vec<_>>()}),
+                ALIAS_HEADERS,
+                r.aliases.iter().map(alias_row).collect(),
+            );
+        }
+        Command::DeleteAlias {
+            function_name,
+            name,
+        } => {
+            c.delete_alias(pb::DeleteAliasRequest {
+                function_name,
+                name,
+            })
+            .await
+            .map_err(svc("DeleteAlias"))?;
+        }
+        Command::PublishLayerVersion {
+            layer_name,
+            zip_file,
+            description,
+            compatible_runtimes,
+        } => {
+            let l = c
+                .publish_layer_version(pb::PublishLayerVersionRequest {
+                    layer_name,
+                    zip_file: read_file_arg(&zip_file)?,
+                    description,
+                    compatible_runtimes,
+                })
+                .await
+                .map_err(svc("PublishLayerVersion"))?
+                .into_inner();
+            emit(output, layer_json(&l), LAYER_HEADERS, vec![layer_row(&l)]);
+        }
+        Command::ListLayers => {
+            let r = c
+                .list_layers(pb::ListLayersRequest {})
+                .await
+                .map_err(svc("ListLayers"))?
+                .into_inner();
+            emit(
+                output,
+                json!({"Layers": r.layers.iter().map(|l| json!({
+                    "LayerName": l.layer_name,
+                    "LayerArn": l.layer_arn,
+                    "LatestMatchingVersion": layer_json(l),
+                })).collect::<Vec<_>>()}),
+                LAYER_HEADERS,
+                r.layers.iter().map(layer_row).collect(),
+            );
+        }
+        Command::ListLayerVersions { layer_name } => {
+            let r = c
+                .list_layer_versions(pb::ListLayerVersionsRequest { layer_name })
+                .await
+                .map_err(svc("ListLayerVersions"))?
+                .into_inner();
+            emit(
+                output,
+                json!({"LayerVersions": r.layer_versions.iter().map(layer_json).collect::<Vec<_>>()}),
+                LAYER_HEADERS,
+                r.layer_versions.iter().map(layer_row).collect(),
+            );
+        }
+        Command::GetLayerVersion {
+            layer_name,
+            version_number,
+        } => {
+            let l = c
+                .get_layer_version(pb::GetLayerVersionRequest {
+                    layer_name,
+                    version: version_number,
+                })
+                .await
+                .map_err(svc("GetLayerVersion"))?
+                .into_inner();
+            emit(output, layer_json(&l), LAYER_HEADERS, vec![layer_row(&l)]);
+        }
+        Command::DeleteLayerVersion {
+            layer_name,
+            version_number,
+        } => {
+            c.delete_layer_version(pb::DeleteLayerVersionRequest {
+                layer_name,
+                version: version_number,
+            })
+            .await
+            .map_err(svc("DeleteLayerVersion"))?;
+        }
+        Command::Logs {
+            action:
+                LogsAction::Tail {
+                    function_name,
+                    follow,
+                    since,
+                },
+        } => {
+            let since_seconds = since.map(|s| parse_since(&s)).transpose()?.unwrap_or(0);
+            let mut stream = n
+                .tail_logs(pb::TailLogsRequest {
+                    function_name,
+                    since_seconds,
+                    follow,
+                })
+                .await
+                .map_err(svc("TailLogs"))?
+                .into_inner();
+            while let Some(line) = stream.message().await.map_err(svc("TailLogs"))? {
+                match output {
+                    Output::Json => println!(
+                        "{}",
+                        json!({
+                            "Timestamp": line.timestamp,
+                            "LogStreamName": line.log_stream,
+                            "RequestId": line.request_id,
+                            "Message": line.message,
+                        })
+                    ),
+                    Output::Table => {
+                        println!("{} {} {}", line.timestamp, line.log_stream, line.message)
+                    }
+                }
+            }
+        }
+        Command::Node {
+            action: NodeAction::Info,
+        } => {
+            let info = n
+                .get_node_info(pb::GetNodeInfoRequest {})
+                .await
+                .map_err(svc("GetNodeInfo"))?
+                .into_inner();
+            let mut rows = vec![
+                vec!["version".into(), info.version.clone()],
+                vec!["engine".into(), info.engine.clone()],
+                vec![
+                    "accelerator".into(),
+                    format!("{} ({})", info.accelerator, info.accelerator_reason),
+                ],
+                vec!["kernel".into(), info.kernel.clone()],
+            ];
+            for r in &info.runtime_images {
+                rows.push(vec![
+                    format!("image {}", r.runtime),
+                    format!("{} ({} MB)", r.path, r.size / (1024 * 1024)),
+                ]);
+            }
+            rows.push(vec!["cpus".into(), info.cpus.to_string()]);
+            rows.push(vec![
+                "memory".into(),
+                format!(
+                    "{} MB total, {} MB available",
+                    info.memory_total_mb, info.memory_available_mb
+                ),
+            ]);
+            rows.push(vec![
+                "instances".into(),
+                format!(
+                    "{} ({} MB guest memory, {} MB host RSS)",
+                    info.instances, info.instance_memory_mb, info.instance_rss_mb
+                ),
+            ]);
+            rows.push(vec!["functions".into(), info.functions.to_string()]);
+            rows.push(vec!["data dir".into(), info.data_dir.clone()]);
+            rows.push(vec!["started".into(), info.started_at.clone()]);
+            emit(output, node_info_json(&info), &["FIELD", "VALUE"], rows);
+        }
+        Command::Instances {
+            function_name,
+            action: None,
+        } => {
+            let r = n
+                .list_instances(pb::ListInstancesRequest {
+                    function_name: function_name.unwrap_or_default(),
+                })
+                .await
+                .map_err(svc("ListInstances"))?
+                .into_inner();
+            emit(
+                output,
+                json!({"Instances": r.instances.iter().map(instance_json).collect::<Vec<_>>()}),
+                INSTANCE_HEADERS,
+                r.instances.iter().map(instance_row).collect(),
+            );
+        }
+        Command::Instances {
+            function_name: outer,
+            action:
+                Some(InstancesAction::Stop {
+                    instance_id,
+                    function_name,
+                }),
+        } => {
+            let function_name = function_name.or(outer).unwrap_or_default();
+            let instance_id = instance_id.unwrap_or_default();
+            if instance_id.is_empty() == function_name.is_empty() {
+                return Err(CliError::Usage(
+                    "instances stop: give an instance id or --function-name".into(),
+                ));
+            }
+            let r = n
+                .stop_instances(pb::StopInstancesRequest {
+                    instance_id,
+                    function_name,
+                })
+                .await
+                .map_err(svc("StopInstances"))?
+                .into_inner();
+            emit(
+                output,
+                json!({"Stopped": r.stopped}),
+                &["STOPPED"],
+                r.stopped.iter().map(|s| vec![s.clone()]).collect(),
+            );
+        }
+    }
+    Ok(())
+}
