@@ -169,11 +169,6 @@ impl FunctionLogs {
         }
         n
     }
-
-    /// Removes every stream of a deleted function.
-    pub fn remove_function(&self, function: &str) {
-        let _ = std::fs::remove_dir_all(self.dir.join(function));
-    }
 }
 
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {

@@ -99,7 +99,7 @@ impl Pool {
             .values()
             .map(|i| i.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect();
-        out.sort_by(|a, b| a.created.cmp(&b.created));
+        out.sort_by_key(|i| i.created);
         out
     }
 

@@ -1,0 +1,588 @@
+//! End-to-end tests of the function model: code and configuration updates,
+//! versions, weighted aliases, layers, logs, node inspection.
+
+use std::time::Duration;
+
+use flint_e2e::*;
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::node_client::NodeClient;
+use tonic::Code;
+
+fn py(body: &str) -> Vec<u8> {
+    zip_files(&[("app.py", body.as_bytes(), 0o644)])
+}
+
+async fn node_client() -> NodeClient<tonic::transport::Channel> {
+    NodeClient::new(
+        flint_daemon::client::channel(&node().endpoint)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn invoke_q(name: &str, qualifier: &str) -> pb::InvokeResponse {
+    client()
+        .await
+        .invoke(pb::InvokeRequest {
+            function_name: name.into(),
+            qualifier: qualifier.into(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn text(r: &pb::InvokeResponse) -> String {
+    serde_json::from_slice::<serde_json::Value>(&r.payload)
+        .unwrap()
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn updated_code_and_configuration_are_served_by_a_new_instance() {
+    let name = unique("upd");
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        py("import os\ndef handler(e, c):\n    return 'one ' + os.environ.get('GREETING', '')\n"),
+        0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(text(&invoke_q(&name, "").await), "one hello");
+    let first = node_client()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].invocations, 1);
+    assert_eq!(first[0].state, "Idle");
+
+    let f = client()
+        .await
+        .update_function_code(pb::UpdateFunctionCodeRequest {
+            function_name: name.clone(),
+            zip_file: py("import os\ndef handler(e, c):\n    return 'two ' + os.environ.get('GREETING', '')\n"),
+            publish: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.version, "$LATEST");
+    assert_eq!(text(&invoke_q(&name, "").await), "two hello");
+
+    let f = client()
+        .await
+        .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+            function_name: name.clone(),
+            environment: Some(pb::Environment {
+                variables: [("GREETING".to_string(), "bonjour".to_string())].into(),
+            }),
+            memory_size: Some(256),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(f.memory_size, 256);
+    assert_eq!(f.handler, "app.handler");
+    assert_eq!(text(&invoke_q(&name, "").await), "two bonjour");
+    let now = node_client()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert_eq!(now.len(), 1, "old instances are retired");
+    assert_ne!(now[0].id, first[0].id);
+    assert_eq!(now[0].memory_size, 256);
+
+    // A handler the package does not have is refused, and nothing changes.
+    let e = client()
+        .await
+        .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+            function_name: name.clone(),
+            handler: Some("missing.handler".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("missing.py"), "{}", e.message());
+    let e = client()
+        .await
+        .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+            function_name: name.clone(),
+            timeout: Some(0),
+            ..Default::default()
+        })
+        .await;
+    // 0 means "default" for create; on update it is out of range.
+    if let Err(e) = e {
+        assert_eq!(e.code(), Code::InvalidArgument);
+    }
+    assert_eq!(text(&invoke_q(&name, "").await), "two bonjour");
+}
+
+#[tokio::test]
+async fn versions_are_immutable_and_an_alias_splits_traffic_by_weight() {
+    let name = unique("ver");
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        py("def handler(e, c):\n    return 'v1'\n"),
+        0,
+    )
+    .await
+    .unwrap();
+    let v1 = client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            description: "first".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v1.version, "1");
+    assert!(
+        v1.function_arn.ends_with(&format!(":{name}:1")),
+        "{}",
+        v1.function_arn
+    );
+    client()
+        .await
+        .update_function_code(pb::UpdateFunctionCodeRequest {
+            function_name: name.clone(),
+            zip_file: py("def handler(e, c):\n    return 'v2'\n"),
+            publish: false,
+        })
+        .await
+        .unwrap();
+    let v2 = client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v2.version, "2");
+    // Unchanged code and configuration: the existing version comes back.
+    let again = client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.version, "2");
+    let versions: Vec<String> = client()
+        .await
+        .list_versions_by_function(pb::ListVersionsByFunctionRequest {
+            function_name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, vec!["$LATEST", "1", "2"]);
+
+    let r = invoke_q(&name, "1").await;
+    assert_eq!(
+        (text(&r).as_str(), r.executed_version.as_str()),
+        ("v1", "1")
+    );
+    let r = invoke_q(&name, "2").await;
+    assert_eq!(
+        (text(&r).as_str(), r.executed_version.as_str()),
+        ("v2", "2")
+    );
+    let e = client()
+        .await
+        .invoke(pb::InvokeRequest {
+            function_name: name.clone(),
+            qualifier: "9".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+
+    let alias = client()
+        .await
+        .create_alias(pb::CreateAliasRequest {
+            function_name: name.clone(),
+            name: "live".into(),
+            function_version: "1".into(),
+            description: String::new(),
+            routing_config: Some(pb::AliasRoutingConfiguration {
+                additional_version_weights: [("2".to_string(), 0.2)].into(),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(alias.alias_arn.ends_with(&format!(":{name}:live")));
+    let mut twos = 0;
+    let n = 150;
+    for _ in 0..n {
+        let r = invoke_q(&name, "live").await;
+        match r.executed_version.as_str() {
+            "2" => {
+                assert_eq!(text(&r), "v2");
+                twos += 1;
+            }
+            "1" => assert_eq!(text(&r), "v1"),
+            other => panic!("executed {other}"),
+        }
+    }
+    // 20% of 150 is 30; the binomial standard deviation is about 4.9.
+    assert!((12..=50).contains(&twos), "version 2 served {twos} of {n}");
+
+    // Moving the alias takes effect at once; a duplicate alias conflicts.
+    client()
+        .await
+        .update_alias(pb::UpdateAliasRequest {
+            function_name: name.clone(),
+            name: "live".into(),
+            function_version: Some("2".into()),
+            description: None,
+            routing_config: Some(pb::AliasRoutingConfiguration::default()),
+        })
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(invoke_q(&name, "live").await.executed_version, "2");
+    }
+    let e = client()
+        .await
+        .create_alias(pb::CreateAliasRequest {
+            function_name: name.clone(),
+            name: "live".into(),
+            function_version: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(
+        e.message().starts_with("ResourceConflictException"),
+        "{}",
+        e.message()
+    );
+    let e = client()
+        .await
+        .create_alias(pb::CreateAliasRequest {
+            function_name: name.clone(),
+            name: "bad".into(),
+            function_version: "1".into(),
+            routing_config: Some(pb::AliasRoutingConfiguration {
+                additional_version_weights: [("2".to_string(), 1.5)].into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("RoutingConfig"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_python_layer_is_importable_and_survives_its_deletion() {
+    let layer = unique("deps");
+    let l = client()
+        .await
+        .publish_layer_version(pb::PublishLayerVersionRequest {
+            layer_name: layer.clone(),
+            zip_file: zip_files(&[
+                ("python/greeting.py", b"WORD = 'from layer one'\n", 0o644),
+                ("bin/layer-tool", b"#!/bin/sh\necho tool\n", 0o755),
+            ]),
+            description: "greeting".into(),
+            compatible_runtimes: vec!["python3.11".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.version, 1);
+    let l2 = client()
+        .await
+        .publish_layer_version(pb::PublishLayerVersionRequest {
+            layer_name: layer.clone(),
+            zip_file: zip_files(&[("python/greeting.py", b"WORD = 'from layer two'\n", 0o644)]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l2.version, 2);
+    let other = unique("more");
+    let l3 = client()
+        .await
+        .publish_layer_version(pb::PublishLayerVersionRequest {
+            layer_name: other.clone(),
+            zip_file: zip_files(&[("python/extra.py", b"X = 42\n", 0o644)]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let name = unique("layered");
+    let code = py(
+        "import os, shutil, greeting, extra\ndef handler(e, c):\n    return {'word': greeting.WORD, 'x': extra.X, 'tool': shutil.which('layer-tool'), 'ld': os.environ['LD_LIBRARY_PATH']}\n",
+    );
+    client()
+        .await
+        .create_function(pb::CreateFunctionRequest {
+            function_name: name.clone(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            zip_file: code,
+            // Later layers win: version 2 of the greeting overrides version 1.
+            layers: vec![
+                l.layer_version_arn.clone(),
+                l2.layer_version_arn.clone(),
+                l3.layer_version_arn.clone(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = invoke(&name, "{}").await.unwrap();
+    assert_eq!(
+        r.function_error,
+        "",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    let v = json(&r);
+    assert_eq!(v["word"], "from layer two");
+    assert_eq!(v["x"], 42);
+    assert_eq!(v["tool"], "/opt/bin/layer-tool");
+    assert!(v["ld"].as_str().unwrap().contains("/opt/lib"));
+
+    // Deleting a layer version in use does not break the function, even on
+    // a fresh instance.
+    for ver in [1, 2] {
+        client()
+            .await
+            .delete_layer_version(pb::DeleteLayerVersionRequest {
+                layer_name: layer.clone(),
+                version: ver,
+            })
+            .await
+            .unwrap();
+    }
+    let e = client()
+        .await
+        .get_layer_version(pb::GetLayerVersionRequest {
+            layer_name: layer.clone(),
+            version: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    node_client()
+        .await
+        .stop_instances(pb::StopInstancesRequest {
+            function_name: name.clone(),
+            instance_id: String::new(),
+        })
+        .await
+        .unwrap();
+    let r = invoke(&name, "{}").await.unwrap();
+    assert_eq!(json(&r)["word"], "from layer two");
+
+    // A function can no longer be created with the deleted version.
+    let e = client()
+        .await
+        .create_function(pb::CreateFunctionRequest {
+            function_name: unique("late"),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            zip_file: py("def handler(e, c):\n    return 1\n"),
+            layers: vec![l.layer_version_arn.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // Six layers are too many.
+    let e = client()
+        .await
+        .create_function(pb::CreateFunctionRequest {
+            function_name: unique("many"),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            zip_file: py("def handler(e, c):\n    return 1\n"),
+            layers: vec![l3.layer_version_arn.clone(); 6],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("Layers"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn logs_are_followed_live_while_invoking() {
+    let name = unique("logs");
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        py("def handler(e, c):\n    print('marker', e['n'])\n    return 1\n"),
+        0,
+    )
+    .await
+    .unwrap();
+    invoke(&name, r#"{"n": 1}"#).await.unwrap();
+    let mut stream = node_client()
+        .await
+        .tail_logs(pb::TailLogsRequest {
+            function_name: name.clone(),
+            since_seconds: 600,
+            follow: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let name2 = name.clone();
+    let invoker = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        invoke(&name2, r#"{"n": 2}"#).await.unwrap().request_id
+    });
+    let mut seen: Vec<pb::LogLine> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let line = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("log line in time")
+            .unwrap()
+            .expect("stream open");
+        let done = line.message.starts_with("REPORT")
+            && seen
+                .iter()
+                .any(|m| m.message == "marker 2" && m.request_id == line.request_id);
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let rid = invoker.await.unwrap();
+    assert!(
+        seen.iter().any(|l| l.message == "marker 1"),
+        "backlog has the first invocation"
+    );
+    let live: Vec<_> = seen
+        .iter()
+        .filter(|l| l.request_id == rid)
+        .map(|l| l.message.as_str())
+        .collect();
+    assert!(live[0].starts_with("START RequestId: "), "{live:?}");
+    assert!(live.contains(&"marker 2"), "{live:?}");
+    assert!(
+        live.iter().any(|m| m.starts_with("END RequestId: ")),
+        "{live:?}"
+    );
+    assert!(seen
+        .iter()
+        .all(|l| !l.timestamp.is_empty() && !l.log_stream.is_empty()));
+}
+
+#[tokio::test]
+async fn node_info_and_instances_describe_the_node() {
+    let name = unique("inspect");
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        py("def handler(e, c):\n    return 1\n"),
+        0,
+    )
+    .await
+    .unwrap();
+    invoke(&name, "{}").await.unwrap();
+    let info = node_client()
+        .await
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.engine.contains("QEMU"), "{}", info.engine);
+    assert!(!info.accelerator.is_empty() && !info.accelerator_reason.is_empty());
+    assert!(info.kernel.ends_with("vmlinux"));
+    assert_eq!(info.runtime_images.len(), 2);
+    assert!(info.runtime_images.iter().all(|r| r.size > 0));
+    assert!(info.cpus > 0 && info.memory_total_mb > 0);
+    assert!(info.instances >= 1);
+    let list = node_client()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert_eq!(list.len(), 1);
+    let i = &list[0];
+    assert_eq!(
+        (i.function_version.as_str(), i.start_kind.as_str()),
+        ("$LATEST", "boot")
+    );
+    assert!(i.rss_kb > 0);
+    assert!(!i.last_used.is_empty());
+    let stopped = node_client()
+        .await
+        .stop_instances(pb::StopInstancesRequest {
+            instance_id: i.id.clone(),
+            function_name: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stopped;
+    assert_eq!(stopped, vec![i.id.clone()]);
+    let list = node_client()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert!(list.is_empty());
+    let e = node_client()
+        .await
+        .stop_instances(pb::StopInstancesRequest {
+            instance_id: "nope".into(),
+            function_name: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
