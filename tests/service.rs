@@ -1,0 +1,251 @@
+//! flintd as a service: the real binary, its TOML configuration, systemd
+//! readiness, SIGTERM draining in-flight invocations, cleanup of an earlier
+//! run's leftovers, and everything back after a restart.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flint_e2e::*;
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::functions_client::FunctionsClient;
+use flint_proto::node::v1::node_client::NodeClient;
+use tonic::transport::Channel;
+
+struct Flintd {
+    child: Child,
+    endpoint: String,
+}
+
+fn start(dir: &Path, notify: Option<&Path>) -> Flintd {
+    let sock = dir.join("flintd.sock");
+    let config = dir.join("flintd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [{:?}]\nartifacts_dir = {:?}\nshutdown_grace_s = 20\n",
+            dir.join("data"),
+            format!("unix:{}", sock.display()),
+            artifacts_dir()
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let mut cmd = Command::new(bin("flintd"));
+    cmd.arg("--config").arg(&config).stdout(Stdio::null()).stderr(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("flintd.log"))
+            .unwrap(),
+    );
+    if let Some(n) = notify {
+        cmd.env("NOTIFY_SOCKET", n);
+    }
+    let child = cmd.spawn().expect("start flintd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "flintd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Flintd {
+        child,
+        endpoint: format!("unix:{}", sock.display()),
+    }
+}
+
+impl Flintd {
+    async fn functions(&self) -> FunctionsClient<Channel> {
+        flint_daemon::client::functions(&self.endpoint).await.unwrap()
+    }
+
+    async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(flint_daemon::client::channel(&self.endpoint).await.unwrap())
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "flintd did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Flintd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// QEMU processes whose files live under `dir`.
+fn qemus_under(dir: &Path) -> usize {
+    let needle = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    let s = String::from_utf8_lossy(&c);
+                    s.contains("qemu-system") && s.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
+    let dir = tempfile::Builder::new().prefix("flint-svc-").tempdir().unwrap();
+    // A leftover of an "earlier run" that the start must clean up.
+    std::fs::create_dir_all(dir.path().join("data/run/stale-instance")).unwrap();
+    std::fs::write(dir.path().join("data/run/stale-instance/console.log"), "old").unwrap();
+
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut d = start(dir.path(), Some(&notify_path));
+    let mut buf = [0u8; 64];
+    let n = notify.recv(&mut buf).expect("readiness notification");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(!dir.path().join("data/run/stale-instance").exists());
+
+    let name = "svc-slow";
+    d.functions()
+        .await
+        .create_function(pb::CreateFunctionRequest {
+            function_name: name.into(),
+            runtime: "python3.11".into(),
+            handler: "app.slow".into(),
+            zip_file: zip_fixture("python"),
+            timeout: 20,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    d.functions()
+        .await
+        .publish_version(pb::PublishVersionRequest { function_name: name.into(), description: String::new() })
+        .await
+        .unwrap();
+    d.functions()
+        .await
+        .create_alias(pb::CreateAliasRequest {
+            function_name: name.into(),
+            name: "prod".into(),
+            function_version: "1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let layer = d
+        .functions()
+        .await
+        .publish_layer_version(pb::PublishLayerVersionRequest {
+            layer_name: "svc-layer".into(),
+            zip_file: zip_files(&[("python/x.py", b"X = 1\n", 0o644)]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // An invocation that is still running when SIGTERM comes.
+    let mut fc = d.functions().await;
+    let running = tokio::spawn(async move {
+        fc.invoke(pb::InvokeRequest {
+            function_name: name.into(),
+            payload: br#"{"seconds": 3}"#.to_vec(),
+            ..Default::default()
+        })
+        .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let busy = d
+            .node()
+            .await
+            .list_instances(pb::ListInstancesRequest { function_name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .instances
+            .iter()
+            .any(|i| i.state == "Busy");
+        if busy {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the invocation did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(qemus_under(dir.path()), 1);
+    let status = tokio::task::spawn_blocking(move || {
+        let s = d.terminate();
+        (s, d)
+    });
+    let r = running.await.unwrap().expect("the in-flight invocation completes");
+    let r = r.into_inner();
+    assert_eq!(r.function_error, "", "{}", String::from_utf8_lossy(&r.payload));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap(), "too late");
+    let (status, d) = status.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    drop(d);
+    let n = notify.recv(&mut buf).expect("stopping notification");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(qemus_under(dir.path()), 0, "every VM is stopped");
+
+    // Restart on the same data: everything is back and works.
+    let d = start(dir.path(), None);
+    let fns = d.functions().await.list_functions(pb::ListFunctionsRequest {}).await.unwrap().into_inner();
+    assert_eq!(fns.functions.len(), 1);
+    let versions = d
+        .functions()
+        .await
+        .list_versions_by_function(pb::ListVersionsByFunctionRequest { function_name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(versions.len(), 2);
+    let alias = d
+        .functions()
+        .await
+        .get_alias(pb::GetAliasRequest { function_name: name.into(), name: "prod".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alias.function_version, "1");
+    let l = d
+        .functions()
+        .await
+        .get_layer_version(pb::GetLayerVersionRequest { layer_name: "svc-layer".into(), version: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(l.layer_version_arn, layer.layer_version_arn);
+    let r = d
+        .functions()
+        .await
+        .invoke(pb::InvokeRequest {
+            function_name: name.into(),
+            qualifier: "prod".into(),
+            payload: br#"{"seconds": 0}"#.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.executed_version, "1");
+    assert_eq!(r.function_error, "");
+}
