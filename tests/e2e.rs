@@ -542,3 +542,56 @@ async fn rust_lambda_runtime_binaries_run_dynamic_and_static() {
         assert_eq!(json(&r)["errorMessage"], "asked to fail");
     }
 }
+
+#[tokio::test]
+async fn a_python_grpcio_client_calls_health_reflection_and_invoke() {
+    let python = python_with_grpcio();
+    let name = unique("grpcio");
+    create(&name, "python3.11", "app.handler", zip_fixture("python"), 0)
+        .await
+        .unwrap();
+    let endpoint = node().endpoint.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(fixture("..").join("grpc_client.py"))
+            .arg(&endpoint)
+            .arg(&name)
+            .output()
+            .expect("run the grpcio client")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "grpcio client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["health"], "SERVING");
+    let services: Vec<&str> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    for s in [
+        "flint.node.v1.Functions",
+        "flint.node.v1.Node",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.contains(&s), "{s} missing from {services:?}");
+    }
+    assert_eq!(v["status_code"], 200);
+    assert_eq!(v["function_error"], "");
+    assert_eq!(v["executed_version"], "$LATEST");
+    assert_eq!(v["payload"]["event"]["from"], "grpcio");
+    assert_eq!(v["has_log_result"], true);
+    assert!(
+        v["missing"]
+            .as_str()
+            .unwrap()
+            .starts_with("NOT_FOUND: ResourceNotFoundException"),
+        "{}",
+        v["missing"]
+    );
+}

@@ -223,3 +223,18 @@ pub fn rust_bootstrap(static_link: bool) -> Vec<u8> {
     assert!(status.success(), "building the rust-fn fixture failed");
     std::fs::read(bin).expect("rust-fn bootstrap")
 }
+
+/// The Python interpreter of the test tools environment (grpcio and
+/// friends), which `scripts/test` creates under `$FLINT_CACHE/pyenv`.
+pub fn python_with_grpcio() -> PathBuf {
+    let cache = std::env::var_os("FLINT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
+    let py = cache.join("pyenv/bin/python");
+    assert!(
+        py.exists(),
+        "{} is missing: scripts/test creates it (python3 -m venv + pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection)",
+        py.display()
+    );
+    py
+}

@@ -34,16 +34,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     health
         .set_serving::<flint_proto::node::v1::node_server::NodeServer<NodeService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(flint_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: v1, and v1alpha that many clients still use.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(flint_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_alpha = reflection_builder().build_v1alpha()?;
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(FunctionsService::new(node.clone()).into_server())
         .add_service(NodeService::new(node.clone()).into_server())
         .add_service(health_service)
-        .add_service(reflection);
+        .add_service(reflection)
+        .add_service(reflection_alpha);
     let routes = routes.routes();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -1,0 +1,76 @@
+"""A gRPC client of flintd that is not ours: Python's grpcio, with stubs
+generated from proto/ at run time. Calls health, reflection's service list
+and Invoke, and prints one JSON document with what it saw.
+
+usage: grpc_client.py ENDPOINT FUNCTION_NAME
+"""
+import json
+import os
+import sys
+import tempfile
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_tools import protoc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROTO_ROOT = os.path.join(HERE, "..", "proto", "proto")
+
+
+def generate(out):
+    rc = protoc.main([
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        "flint/node/v1/node.proto",
+    ])
+    if rc != 0:
+        raise SystemExit(f"protoc failed: {rc}")
+    for d in ["flint", "flint/node", "flint/node/v1"]:
+        open(os.path.join(out, d, "__init__.py"), "a").close()
+    sys.path.insert(0, out)
+
+
+def main():
+    endpoint, function = sys.argv[1], sys.argv[2]
+    target = "unix://" + endpoint[len("unix:"):] if endpoint.startswith("unix:") else endpoint
+    with tempfile.TemporaryDirectory() as out:
+        generate(out)
+        from flint.node.v1 import node_pb2, node_pb2_grpc
+
+        # The default authority of a unix target is its path, which is not a
+        # valid HTTP/2 authority; name the host instead.
+        with grpc.insecure_channel(target, options=[("grpc.default_authority", "localhost")]) as ch:
+            health = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service="flint.node.v1.Functions"), timeout=10)
+            refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+            answers = refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+            services = [s.name for a in answers for s in a.list_services_response.service]
+            fns = node_pb2_grpc.FunctionsStub(ch)
+            r = fns.Invoke(node_pb2.InvokeRequest(
+                function_name=function,
+                payload=json.dumps({"from": "grpcio"}).encode(),
+                log_type=node_pb2.TAIL,
+            ), timeout=120)
+            try:
+                fns.GetFunction(node_pb2.GetFunctionRequest(function_name="no-such-function"), timeout=10)
+                missing = "found"
+            except grpc.RpcError as e:
+                missing = f"{e.code().name}: {e.details()}"
+        print(json.dumps({
+            "health": health_pb2.HealthCheckResponse.ServingStatus.Name(health.status),
+            "services": services,
+            "status_code": r.status_code,
+            "function_error": r.function_error,
+            "executed_version": r.executed_version,
+            "payload": json.loads(r.payload),
+            "has_log_result": bool(r.log_result),
+            "missing": missing,
+        }))
+
+
+if __name__ == "__main__":
+    main()
