@@ -33,13 +33,16 @@ fn start(dir: &Path, notify: Option<&Path>) -> Flintd {
     .unwrap();
     let _ = std::fs::remove_file(&sock);
     let mut cmd = Command::new(bin("flintd"));
-    cmd.arg("--config").arg(&config).stdout(Stdio::null()).stderr(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("flintd.log"))
-            .unwrap(),
-    );
+    cmd.arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join("flintd.log"))
+                .unwrap(),
+        );
     if let Some(n) = notify {
         cmd.env("NOTIFY_SOCKET", n);
     }
@@ -57,7 +60,9 @@ fn start(dir: &Path, notify: Option<&Path>) -> Flintd {
 
 impl Flintd {
     async fn functions(&self) -> FunctionsClient<Channel> {
-        flint_daemon::client::functions(&self.endpoint).await.unwrap()
+        flint_daemon::client::functions(&self.endpoint)
+            .await
+            .unwrap()
     }
 
     async fn node(&self) -> NodeClient<Channel> {
@@ -107,14 +112,23 @@ fn qemus_under(dir: &Path) -> usize {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
-    let dir = tempfile::Builder::new().prefix("flint-svc-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("flint-svc-")
+        .tempdir()
+        .unwrap();
     // A leftover of an "earlier run" that the start must clean up.
     std::fs::create_dir_all(dir.path().join("data/run/stale-instance")).unwrap();
-    std::fs::write(dir.path().join("data/run/stale-instance/console.log"), "old").unwrap();
+    std::fs::write(
+        dir.path().join("data/run/stale-instance/console.log"),
+        "old",
+    )
+    .unwrap();
 
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut d = start(dir.path(), Some(&notify_path));
     let mut buf = [0u8; 64];
     let n = notify.recv(&mut buf).expect("readiness notification");
@@ -136,7 +150,10 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
         .unwrap();
     d.functions()
         .await
-        .publish_version(pb::PublishVersionRequest { function_name: name.into(), description: String::new() })
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.into(),
+            description: String::new(),
+        })
         .await
         .unwrap();
     d.functions()
@@ -176,7 +193,9 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
         let busy = d
             .node()
             .await
-            .list_instances(pb::ListInstancesRequest { function_name: name.into() })
+            .list_instances(pb::ListInstancesRequest {
+                function_name: name.into(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -194,10 +213,21 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
         let s = d.terminate();
         (s, d)
     });
-    let r = running.await.unwrap().expect("the in-flight invocation completes");
+    let r = running
+        .await
+        .unwrap()
+        .expect("the in-flight invocation completes");
     let r = r.into_inner();
-    assert_eq!(r.function_error, "", "{}", String::from_utf8_lossy(&r.payload));
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap(), "too late");
+    assert_eq!(
+        r.function_error,
+        "",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap(),
+        "too late"
+    );
     let (status, d) = status.await.unwrap();
     assert!(status.success(), "{status:?}");
     drop(d);
@@ -207,12 +237,20 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
 
     // Restart on the same data: everything is back and works.
     let d = start(dir.path(), None);
-    let fns = d.functions().await.list_functions(pb::ListFunctionsRequest {}).await.unwrap().into_inner();
+    let fns = d
+        .functions()
+        .await
+        .list_functions(pb::ListFunctionsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(fns.functions.len(), 1);
     let versions = d
         .functions()
         .await
-        .list_versions_by_function(pb::ListVersionsByFunctionRequest { function_name: name.into() })
+        .list_versions_by_function(pb::ListVersionsByFunctionRequest {
+            function_name: name.into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -221,7 +259,10 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
     let alias = d
         .functions()
         .await
-        .get_alias(pb::GetAliasRequest { function_name: name.into(), name: "prod".into() })
+        .get_alias(pb::GetAliasRequest {
+            function_name: name.into(),
+            name: "prod".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -229,7 +270,10 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
     let l = d
         .functions()
         .await
-        .get_layer_version(pb::GetLayerVersionRequest { layer_name: "svc-layer".into(), version: 1 })
+        .get_layer_version(pb::GetLayerVersionRequest {
+            layer_name: "svc-layer".into(),
+            version: 1,
+        })
         .await
         .unwrap()
         .into_inner();

@@ -538,3 +538,108 @@ mod tests {
             .contains("limit"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn lambda_shaped_names_are_accepted(name in "[A-Za-z0-9_-]{1,64}") {
+            prop_assert!(validate_name(&name).is_ok());
+        }
+
+        #[test]
+        fn names_with_other_characters_are_refused(
+            pre in "[A-Za-z0-9_-]{0,20}",
+            bad in "[^A-Za-z0-9_-]",
+            post in "[A-Za-z0-9_-]{0,20}",
+        ) {
+            let name = format!("{pre}{bad}{post}");
+            prop_assert!(validate_name(&name).is_err());
+        }
+
+        #[test]
+        fn long_names_are_refused(name in "[a-z]{65,100}") {
+            prop_assert!(validate_name(&name).is_err());
+        }
+
+        #[test]
+        fn numeric_qualifiers_are_versions(v in 1u64..u64::MAX) {
+            prop_assert_eq!(parse_qualifier(&v.to_string()).unwrap(), Qualifier::Version(v));
+        }
+
+        #[test]
+        fn alias_qualifiers_round_trip(name in "[A-Za-z_-][A-Za-z0-9_-]{0,127}") {
+            prop_assert_eq!(parse_qualifier(&name).unwrap(), Qualifier::Alias(name.clone()));
+            prop_assert!(validate_alias_name(&name).is_ok());
+        }
+
+        #[test]
+        fn qualifiers_with_separators_are_refused(a in "[a-z]{1,10}", sep in "[:/ .@]", b in "[a-z]{1,10}") {
+            let q = format!("{a}{sep}{b}");
+            prop_assert!(parse_qualifier(&q).is_err());
+        }
+
+        #[test]
+        fn layer_arns_round_trip(name in "[A-Za-z0-9_-]{1,140}", v in 1u64..1_000_000) {
+            let arn = format!("{}:{v}", layer_arn("us-east-1", "000000000000", &name));
+            prop_assert_eq!(parse_layer_version_arn(&arn).unwrap(), (name, v));
+        }
+
+        #[test]
+        fn malformed_layer_arns_are_refused(s in "[a-z:0-9]{0,60}") {
+            // Only the exact 8-part form with "layer" in place can parse.
+            prop_assume!(!s.contains(":layer:"));
+            prop_assert!(parse_layer_version_arn(&s).is_err());
+        }
+
+        #[test]
+        fn memory_limits(mb in 0u32..20_000) {
+            let mut spec = FunctionSpec {
+                name: "f".into(),
+                runtime: "provided".into(),
+                handler: "h".into(),
+                memory_mb: mb,
+                ..Default::default()
+            };
+            let ok = validate_spec(&mut spec).is_ok();
+            prop_assert_eq!(ok, mb == 0 || (MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&mb));
+        }
+
+        #[test]
+        fn timeout_and_ephemeral_limits(t in 0u32..2000, e in 0u32..20_000) {
+            let mut spec = FunctionSpec {
+                name: "f".into(),
+                runtime: "provided".into(),
+                handler: "h".into(),
+                timeout_s: t,
+                ephemeral_mb: e,
+                ..Default::default()
+            };
+            let ok = validate_spec(&mut spec).is_ok();
+            let t_ok = t == 0 || (MIN_TIMEOUT_S..=MAX_TIMEOUT_S).contains(&t);
+            let e_ok = e == 0 || (MIN_EPHEMERAL_MB..=MAX_EPHEMERAL_MB).contains(&e);
+            prop_assert_eq!(ok, t_ok && e_ok);
+        }
+
+        #[test]
+        fn routing_weights_must_be_a_share(w in -2.0f64..3.0) {
+            let r = validate_routing("1", &Some(("2".to_string(), w)));
+            prop_assert_eq!(r.is_ok(), (0.0..=1.0).contains(&w));
+        }
+
+        #[test]
+        fn alias_routing_follows_the_weight(w in 0.0f64..=1.0, sample in 0.0f64..1.0) {
+            let a = Alias {
+                function: "f".into(),
+                name: "a".into(),
+                version: "1".into(),
+                description: String::new(),
+                additional: Some(("2".into(), w)),
+            };
+            prop_assert_eq!(a.route(sample), if sample < w { "2" } else { "1" });
+        }
+    }
+}

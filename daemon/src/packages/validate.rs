@@ -358,3 +358,79 @@ mod tests {
         assert!(matches!(e, PackageError::TooLargeUnzipped), "{e}");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+
+    fn one_entry(name: &str) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file(name, SimpleFileOptions::default().unix_permissions(0o644))
+            .unwrap();
+        w.write_all(b"x").unwrap();
+        w.finish().unwrap().into_inner()
+    }
+
+    fn layer() -> PackageRules {
+        PackageRules {
+            runtime: None,
+            handler: String::new(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn entries_with_a_parent_component_are_refused(
+            before in proptest::collection::vec("[a-z0-9_]{1,8}", 0..4),
+            after in proptest::collection::vec("[a-z0-9_]{1,8}", 0..4),
+        ) {
+            let mut parts = before.clone();
+            parts.push("..".into());
+            parts.extend(after);
+            let name = parts.join("/");
+            let r = validate(&one_entry(&name), &layer());
+            let refused = matches!(r, Err(PackageError::BadEntry { .. }));
+            prop_assert!(refused, "{} was accepted", name);
+        }
+
+        #[test]
+        fn absolute_entries_are_refused(parts in proptest::collection::vec("[a-z0-9_]{1,8}", 1..4)) {
+            let name = format!("/{}", parts.join("/"));
+            let refused = validate(&one_entry(&name), &layer()).is_err();
+            prop_assert!(refused);
+        }
+
+        #[test]
+        fn plain_relative_entries_are_kept_normalised(parts in proptest::collection::vec("[a-z0-9_]{1,8}", 1..5)) {
+            let name = parts.join("/./");
+            let entries = validate(&one_entry(&name), &layer()).unwrap();
+            prop_assert_eq!(entries.len(), 1);
+            prop_assert_eq!(&entries[0].path, &parts.join("/"));
+        }
+
+        #[test]
+        fn links_inside_the_package_stay_inside(
+            at in proptest::collection::vec("[a-z]{1,5}", 1..5),
+            up in 0usize..5,
+            down in proptest::collection::vec("[a-z]{1,5}", 0..3),
+        ) {
+            let at: Vec<&str> = at.iter().map(String::as_str).collect();
+            let target = std::iter::repeat_n("..", up)
+                .chain(down.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join("/");
+            // A link in directory depth d may climb at most d levels.
+            prop_assert_eq!(link_stays_inside(&at, &target), up < at.len());
+            let absolute = format!("/{target}");
+            prop_assert!(!link_stays_inside(&at, &absolute));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = validate(&data, &layer());
+        }
+    }
+}
