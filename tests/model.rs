@@ -586,3 +586,164 @@ async fn node_info_and_instances_describe_the_node() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn flintctl_covers_versions_aliases_layers_logs_and_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(bin("flintctl"))
+            .env("FLINT_ENDPOINT", &node().endpoint)
+            .args(args)
+            .output()
+            .expect("run flintctl");
+        assert!(
+            out.status.success(),
+            "flintctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let jctl = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&ctl(args)).unwrap() };
+    let write = |name: &str, data: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, data).unwrap();
+        format!("fileb://{}", p.display())
+    };
+    let layer_zip = write(
+        "layer.zip",
+        zip_files(&[("python/word.py", b"W = 'layered'\n", 0o644)]),
+    );
+    let v1 = write(
+        "v1.zip",
+        py("import word\ndef handler(e, c):\n    return word.W + ' v1'\n"),
+    );
+    let v2 = write(
+        "v2.zip",
+        py("import word\ndef handler(e, c):\n    return word.W + ' v2'\n"),
+    );
+    let name = unique("ctl-model");
+    let layer = unique("ctl-layer");
+
+    let l = jctl(&[
+        "publish-layer-version",
+        "--layer-name",
+        &layer,
+        "--zip-file",
+        &layer_zip,
+        "--compatible-runtimes",
+        "python3.11",
+    ]);
+    let arn = l["LayerVersionArn"].as_str().unwrap().to_string();
+    assert_eq!(l["Version"], 1);
+    jctl(&[
+        "create-function",
+        "--function-name",
+        &name,
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.handler",
+        "--zip-file",
+        &v1,
+        "--layers",
+        &arn,
+    ]);
+    assert_eq!(
+        jctl(&["publish-version", "--function-name", &name])["Version"],
+        "1"
+    );
+    let up = jctl(&[
+        "update-function-code",
+        "--function-name",
+        &name,
+        "--zip-file",
+        &v2,
+        "--publish",
+    ]);
+    assert_eq!(up["Version"], "2");
+    let vs = jctl(&["list-versions-by-function", "--function-name", &name]);
+    assert_eq!(vs["Versions"].as_array().unwrap().len(), 3);
+    let a = jctl(&[
+        "create-alias",
+        "--function-name",
+        &name,
+        "--name",
+        "live",
+        "--function-version",
+        "1",
+        "--routing-config",
+        "AdditionalVersionWeights={2=0.5}",
+    ]);
+    assert_eq!(a["RoutingConfig"]["AdditionalVersionWeights"]["2"], 0.5);
+    assert_eq!(
+        jctl(&["list-aliases", "--function-name", &name])["Aliases"][0]["Name"],
+        "live"
+    );
+    assert_eq!(
+        jctl(&["list-layers"])["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["LayerName"] == layer.as_str())
+            .count(),
+        1
+    );
+
+    let out = dir.path().join("out.json");
+    let out_s = out.display().to_string();
+    let r = jctl(&[
+        "invoke",
+        "--function-name",
+        &name,
+        "--qualifier",
+        "1",
+        "--payload",
+        "{}",
+        &out_s,
+    ]);
+    assert_eq!(r["ExecutedVersion"], "1");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "\"layered v1\"");
+    let r = jctl(&[
+        "invoke",
+        "--function-name",
+        &name,
+        "--qualifier",
+        "2",
+        "--payload",
+        "{}",
+        &out_s,
+    ]);
+    assert_eq!(r["ExecutedVersion"], "2");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "\"layered v2\"");
+
+    // Operators' commands print tables by default, JSON on request.
+    let table = ctl(&["instances", "--function-name", &name]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+    let info = ctl(&["node", "info"]);
+    assert!(info.contains("accelerator"), "{info}");
+    assert!(jctl(&["node", "info", "--output", "json"])["Engine"]
+        .as_str()
+        .unwrap()
+        .contains("QEMU"));
+    let logs = ctl(&["logs", "tail", &name, "--since", "10m"]);
+    assert!(logs.contains("REPORT RequestId: "), "{logs}");
+    let stopped = jctl(&[
+        "instances",
+        "stop",
+        "--function-name",
+        &name,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(stopped["Stopped"].as_array().unwrap().len(), 2);
+    ctl(&["delete-alias", "--function-name", &name, "--name", "live"]);
+    ctl(&["delete-function", "--function-name", &name]);
+    ctl(&[
+        "delete-layer-version",
+        "--layer-name",
+        &layer,
+        "--version-number",
+        "1",
+    ]);
+}

@@ -344,6 +344,7 @@ impl Node {
         self.store.update(&f)?;
         self.collect_garbage();
         tracing::info!(function = %name, revision = f.revision, "function code updated");
+        self.retire_latest(name);
         if publish {
             return Ok(self.store.publish_version(name, "")?);
         }
@@ -399,7 +400,16 @@ impl Node {
         };
         self.store.update(&f)?;
         tracing::info!(function = %name, revision = f.revision, "function configuration updated");
+        self.retire_latest(name);
         Ok(f)
+    }
+
+    /// Retires `$LATEST`'s instance in the background: it holds the old code
+    /// or configuration (a running invocation finishes first).
+    fn retire_latest(&self, name: &str) {
+        let pool = self.pool.clone();
+        let name = name.to_string();
+        tokio::spawn(async move { pool.retire_version(&name, LATEST).await });
     }
 
     pub fn publish_version(&self, name: &str, description: &str) -> Result<Function, NodeError> {

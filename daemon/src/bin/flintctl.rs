@@ -19,8 +19,9 @@ fn main() -> ExitCode {
         }
     };
     let output = match args.output {
-        OutputArg::Json => Output::Json,
-        OutputArg::Table => Output::Table,
+        Some(OutputArg::Json) => Output::Json,
+        Some(OutputArg::Table) => Output::Table,
+        None => args.command.default_output(),
     };
     let endpoint = args
         .endpoint

@@ -17,9 +17,10 @@ pub struct Args {
     /// flintd endpoint: unix:PATH, a socket path, or host:port.
     #[arg(long, env = "FLINT_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = OutputArg::Json, global = true)]
-    pub output: OutputArg,
+    /// Output format: json (the default of the AWS CLI's commands) or table
+    /// (the default of logs, node and instances).
+    #[arg(long, value_enum, global = true)]
+    pub output: Option<OutputArg>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -265,6 +266,18 @@ pub enum InstancesAction {
         #[arg(long)]
         function_name: Option<String>,
     },
+}
+
+impl Command {
+    /// Operators' commands print tables by default; the AWS CLI's, JSON.
+    pub fn default_output(&self) -> Output {
+        match self {
+            Command::Logs { .. } | Command::Node { .. } | Command::Instances { .. } => {
+                Output::Table
+            }
+            _ => Output::Json,
+        }
+    }
 }
 
 fn svc(op: &'static str) -> impl Fn(tonic::Status) -> CliError {

@@ -142,6 +142,23 @@ impl Pool {
             .clone()
     }
 
+    /// Stops the instance of one function version, after its running
+    /// invocation if it has one.
+    pub async fn retire_version(&self, function: &str, version: &str) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&slot_key(function, version))
+            .cloned();
+        if let Some(slot) = slot {
+            let mut slot = slot.lock().await;
+            if let Some(inst) = slot.instance.take() {
+                inst.stop().await;
+            }
+        }
+    }
+
     /// Stops every instance of a function (each after its running
     /// invocation). Returns the ids stopped.
     pub async fn retire(&self, function: &str) -> Vec<String> {
