@@ -293,3 +293,98 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
     assert_eq!(r.executed_version, "1");
     assert_eq!(r.function_error, "");
 }
+
+/// Packages are counted against the node's code storage, and a call that
+/// fails leaves nothing behind. No VM is needed: the node is used directly.
+#[tokio::test]
+async fn code_storage_limit_and_failed_calls_leave_nothing_behind() {
+    use flint_daemon::config::Config;
+    use flint_daemon::functions::FunctionSpec;
+    use flint_daemon::node::{Node, NodeError};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        artifacts_dir: artifacts_dir(),
+        code_storage_limit: 4096,
+        ..Config::default()
+    };
+    let node = Node::open(config).unwrap();
+    let spec = |name: &str, layers: Vec<String>| FunctionSpec {
+        name: name.into(),
+        runtime: "python3.11".into(),
+        handler: "app.handler".into(),
+        layers,
+        ..Default::default()
+    };
+    let small = zip_files(&[("app.py", b"def handler(e, c):\n    return 1\n", 0o644)]);
+    node.create_function(spec("small", vec![]), small)
+        .await
+        .unwrap();
+    let code_files = || {
+        std::fs::read_dir(dir.path().join("data/code"))
+            .unwrap()
+            .count()
+    };
+    let before = code_files();
+
+    // Over the limit: refused, with Lambda's exception, nothing stored.
+    let big: Vec<u8> = (0..8000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let zip = zip_files(&[
+        ("app.py", b"def handler(e, c):\n    return 1\n", 0o644),
+        ("data.bin", &big, 0o644),
+    ]);
+    let e = node
+        .create_function(spec("big", vec![]), zip)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, NodeError::CodeStorageExceeded { .. }), "{e}");
+    let status: tonic::Status = e.into();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        status.message().starts_with("CodeStorageExceededException"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(code_files(), before);
+
+    // A layer that does not exist: refused before anything is stored.
+    let other = zip_files(&[("app.py", b"def handler(e, c):\n    return 2\n", 0o644)]);
+    let e = node
+        .create_function(
+            spec(
+                "layered",
+                vec!["arn:aws:lambda:us-east-1:000000000000:layer:nope:1".into()],
+            ),
+            other.clone(),
+        )
+        .await
+        .unwrap_err();
+    let status: tonic::Status = e.into();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert!(
+        status.message().starts_with("ResourceNotFoundException"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(code_files(), before);
+    assert!(node.get_function("layered", "").is_err());
+
+    // A name that is taken: conflict, and the new package is not kept.
+    let e = node
+        .create_function(spec("small", vec![]), other)
+        .await
+        .unwrap_err();
+    let status: tonic::Status = e.into();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    assert!(
+        status.message().starts_with("ResourceConflictException"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(code_files(), before);
+
+    // Deleting the function removes its package.
+    node.delete_function("small").await.unwrap();
+    assert_eq!(code_files(), 0);
+}
