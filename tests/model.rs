@@ -551,7 +551,7 @@ async fn node_info_and_instances_describe_the_node() {
     let i = &list[0];
     assert_eq!(
         (i.function_version.as_str(), i.start_kind.as_str()),
-        ("$LATEST", "boot")
+        ("$LATEST", "runtime-snapshot")
     );
     assert!(i.rss_kb > 0);
     assert!(!i.last_used.is_empty());

@@ -153,6 +153,50 @@ pub fn parse_cmdline(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// `_IOW('R', 0x03, int[2])`: add entropy, with credit.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+/// `_IO('R', 0x07)`: reseed the CRNG now.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+/// `_IO(0x12, 97)`: flush a block device's buffers.
+const BLKFLSBUF: libc::c_ulong = 0x1261;
+
+/// Credits host entropy to the kernel's pool and reseeds the CRNG, so that
+/// clones of one snapshot draw different random numbers from now on.
+pub fn reseed_rng(entropy: &[u8]) {
+    if entropy.is_empty() {
+        return;
+    }
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/urandom") else {
+        return;
+    };
+    let n = entropy.len().min(512);
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + n);
+    info.extend_from_slice(&((n * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(n as i32).to_ne_bytes());
+    info.extend_from_slice(&entropy[..n]);
+    info.resize(8 + n.div_ceil(4) * 4, 0);
+    // SAFETY: RNDADDENTROPY reads a rand_pool_info whose buf_size bytes of
+    // data follow the two ints; `info` holds exactly that and outlives the call.
+    let added = unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) };
+    if added < 0 {
+        // Without CAP_SYS_ADMIN or support: mix in without credit.
+        use std::io::Write;
+        let _ = (&f).write_all(&entropy[..n]);
+    }
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let _ = unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) };
+}
+
+/// Drops a block device's cached pages, so that a device whose backing
+/// file changed under a restored snapshot is read afresh.
+pub fn flush_block_device(dev: &str) {
+    if let Ok(f) = std::fs::File::open(dev) {
+        // SAFETY: BLKFLSBUF takes no argument besides the open block device.
+        let _ = unsafe { libc::ioctl(f.as_raw_fd(), BLKFLSBUF as _) };
+    }
+}
+
 /// Reaps every exited child; returns those with their exit code (or -1) and signal.
 pub fn reap() -> Vec<(i32, i32, i32)> {
     let mut out = Vec::new();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flint_proto::agent::v1::{
-    agent_message::Kind, host_message, AgentMessage, Configure, Ready, RuntimeExit,
+    agent_message::Kind, host_message, AgentMessage, Configure, Ready, Resumed, RuntimeExit,
 };
 use nix::mount::MsFlags;
 use tokio::signal::unix::{signal, SignalKind};
@@ -124,6 +124,14 @@ async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(),
                             cognito_identity: inv.cognito_identity,
                         });
                     }
+                    Some(host_message::Kind::Resume(r)) => {
+                        // Uniqueness first: clock, entropy, then the answer.
+                        set_clock(r.wall_clock_unix_ms);
+                        init::reseed_rng(&r.entropy);
+                        set_identity(&r.instance_id);
+                        sink.send(AgentMessage { kind: Some(Kind::Resumed(Resumed {})) });
+                        api.resume();
+                    }
                     Some(host_message::Kind::Shutdown(_)) => return Ok(()),
                     None => {}
                 }
@@ -153,6 +161,8 @@ fn correct_clock(host_unix_ms: u64) {
     if host_unix_ms == 0 {
         return;
     }
+    // Also after a restore the clock is set at once (by Resume); this only
+    // catches drift.
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -162,7 +172,17 @@ fn correct_clock(host_unix_ms: u64) {
     }
 }
 
+/// The instance's identity inside the guest: its host name.
+fn set_identity(instance_id: &str) {
+    if !instance_id.is_empty() {
+        let _ = nix::unistd::sethostname(instance_id);
+    }
+}
+
 fn set_clock(unix_ms: u64) {
+    if unix_ms == 0 {
+        return;
+    }
     let d = Duration::from_millis(unix_ms);
     let ts = nix::sys::time::TimeSpec::new(d.as_secs() as i64, d.subsec_nanos() as i64);
     let _ = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts);
@@ -173,11 +193,11 @@ fn configure(cfg: &Configure) -> Result<(), AgentError> {
     if cfg.wall_clock_unix_ms > 0 {
         set_clock(cfg.wall_clock_unix_ms);
     }
-    if !cfg.entropy.is_empty() {
-        // Mixed into the pool (without credit) so that clones diverge.
-        let _ = std::fs::write("/dev/urandom", &cfg.entropy);
-    }
+    init::reseed_rng(&cfg.entropy);
+    set_identity(&cfg.instance_id);
     if !cfg.code_device.is_empty() {
+        // A restored runtime snapshot saw a placeholder at this device.
+        init::flush_block_device(&cfg.code_device);
         init::mount_at(
             &cfg.code_device,
             "/var/task",
@@ -187,6 +207,7 @@ fn configure(cfg: &Configure) -> Result<(), AgentError> {
         )?;
     }
     if !cfg.opt_device.is_empty() {
+        init::flush_block_device(&cfg.opt_device);
         init::mount_at(
             &cfg.opt_device,
             "/opt",

@@ -37,7 +37,10 @@ pub fn environment(cfg: &Configure) -> Vec<(String, String)> {
         ("AWS_LAMBDA_LOG_GROUP_NAME", cfg.log_group.clone()),
         ("AWS_LAMBDA_LOG_STREAM_NAME", cfg.log_stream.clone()),
         ("AWS_LAMBDA_RUNTIME_API", RUNTIME_API.to_string()),
-        ("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand".to_string()),
+        (
+            "AWS_LAMBDA_INITIALIZATION_TYPE",
+            if cfg.snap_start { "snap-start" } else { "on-demand" }.to_string(),
+        ),
         ("_HANDLER", cfg.handler.clone()),
         ("LAMBDA_TASK_ROOT", "/var/task".to_string()),
         ("LAMBDA_RUNTIME_DIR", "/var/runtime".to_string()),

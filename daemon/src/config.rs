@@ -98,6 +98,12 @@ pub struct Config {
     /// Bytes of deployment packages (functions and layers) the node keeps.
     pub code_storage_limit: u64,
     pub logs: crate::logs::LogLimits,
+    /// Start instances from snapshots (runtime and function snapshots).
+    pub snapshots: bool,
+    /// Function snapshots for `$LATEST` too (published versions always).
+    pub snapshot_latest: bool,
+    /// Keep a QEMU process started ahead for each function snapshot in use.
+    pub spare_vms: bool,
 }
 
 /// The TOML configuration file: every key optional, defaults as in
@@ -117,6 +123,15 @@ pub struct FileConfig {
     pub shutdown_grace_s: Option<u64>,
     pub code_storage_limit_mb: Option<u64>,
     pub logs: Option<FileLogs>,
+    pub snapshots: Option<FileSnapshots>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSnapshots {
+    pub enabled: Option<bool>,
+    pub latest: Option<bool>,
+    pub spare_vms: Option<bool>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -149,6 +164,9 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(30),
             code_storage_limit: 75 * 1024 * 1024 * 1024,
             logs: crate::logs::LogLimits::default(),
+            snapshots: true,
+            snapshot_latest: false,
+            spare_vms: true,
         }
     }
 }
@@ -201,6 +219,17 @@ impl Config {
         if let Some(v) = f.code_storage_limit_mb {
             c.code_storage_limit = v * 1024 * 1024;
         }
+        if let Some(sn) = f.snapshots {
+            if let Some(v) = sn.enabled {
+                c.snapshots = v;
+            }
+            if let Some(v) = sn.latest {
+                c.snapshot_latest = v;
+            }
+            if let Some(v) = sn.spare_vms {
+                c.spare_vms = v;
+            }
+        }
         if let Some(l) = f.logs {
             if let Some(v) = l.max_stream_mb {
                 c.logs.max_stream_bytes = v * 1024 * 1024;
@@ -227,6 +256,9 @@ impl Config {
     }
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
     }
     pub fn tmp_dir(&self) -> PathBuf {
         self.data_dir.join("tmp")

@@ -12,4 +12,5 @@ pub mod node;
 pub mod packages;
 pub mod pool;
 pub mod server;
+pub mod snapshot;
 pub mod time;

@@ -86,6 +86,15 @@ impl Node {
         let engine: Arc<dyn Engine> = Arc::new(QemuEngine::new(config.qemu.clone(), accel));
         let store = Arc::new(FunctionStore::open(&config.db_path())?);
         let code = Arc::new(CodeStore::new(config.code_dir(), config.tmp_dir()));
+        let snapshots = if config.snapshots {
+            Some(Arc::new(
+                crate::snapshot::SnapshotStore::new(config.snapshot_dir())
+                    .map_err(|e| NodeError::DataDir(std::io::Error::other(e.to_string())))?,
+            ))
+        } else {
+            None
+        };
+        let logs = FunctionLogs::new(config.logs_dir(), config.log_limits());
         let pool = Arc::new(Pool::new(
             engine,
             PoolSettings {
@@ -96,9 +105,12 @@ impl Node {
                 init_timeout: config.init_timeout,
                 region: config.region.clone(),
                 account_id: config.account_id.clone(),
+                snapshot_latest: config.snapshot_latest,
+                spare_vms: config.spare_vms,
             },
+            snapshots,
+            logs.clone(),
         ));
-        let logs = FunctionLogs::new(config.logs_dir(), config.log_limits());
         let invoker = Invoker {
             store: store.clone(),
             code: code.clone(),
@@ -193,6 +205,29 @@ impl Node {
             }
         }
         self.code.collect(&packages, &opt_keys);
+        if let Some(snaps) = self.pool.snapshots() {
+            let mut live = std::collections::HashSet::new();
+            for f in self.store.list().unwrap_or_default() {
+                let mut all = vec![f.clone()];
+                all.extend(self.store.list_versions(&f.name).unwrap_or_default());
+                for v in all {
+                    live.insert(self.pool.runtime_key(&v));
+                    live.insert(self.pool.function_key(&v));
+                }
+            }
+            for r in Runtime::ALL {
+                let probe = Function {
+                    runtime: r,
+                    memory_mb: functions::DEFAULT_MEMORY_MB,
+                    ..Function::placeholder()
+                };
+                live.insert(self.pool.runtime_key(&probe));
+            }
+            let n = snaps.collect(&live);
+            if n > 0 {
+                tracing::info!(snapshots = n, "unused snapshots removed");
+            }
+        }
     }
 
     /// Layer ARNs to references, checking the combined unzipped size.

@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use flint_proto::agent::v1::{
     agent_message::Kind, AgentMessage, InitDone, InitError, InvokeError, InvokeResponse,
+    RestoreDone, RestoreError,
 };
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -21,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::channel::HostSink;
 use crate::runtime::{max_memory_used_kb, CurrentRequest};
-use state::{Event, Next, RuntimeState, StateError, MAX_RESPONSE};
+use state::{Event, Next, OnResume, RuntimeState, StateError, MAX_RESPONSE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeApiError {
@@ -43,6 +44,9 @@ struct Inner {
     state: RuntimeState,
     /// The parked `next` call, if any.
     waiter: Option<oneshot::Sender<Event>>,
+    /// The parked `restore/next` call, if any.
+    restore_waiter: Option<oneshot::Sender<()>>,
+    restore_started: Option<Instant>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -79,6 +83,8 @@ impl RuntimeApi {
             inner: Mutex::new(Inner {
                 state: RuntimeState::default(),
                 waiter: None,
+                restore_waiter: None,
+                restore_started: None,
             }),
             sink,
             current,
@@ -142,6 +148,25 @@ impl RuntimeApi {
         }
     }
 
+    /// The host restored this VM from a snapshot and resumed it.
+    pub fn resume(&self) {
+        let mut inner = self.inner.lock().expect("lock");
+        match inner.state.resume() {
+            OnResume::Nothing => {}
+            OnResume::Ready => self.sink.send(AgentMessage {
+                kind: Some(Kind::RestoreDone(RestoreDone {
+                    restore_duration_us: 0,
+                })),
+            }),
+            OnResume::ReleaseRestore => {
+                inner.restore_started = Some(Instant::now());
+                if let Some(tx) = inner.restore_waiter.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+
     async fn route(&self, req: Request<Incoming>) -> Reply {
         let path = req.uri().path().to_string();
         let Some(rest) = path.strip_prefix(PREFIX) else {
@@ -159,9 +184,12 @@ impl RuntimeApi {
                 self.error(&id, req).await
             }
             (&Method::POST, ["init", "error"]) => self.init_error(req).await,
+            (&Method::GET, ["restore", "next"]) => self.restore_next().await,
+            (&Method::POST, ["restore", "error"]) => self.restore_error(req).await,
             (_, ["invocation", "next"])
             | (_, ["invocation", _, "response" | "error"])
-            | (_, ["init", "error"]) => json(
+            | (_, ["init", "error"])
+            | (_, ["restore", "next" | "error"]) => json(
                 405,
                 serde_json::json!({"errorMessage": "Method Not Allowed", "errorType": "MethodNotAllowed"}),
             ),
@@ -169,24 +197,85 @@ impl RuntimeApi {
         }
     }
 
+    /// `GET /runtime/restore/next`: after init, the runtime waits here
+    /// (Lambda SnapStart) until the snapshot is restored.
+    async fn restore_next(&self) -> Reply {
+        let rx = {
+            let mut inner = self.inner.lock().expect("lock");
+            if let Err(e) = inner.state.restore_next() {
+                return rejected(&e);
+            }
+            let (tx, rx) = oneshot::channel();
+            inner.restore_waiter = Some(tx);
+            rx
+        };
+        crate::runtime::drain_output().await;
+        self.sink.send(AgentMessage {
+            kind: Some(Kind::InitDone(InitDone {
+                init_duration_us: self.init_elapsed_us(),
+            })),
+        });
+        match rx.await {
+            Ok(()) => Response::builder()
+                .status(StatusCode::OK)
+                .header("Content-Type", "application/json")
+                .body(Full::new(Bytes::new()))
+                .expect("static response parts are valid"),
+            Err(_) => json(
+                500,
+                serde_json::json!({"errorMessage": "agent shutting down", "errorType": "Runtime.ExitError"}),
+            ),
+        }
+    }
+
+    /// `POST /runtime/restore/error`: the after-restore hooks failed.
+    async fn restore_error(&self, req: Request<Incoming>) -> Reply {
+        if let Err(e) = self.inner.lock().expect("lock").state.restore_error() {
+            return rejected(&e);
+        }
+        let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
+        let body = read_body(req).await.unwrap_or_default();
+        let (error_type, payload) = error_document(error_type, &body);
+        crate::runtime::drain_output().await;
+        self.sink.send(AgentMessage {
+            kind: Some(Kind::RestoreError(RestoreError {
+                error_type,
+                payload,
+            })),
+        });
+        accepted()
+    }
+
     /// `GET /runtime/invocation/next`: long poll for the next event.
     async fn next(&self) -> Reply {
-        let (ends_init, ready) = {
+        let (milestones, ready, restore_started) = {
             let mut inner = self.inner.lock().expect("lock");
+            let started = inner.restore_started;
             match inner.state.next() {
                 Err(e) => return rejected(&e),
-                Ok((ends_init, Next::Event(ev))) => (ends_init, Ok(ev)),
-                Ok((ends_init, Next::Wait)) => {
+                Ok((m, Next::Event(ev))) => (m, Ok(ev), started),
+                Ok((m, Next::Wait)) => {
                     let (tx, rx) = oneshot::channel();
                     inner.waiter = Some(tx);
-                    (ends_init, Err(rx))
+                    (m, Err(rx), started)
                 }
             }
         };
-        if ends_init {
+        if milestones.ends_init {
+            crate::runtime::drain_output().await;
             self.sink.send(AgentMessage {
                 kind: Some(Kind::InitDone(InitDone {
                     init_duration_us: self.init_elapsed_us(),
+                })),
+            });
+        }
+        if milestones.ends_restore {
+            crate::runtime::drain_output().await;
+            self.sink.send(AgentMessage {
+                kind: Some(Kind::RestoreDone(RestoreDone {
+                    restore_duration_us: restore_started
+                        .map(|t| t.elapsed().as_micros() as u64)
+                        .unwrap_or(0),
                 })),
             });
         }

@@ -28,6 +28,11 @@ pub enum Phase {
     Initializing,
     /// The runtime reported an init error; nothing more is accepted.
     InitFailed,
+    /// Init is done and the runtime waits in `restore/next` for the
+    /// snapshot to be restored.
+    RestoreWait,
+    /// Restored: the runtime runs its after-restore hooks.
+    Restoring,
     /// Waiting for (or holding) the next event.
     Idle,
     /// The runtime is working on this request.
@@ -66,6 +71,26 @@ impl StateError {
     }
 }
 
+/// What a `next` call means besides its event.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Milestones {
+    /// The first `next`: init is over.
+    pub ends_init: bool,
+    /// The first `next` after a restore: the instance is ready.
+    pub ends_restore: bool,
+}
+
+/// What the agent does when the host resumes a restored snapshot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OnResume {
+    /// No runtime yet (a runtime snapshot): nothing.
+    Nothing,
+    /// Release the runtime's parked `restore/next`.
+    ReleaseRestore,
+    /// The runtime already waits for an event: ready at once.
+    Ready,
+}
+
 /// What `next` found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -97,6 +122,8 @@ fn phase_name(p: &Phase) -> &'static str {
     match p {
         Phase::Initializing => "INIT",
         Phase::InitFailed => "INIT_FAILED",
+        Phase::RestoreWait => "RESTORE_WAIT",
+        Phase::Restoring => "RESTORE",
         Phase::Idle => "READY",
         Phase::Busy(_) => "INVOKE",
     }
@@ -110,28 +137,76 @@ impl RuntimeState {
 
     /// `GET /runtime/invocation/next`. Returns whether this call ends init,
     /// and either an event or `Wait`.
-    pub fn next(&mut self) -> Result<(bool, Next), StateError> {
-        let ends_init = match &self.phase {
-            Phase::Initializing => true,
-            Phase::InitFailed => {
+    pub fn next(&mut self) -> Result<(Milestones, Next), StateError> {
+        let m = match &self.phase {
+            Phase::Initializing => Milestones {
+                ends_init: true,
+                ends_restore: false,
+            },
+            Phase::Restoring => Milestones {
+                ends_init: false,
+                ends_restore: true,
+            },
+            other @ (Phase::InitFailed | Phase::RestoreWait) => {
                 return Err(StateError::InvalidStateTransition {
-                    from: "INIT_FAILED",
+                    from: phase_name(other),
                     to: "READY",
                 })
             }
-            Phase::Idle | Phase::Busy(_) => false,
+            Phase::Idle | Phase::Busy(_) => Milestones::default(),
         };
         match self.queue.pop_front() {
             Some(ev) => {
                 self.phase = Phase::Busy(ev.request_id.clone());
                 self.parked = false;
-                Ok((ends_init, Next::Event(ev)))
+                Ok((m, Next::Event(ev)))
             }
             None => {
                 self.phase = Phase::Idle;
                 self.parked = true;
-                Ok((ends_init, Next::Wait))
+                Ok((m, Next::Wait))
             }
+        }
+    }
+
+    /// `GET /runtime/restore/next`: init is over and the runtime waits for
+    /// the restore. Only during init.
+    pub fn restore_next(&mut self) -> Result<(), StateError> {
+        match &self.phase {
+            Phase::Initializing => {
+                self.phase = Phase::RestoreWait;
+                Ok(())
+            }
+            other => Err(StateError::InvalidStateTransition {
+                from: phase_name(other),
+                to: "RESTORE_WAIT",
+            }),
+        }
+    }
+
+    /// The host resumed a restored snapshot.
+    pub fn resume(&mut self) -> OnResume {
+        match &self.phase {
+            Phase::RestoreWait => {
+                self.phase = Phase::Restoring;
+                OnResume::ReleaseRestore
+            }
+            Phase::Idle if self.parked => OnResume::Ready,
+            _ => OnResume::Nothing,
+        }
+    }
+
+    /// `POST /runtime/restore/error`: only while the after-restore hooks run.
+    pub fn restore_error(&mut self) -> Result<(), StateError> {
+        match &self.phase {
+            Phase::Restoring => {
+                self.phase = Phase::InitFailed;
+                Ok(())
+            }
+            other => Err(StateError::InvalidStateTransition {
+                from: phase_name(other),
+                to: "RESTORE_ERROR",
+            }),
         }
     }
 
@@ -221,19 +296,59 @@ mod tests {
     #[test]
     fn first_next_ends_init_and_parks() {
         let mut s = RuntimeState::default();
-        assert_eq!(s.next().unwrap(), (true, Next::Wait));
+        let init = Milestones {
+            ends_init: true,
+            ends_restore: false,
+        };
+        assert_eq!(s.next().unwrap(), (init, Next::Wait));
         assert_eq!(s.phase(), &Phase::Idle);
         assert_eq!(s.deliver(ev("a")), Some(ev("a")));
         assert_eq!(s.phase(), &Phase::Busy("a".into()));
         s.respond("a", 2).unwrap();
-        assert_eq!(s.next().unwrap(), (false, Next::Wait));
+        assert_eq!(s.next().unwrap(), (Milestones::default(), Next::Wait));
+    }
+
+    #[test]
+    fn snapstart_restore_path() {
+        let mut s = RuntimeState::default();
+        s.restore_next().unwrap();
+        assert_eq!(s.phase(), &Phase::RestoreWait);
+        // Nothing else is accepted while waiting for the restore.
+        assert_eq!(s.next().unwrap_err().status(), 403);
+        assert_eq!(s.restore_error().unwrap_err().status(), 403);
+        assert_eq!(s.resume(), OnResume::ReleaseRestore);
+        let (m, n) = s.next().unwrap();
+        assert!(m.ends_restore && !m.ends_init);
+        assert_eq!(n, Next::Wait);
+        // A second restore/next is refused.
+        assert_eq!(s.restore_next().unwrap_err().status(), 403);
+    }
+
+    #[test]
+    fn restore_without_hooks_is_ready_at_once() {
+        let mut s = RuntimeState::default();
+        s.next().unwrap();
+        assert_eq!(s.resume(), OnResume::Ready);
+        let mut fresh = RuntimeState::default();
+        assert_eq!(fresh.resume(), OnResume::Nothing);
+    }
+
+    #[test]
+    fn restore_error_only_after_a_restore() {
+        let mut s = RuntimeState::default();
+        s.restore_next().unwrap();
+        s.resume();
+        s.restore_error().unwrap();
+        assert_eq!(s.next().unwrap_err().status(), 403);
     }
 
     #[test]
     fn queued_event_is_returned_at_once() {
         let mut s = RuntimeState::default();
         assert_eq!(s.deliver(ev("a")), None);
-        assert_eq!(s.next().unwrap(), (true, Next::Event(ev("a"))));
+        let (m, n) = s.next().unwrap();
+        assert!(m.ends_init);
+        assert_eq!(n, Next::Event(ev("a")));
         s.error("a").unwrap();
         assert_eq!(s.phase(), &Phase::Idle);
     }

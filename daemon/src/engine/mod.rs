@@ -10,6 +10,10 @@ use async_trait::async_trait;
 use tokio::net::UnixStream;
 
 pub use accel::{detect as detect_accel, Accel, AccelInfo};
+
+/// Bumped when the device layout or the way VMs are started changes:
+/// snapshots of another engine version are not restored.
+pub const ENGINE_VERSION: u32 = 1;
 pub use qemu::QemuEngine;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +35,23 @@ pub enum EngineError {
     Accel(&'static str, String),
     #[error("missing artefact {0}: run scripts/setup")]
     MissingArtefact(PathBuf),
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
+    #[error("restore failed: {0}")]
+    Restore(String),
+}
+
+/// How guest RAM is backed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Memory {
+    /// Anonymous memory.
+    Anonymous,
+    /// A file mapped shared: the guest's writes land in the file, which
+    /// becomes a snapshot's memory (the VM is a snapshot template).
+    Template(PathBuf),
+    /// A snapshot's memory file mapped privately: pages are shared
+    /// copy-on-write between all clones of the snapshot.
+    Clone(PathBuf),
 }
 
 /// What one microVM is made of.
@@ -46,6 +67,9 @@ pub struct VmSpec {
     pub drives: Vec<PathBuf>,
     pub memory_mb: u32,
     pub vcpus: u32,
+    pub memory: Memory,
+    /// Start paused, waiting for [`Vm::restore`] instead of booting.
+    pub incoming: bool,
 }
 
 /// Host-side resource use of one VM.
@@ -74,11 +98,30 @@ pub trait Vm: Send + Sync {
     async fn pause(&self) -> Result<(), EngineError>;
     /// Restarts the vCPUs.
     async fn resume(&self) -> Result<(), EngineError>;
+    /// Pauses the VM and writes its device state to `state` (RAM stays in
+    /// the template's memory file). The VM stays paused.
+    async fn snapshot(&self, state: &std::path::Path) -> Result<(), EngineError>;
+    /// Loads `state` into a VM started with `incoming` and runs it.
+    async fn restore(&self, state: &std::path::Path) -> Result<(), EngineError>;
     /// Ends the VM and frees its resources. Idempotent.
     async fn stop(&mut self) -> Result<(), EngineError>;
     /// Whether the VMM process has exited.
     fn has_exited(&self) -> bool;
     fn stats(&self) -> VmStats;
+    /// Proportional set size of the VMM process, in KiB: its share of
+    /// memory pages that clones share.
+    fn pss_kb(&self) -> u64 {
+        let pid = self.stats().pid;
+        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Pss:"))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
     /// The last lines of the guest console, for diagnostics.
     fn console_tail(&self, max_bytes: usize) -> String;
 }

@@ -14,7 +14,7 @@ use qapi::qmp;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::{Accel, AccelInfo, Engine, EngineError, Vm, VmSpec, VmStats};
+use super::{Accel, AccelInfo, Engine, EngineError, Memory, Vm, VmSpec, VmStats};
 
 type QmpConn = qapi::Qmp<qapi::Stream<BufReader<StdUnixStream>, StdUnixStream>>;
 
@@ -68,9 +68,13 @@ impl QemuEngine {
     fn args(&self, spec: &VmSpec, agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        let machine = match spec.memory {
+            Memory::Anonymous => "microvm,rtc=on,acpi=off,pcie=off",
+            _ => "microvm,rtc=on,acpi=off,pcie=off,memory-backend=mem",
+        };
         push(&[
             "-M",
-            "microvm,rtc=on,acpi=off,pcie=off",
+            machine,
             "-nodefaults",
             "-no-user-config",
             "-display",
@@ -79,7 +83,25 @@ impl QemuEngine {
         ]);
         match self.accel.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+            // A bounded translation cache keeps each clone's RSS small.
+            Accel::Tcg => push(&["-accel", "tcg,tb-size=64", "-cpu", "max"]),
+        }
+        let backing = match &spec.memory {
+            Memory::Anonymous => None,
+            Memory::Template(p) => Some((p, "on")),
+            Memory::Clone(p) => Some((p, "off")),
+        };
+        if let Some((path, share)) = backing {
+            a.push("-object".into());
+            a.push(format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={share}",
+                spec.memory_mb,
+                path.display()
+            ));
+        }
+        if spec.incoming {
+            a.push("-incoming".into());
+            a.push("defer".into());
         }
         let console = spec.dir.join("console.log");
         a.push("-smp".into());
@@ -241,6 +263,15 @@ impl Engine for QemuEngine {
     }
 }
 
+fn ignore_shared() -> qmp::migrate_set_capabilities {
+    qmp::migrate_set_capabilities {
+        capabilities: vec![qmp::MigrationCapabilityStatus {
+            capability: qmp::MigrationCapability::x_ignore_shared,
+            state: true,
+        }],
+    }
+}
+
 fn kill(pid: u32) {
     if pid > 0 {
         let _ = nix::sys::signal::kill(
@@ -301,6 +332,107 @@ impl Vm for QemuVm {
 
     async fn resume(&self) -> Result<(), EngineError> {
         self.execute(qmp::cont {}).await.map(drop)
+    }
+
+    async fn snapshot(&self, state: &Path) -> Result<(), EngineError> {
+        let fail = |e: EngineError| EngineError::Snapshot(e.to_string());
+        self.execute(qmp::stop {}).await.map_err(fail)?;
+        self.execute(ignore_shared()).await.map_err(fail)?;
+        let _ = std::fs::remove_file(state);
+        self.execute(qmp::migrate {
+            uri: Some(format!("exec:cat > '{}'", state.display())),
+            channels: None,
+            detach: None,
+            resume: None,
+        })
+        .await
+        .map_err(fail)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = self.execute(qmp::query_migrate {}).await.map_err(fail)?;
+            match info.status {
+                Some(qmp::MigrationStatus::completed) => return Ok(()),
+                Some(qmp::MigrationStatus::failed) | Some(qmp::MigrationStatus::cancelled) => {
+                    return Err(EngineError::Snapshot(
+                        info.error_desc.unwrap_or_else(|| "migration failed".into()),
+                    ))
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(EngineError::Snapshot("timed out".into()))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
+    async fn restore(&self, state: &Path) -> Result<(), EngineError> {
+        let fail = |e: EngineError| EngineError::Restore(e.to_string());
+        let data = tokio::fs::read(state)
+            .await
+            .map_err(|e| EngineError::Restore(format!("reading {}: {e}", state.display())))?;
+        self.execute(ignore_shared()).await.map_err(fail)?;
+        let sock = self.dir.join("incoming.sock");
+        let _ = std::fs::remove_file(&sock);
+        self.execute(qmp::migrate_incoming {
+            uri: Some(format!("unix:{}", sock.display())),
+            channels: None,
+            exit_on_error: None,
+        })
+        .await
+        .map_err(fail)?;
+        // QEMU listens on the socket; the state streams in through it.
+        let mut stream = None;
+        for _ in 0..2000 {
+            match tokio::net::UnixStream::connect(&sock).await {
+                Ok(s) => {
+                    stream = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_micros(500)).await,
+            }
+        }
+        let mut stream = stream
+            .ok_or_else(|| EngineError::Restore("QEMU did not listen for the state".into()))?;
+        use tokio::io::AsyncWriteExt;
+        stream
+            .write_all(&data)
+            .await
+            .map_err(|e| EngineError::Restore(format!("sending the state: {e}")))?;
+        drop(stream);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.execute(qmp::query_status {}).await.map_err(fail)?;
+            match st.status {
+                qmp::RunState::inmigrate => {}
+                qmp::RunState::paused | qmp::RunState::postmigrate | qmp::RunState::prelaunch => {
+                    break
+                }
+                qmp::RunState::running => break,
+                other => {
+                    return Err(EngineError::Restore(format!(
+                        "VM in state {other:?} after loading; {}",
+                        std::fs::read_to_string(self.dir.join("qemu.log"))
+                            .unwrap_or_default()
+                            .trim()
+                    )))
+                }
+            }
+            if self.has_exited() {
+                return Err(EngineError::Restore(
+                    std::fs::read_to_string(self.dir.join("qemu.log"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(EngineError::Restore("loading the state timed out".into()));
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        let _ = std::fs::remove_file(&sock);
+        self.execute(qmp::cont {}).await.map_err(fail)?;
+        Ok(())
     }
 
     async fn stop(&mut self) -> Result<(), EngineError> {

@@ -116,6 +116,28 @@ pub struct Function {
 }
 
 impl Function {
+    /// A function with default settings and no code, to compute keys from.
+    pub fn placeholder() -> Self {
+        Function {
+            name: String::new(),
+            version: LATEST.into(),
+            runtime: Runtime::Provided,
+            handler: String::new(),
+            memory_mb: DEFAULT_MEMORY_MB,
+            timeout_s: DEFAULT_TIMEOUT_S,
+            environment: BTreeMap::new(),
+            description: String::new(),
+            code_sha256_hex: String::new(),
+            code_sha256_b64: String::new(),
+            code_size: 0,
+            unzipped_size: 0,
+            layers: Vec::new(),
+            ephemeral_mb: MIN_EPHEMERAL_MB,
+            last_modified: String::new(),
+            revision: 0,
+        }
+    }
+
     /// The unqualified ARN.
     pub fn arn(&self, region: &str, account: &str) -> String {
         function_arn(region, account, &self.name)

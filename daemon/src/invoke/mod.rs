@@ -12,7 +12,8 @@ use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError,
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
 use crate::pool::{
-    exit_reason, slot_key, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
+    exit_reason, slot_key, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
+    Started as InstanceStart,
 };
 
 /// Lambda's limit on a synchronous request payload, 6 MB.
@@ -202,8 +203,8 @@ impl Invoker {
                 .start(&f, image, opt, instance_id, log.clone())
                 .await?
             {
-                Started::Ready(inst) => slot.instance = Some(inst),
-                Started::InitFailed {
+                InstanceStart::Ready(inst) => slot.instance = Some(inst),
+                InstanceStart::InitFailed {
                     error_type,
                     payload,
                     init_duration,
@@ -221,7 +222,7 @@ impl Invoker {
             }
         }
         let inst = slot.instance.as_mut().expect("instance just ensured");
-        if inst.pending_init.is_none() {
+        if inst.pending_init.is_none() && inst.pending_restore.is_none() {
             inst.log.start_capture();
         }
         let arn = f.arn(&self.region, &self.account_id);
@@ -232,6 +233,7 @@ impl Invoker {
         };
         let (outcome, duration, max_kb) = run(inst, &f, &req, &request_id, arn).await;
         let init = inst.pending_init.take();
+        let restore = inst.pending_restore.take();
         let log = inst.log.clone();
 
         let (function_error, payload, destroy, status) = match outcome {
@@ -246,7 +248,14 @@ impl Invoker {
         log.line(&request_id, &format!("END RequestId: {request_id}"));
         log.line(
             &request_id,
-            &report_line(&request_id, duration, f.memory_mb, max_kb, init, status),
+            &report_line(
+                &request_id,
+                duration,
+                f.memory_mb,
+                max_kb,
+                Started::from((init, restore)),
+                status,
+            ),
         );
         inst.set_state(InstanceState::Idle);
         if destroy {
@@ -295,7 +304,7 @@ impl Invoker {
                     Duration::ZERO,
                     f.memory_mb,
                     0,
-                    init_duration,
+                    Started::from((init_duration, None)),
                     None
                 )
             ),
@@ -441,13 +450,33 @@ fn crashed(payload: Vec<u8>) -> Outcome {
     }
 }
 
+/// How the instance that served an invocation started, for `REPORT`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Started {
+    Warm,
+    /// Init ran: `Init Duration`.
+    Init(Duration),
+    /// Restored from a function snapshot: `Restore Duration`.
+    Restore(Duration),
+}
+
+impl From<(Option<Duration>, Option<Duration>)> for Started {
+    fn from((init, restore): (Option<Duration>, Option<Duration>)) -> Self {
+        match (init, restore) {
+            (_, Some(r)) => Started::Restore(r),
+            (Some(i), None) => Started::Init(i),
+            (None, None) => Started::Warm,
+        }
+    }
+}
+
 /// Lambda's REPORT line.
 pub fn report_line(
     request_id: &str,
     duration: Duration,
     memory_mb: u32,
     max_memory_kb: u64,
-    init: Option<Duration>,
+    started: Started,
     status: Option<&str>,
 ) -> String {
     let d = ms(duration);
@@ -456,8 +485,10 @@ pub fn report_line(
     let mut line = format!(
         "REPORT RequestId: {request_id}\tDuration: {d:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {memory_mb} MB\tMax Memory Used: {used_mb} MB"
     );
-    if let Some(i) = init {
-        line.push_str(&format!("\tInit Duration: {:.2} ms", ms(i)));
+    match started {
+        Started::Warm => {}
+        Started::Init(i) => line.push_str(&format!("\tInit Duration: {:.2} ms", ms(i))),
+        Started::Restore(r) => line.push_str(&format!("\tRestore Duration: {:.2} ms", ms(r))),
     }
     if let Some(s) = status {
         line.push_str(&format!("\tStatus: {s}"));
@@ -476,7 +507,7 @@ mod tests {
             Duration::from_micros(2_430),
             128,
             39 * 1024 + 1,
-            Some(Duration::from_micros(132_570)),
+            Started::Init(Duration::from_micros(132_570)),
             None,
         );
         assert_eq!(

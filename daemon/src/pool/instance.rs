@@ -45,6 +45,15 @@ pub enum AgentEvent {
         exit_code: i32,
         signal: i32,
     },
+    /// The agent applied a `Resume`.
+    Resumed,
+    RestoreDone {
+        restore_duration: Duration,
+    },
+    RestoreError {
+        error_type: String,
+        payload: Vec<u8>,
+    },
     /// The channel closed: the VM is gone.
     Closed,
 }
@@ -86,6 +95,9 @@ pub struct Instance {
     pub invocations: u64,
     /// Set until the first invocation has reported it.
     pub pending_init: Option<Duration>,
+    /// Set (for a restored function snapshot) until the first invocation
+    /// has reported it.
+    pub pending_restore: Option<Duration>,
     vm: Box<dyn Vm>,
     to_agent: mpsc::UnboundedSender<HostMessage>,
     events: mpsc::UnboundedReceiver<AgentEvent>,
@@ -101,6 +113,7 @@ impl Instance {
         mut vm: Box<dyn Vm>,
         log: LogStream,
         registry: Registry,
+        start_kind: &'static str,
     ) -> Result<Self, PoolError> {
         let (revision, code_sha256) = (f.revision, f.code_sha256_hex.clone());
         let info = Arc::new(Mutex::new(InstanceInfo {
@@ -112,7 +125,7 @@ impl Instance {
             created: SystemTime::now(),
             invocations: 0,
             last_used: None,
-            start_kind: "boot",
+            start_kind,
             pid: vm.stats().pid,
         }));
         registry
@@ -167,6 +180,7 @@ impl Instance {
             state: InstanceState::Initializing,
             invocations: 0,
             pending_init: None,
+            pending_restore: None,
             vm,
             to_agent,
             events,
@@ -216,6 +230,20 @@ impl Instance {
         !self.vm.has_exited()
     }
 
+    /// Loads a snapshot's state into this (incoming) VM and runs it.
+    pub async fn restore(&self, state: &std::path::Path) -> Result<(), PoolError> {
+        self.vm.restore(state).await.map_err(PoolError::from)
+    }
+
+    /// Pauses the VM and writes its state (a snapshot template).
+    pub async fn snapshot(&self, state: &std::path::Path) -> Result<(), PoolError> {
+        self.vm.snapshot(state).await.map_err(PoolError::from)
+    }
+
+    pub fn pss_kb(&self) -> u64 {
+        self.vm.pss_kb()
+    }
+
     pub fn console_tail(&self) -> String {
         self.vm.console_tail(2048)
     }
@@ -262,6 +290,14 @@ fn dispatch(msg: AgentMessage, log: &LogStream) -> Option<AgentEvent> {
         Kind::RuntimeExit(x) => AgentEvent::RuntimeExit {
             exit_code: x.exit_code,
             signal: x.signal,
+        },
+        Kind::Resumed(_) => AgentEvent::Resumed,
+        Kind::RestoreDone(d) => AgentEvent::RestoreDone {
+            restore_duration: Duration::from_micros(d.restore_duration_us),
+        },
+        Kind::RestoreError(e) => AgentEvent::RestoreError {
+            error_type: e.error_type,
+            payload: e.payload,
         },
         Kind::Log(l) => {
             log.line(&l.request_id, &l.line);

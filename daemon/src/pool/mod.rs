@@ -5,18 +5,16 @@
 //! one function wait for it in turn.
 
 mod instance;
+mod start;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use flint_proto::agent::v1::{host_message, Configure};
-
-use crate::engine::{Engine, EngineError, VmSpec};
-use crate::functions::Function;
-use crate::logs::LogStream;
+use crate::engine::{Engine, EngineError};
+use crate::logs::FunctionLogs;
+use crate::snapshot::SnapshotStore;
 
 pub use instance::{unix_ms, AgentEvent, Instance, InstanceInfo, InstanceState};
 
@@ -32,6 +30,10 @@ pub enum PoolError {
     BootTimeout(Duration, String),
     #[error("the guest stopped while booting; console: {0}")]
     BootFailed(String),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+    #[error("the restored guest did not answer: {0}")]
+    ResumeFailed(String),
 }
 
 /// Where instances come from.
@@ -44,6 +46,10 @@ pub struct PoolSettings {
     pub init_timeout: Duration,
     pub region: String,
     pub account_id: String,
+    /// Function snapshots for `$LATEST` too (always for published versions).
+    pub snapshot_latest: bool,
+    /// Keep a QEMU process started ahead for each function snapshot in use.
+    pub spare_vms: bool,
 }
 
 /// The per-function place of its instance.
@@ -63,12 +69,22 @@ pub enum Started {
     },
 }
 
+type Spares = Mutex<HashMap<String, Vec<Box<dyn crate::engine::Vm>>>>;
+
 pub struct Pool {
     engine: Arc<dyn Engine>,
     settings: PoolSettings,
     /// One slot per function version, keyed `name:version`.
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     registry: instance::Registry,
+    /// None when snapshots are off.
+    snapshots: Option<Arc<SnapshotStore>>,
+    /// Log streams of snapshot templates.
+    template_logs: FunctionLogs,
+    /// One lock per snapshot key, so that one snapshot is built once.
+    building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// QEMU processes started ahead, waiting for a function snapshot's state.
+    spares: Arc<Spares>,
 }
 
 /// The slot key of a function version.
@@ -83,13 +99,26 @@ fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
 }
 
 impl Pool {
-    pub fn new(engine: Arc<dyn Engine>, settings: PoolSettings) -> Self {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        settings: PoolSettings,
+        snapshots: Option<Arc<SnapshotStore>>,
+        template_logs: FunctionLogs,
+    ) -> Self {
         Self {
             engine,
             settings,
             slots: Mutex::new(HashMap::new()),
             registry: Default::default(),
+            snapshots,
+            template_logs,
+            building: Mutex::new(HashMap::new()),
+            spares: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    pub fn snapshots(&self) -> Option<&Arc<SnapshotStore>> {
+        self.snapshots.as_ref()
     }
 
     /// Every instance, as the node shows them.
@@ -196,147 +225,15 @@ impl Pool {
                 inst.stop().await;
             }
         }
-    }
-
-    /// Boots a VM for `f`, configures it and waits for the runtime's init.
-    pub async fn start(
-        &self,
-        f: &Function,
-        code_image: PathBuf,
-        opt_image: Option<PathBuf>,
-        instance_id: String,
-        log: LogStream,
-    ) -> Result<Started, PoolError> {
-        let s = &self.settings;
-        let spec = VmSpec {
-            id: instance_id.clone(),
-            dir: s.run_dir.join(&instance_id),
-            kernel: s.kernel.clone(),
-            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
-            drives: std::iter::once(code_image)
-                .chain(opt_image.clone())
-                .collect(),
-            memory_mb: f.memory_mb,
-            // Lambda gives a full vCPU at 1769 MB.
-            vcpus: f.memory_mb.div_ceil(1769).clamp(1, 6),
-        };
-        let boot_started = Instant::now();
-        let vm = self.engine.boot(spec).await?;
-        let mut inst = Instance::attach(
-            f,
-            instance_id.clone(),
-            vm,
-            log.clone(),
-            self.registry.clone(),
-        )?;
-
-        let deadline = boot_started + s.boot_timeout;
-        loop {
-            match inst.next_event(deadline).await {
-                Some(AgentEvent::Ready) => break,
-                Some(AgentEvent::Closed) | Some(AgentEvent::RuntimeExit { .. }) => {
-                    let console = inst.console_tail();
-                    inst.stop().await;
-                    return Err(PoolError::BootFailed(console));
-                }
-                Some(_) => {}
-                None => {
-                    let console = inst.console_tail();
-                    inst.stop().await;
-                    return Err(PoolError::BootTimeout(s.boot_timeout, console));
-                }
-            }
-        }
-        tracing::debug!(instance = %instance_id, boot_ms = boot_started.elapsed().as_millis() as u64, "guest agent ready");
-
-        let mut entropy = vec![0u8; 64];
-        if let Ok(mut r) = std::fs::File::open("/dev/urandom") {
-            let _ = r.read_exact(&mut entropy);
-        }
-        inst.send(host_message::Kind::Configure(Configure {
-            instance_id: instance_id.clone(),
-            function_name: f.name.clone(),
-            function_version: f.version.clone(),
-            function_arn: f.arn(&s.region, &s.account_id),
-            handler: f.handler.clone(),
-            runtime_entry: f.runtime.entry_point().into(),
-            memory_size_mb: f.memory_mb,
-            timeout_s: f.timeout_s,
-            region: s.region.clone(),
-            log_group: crate::logs::FunctionLogs::group(&f.name),
-            log_stream: log.name.clone(),
-            environment: f.environment.clone().into_iter().collect(),
-            wall_clock_unix_ms: unix_ms(SystemTime::now()),
-            entropy,
-            code_device: "/dev/vdb".into(),
-            runtime: f.runtime.name().into(),
-            ephemeral_storage_mb: f.ephemeral_mb,
-            opt_device: if opt_image.is_some() {
-                "/dev/vdc".into()
-            } else {
-                String::new()
-            },
-        }))?;
-
-        let deadline = Instant::now() + s.init_timeout;
-        loop {
-            match inst.next_event(deadline).await {
-                Some(AgentEvent::InitDone { init_duration }) => {
-                    inst.pending_init = Some(init_duration);
-                    inst.set_state(InstanceState::Idle);
-                    return Ok(Started::Ready(inst));
-                }
-                Some(AgentEvent::InitError {
-                    error_type,
-                    payload,
-                    init_duration,
-                }) => {
-                    inst.stop().await;
-                    return Ok(Started::InitFailed {
-                        error_type,
-                        payload,
-                        init_duration: Some(init_duration),
-                    });
-                }
-                Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
-                    let reason = exit_reason(exit_code, signal);
-                    inst.stop().await;
-                    return Ok(Started::InitFailed {
-                        error_type: "Runtime.ExitError".into(),
-                        payload: error_doc(
-                            "Runtime.ExitError",
-                            &format!("Runtime exited with error: {reason}"),
-                        ),
-                        init_duration: None,
-                    });
-                }
-                Some(AgentEvent::Closed) => {
-                    let console = inst.console_tail();
-                    inst.stop().await;
-                    tracing::warn!(instance = %instance_id, %console, "guest stopped during init");
-                    return Ok(Started::InitFailed {
-                        error_type: "Runtime.ExitError".into(),
-                        payload: error_doc(
-                            "Runtime.ExitError",
-                            "Runtime exited without providing a reason",
-                        ),
-                        init_duration: None,
-                    });
-                }
-                Some(_) => {}
-                None => {
-                    inst.stop().await;
-                    let secs = s.init_timeout.as_secs_f64();
-                    return Ok(Started::InitFailed {
-                        error_type: "Sandbox.Timedout".into(),
-                        payload: error_doc(
-                            "Sandbox.Timedout",
-                            &format!("Init timed out after {secs:.2} seconds"),
-                        ),
-                        init_duration: Some(s.init_timeout),
-                    });
-                }
-            }
+        let spares: Vec<_> = self
+            .spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .flat_map(|(_, v)| v)
+            .collect();
+        for mut vm in spares {
+            let _ = vm.stop().await;
         }
     }
 }

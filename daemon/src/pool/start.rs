@@ -1,0 +1,688 @@
+//! How instances start: a restored function snapshot, a restored runtime
+//! snapshot followed by the function's init, or a cold boot. And how
+//! snapshots are built.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use flint_proto::agent::v1::{host_message, Configure, Resume};
+
+use super::{
+    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
+};
+use crate::engine::{Memory, Vm, VmSpec};
+use crate::functions::{Function, LATEST};
+use crate::logs::LogStream;
+use crate::snapshot::{file_identity, key_of, Snapshot, SnapshotKind};
+
+/// A function snapshot, or the init failure that prevented it.
+enum FunctionSnapshot {
+    Ready(Snapshot),
+    InitFailed(Started),
+}
+
+/// The code and layer disks of a VM (the layer disk may be the placeholder).
+struct Disks {
+    code: PathBuf,
+    opt: PathBuf,
+    has_layers: bool,
+}
+
+fn entropy() -> Vec<u8> {
+    let mut e = vec![0u8; 64];
+    if let Ok(mut r) = std::fs::File::open("/dev/urandom") {
+        let _ = r.read_exact(&mut e);
+    }
+    e
+}
+
+fn vcpus(memory_mb: u32) -> u32 {
+    // Lambda gives a full vCPU at 1769 MB.
+    memory_mb.div_ceil(1769).clamp(1, 6)
+}
+
+fn snap_err(e: impl std::fmt::Display) -> PoolError {
+    PoolError::Snapshot(e.to_string())
+}
+
+impl Pool {
+    /// Starts an instance of `f`: a restored function snapshot where there
+    /// is one (published versions, and `$LATEST` when configured), else a
+    /// restored runtime snapshot that then runs the function's init, else
+    /// (no snapshots, or they fail) a cold boot.
+    pub async fn start(
+        &self,
+        f: &Function,
+        code_image: PathBuf,
+        opt_image: Option<PathBuf>,
+        instance_id: String,
+        log: LogStream,
+    ) -> Result<Started, PoolError> {
+        let Some(snaps) = self.snapshots.clone() else {
+            return self
+                .boot_and_init(f, code_image, opt_image, instance_id, log)
+                .await;
+        };
+        let disks = {
+            let (code, opt) = (code_image.clone(), opt_image.clone());
+            tokio::task::spawn_blocking(move || -> Result<Disks, PoolError> {
+                crate::snapshot::pad_disk(&code).map_err(snap_err)?;
+                let has_layers = opt.is_some();
+                let opt = match opt {
+                    Some(o) => {
+                        crate::snapshot::pad_disk(&o).map_err(snap_err)?;
+                        o
+                    }
+                    None => snaps.placeholder().map_err(snap_err)?,
+                };
+                Ok(Disks {
+                    code,
+                    opt,
+                    has_layers,
+                })
+            })
+            .await
+            .map_err(snap_err)??
+        };
+        if f.version != LATEST || self.settings.snapshot_latest {
+            match self.function_snapshot(f, &disks).await {
+                Ok(FunctionSnapshot::Ready(snap)) => {
+                    match self
+                        .restore_function(f, &snap, &disks, instance_id.clone(), log.clone())
+                        .await
+                    {
+                        Ok(started) => return Ok(started),
+                        Err(e) => tracing::warn!(function = %f.name, error = %e,
+                            "restoring the function snapshot failed; using the runtime snapshot"),
+                    }
+                }
+                Ok(FunctionSnapshot::InitFailed(failed)) => return Ok(failed),
+                Err(e) => tracing::warn!(function = %f.name, error = %e,
+                    "no function snapshot; using the runtime snapshot"),
+            }
+        }
+        match self.runtime_snapshot(f).await {
+            Ok(rs) => {
+                let restored = self
+                    .restore_vm(
+                        f,
+                        &rs,
+                        Memory::Clone(rs.memory()),
+                        &disks,
+                        instance_id.clone(),
+                        log.clone(),
+                        "runtime-snapshot",
+                        None,
+                    )
+                    .await;
+                match restored {
+                    Ok(mut inst) => {
+                        self.resume(&mut inst).await?;
+                        self.configure_and_init(inst, f, disks.has_layers, false)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %f.name, error = %e, "restoring the runtime snapshot failed; booting");
+                        self.boot_and_init(f, code_image, opt_image, instance_id, log)
+                            .await
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(function = %f.name, error = %e, "no runtime snapshot; booting");
+                self.boot_and_init(f, code_image, opt_image, instance_id, log)
+                    .await
+            }
+        }
+    }
+
+    fn build_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// The key of the runtime snapshot `f` starts from.
+    pub fn runtime_key(&self, f: &Function) -> String {
+        let s = &self.settings;
+        key_of(&[
+            "runtime",
+            &crate::engine::ENGINE_VERSION.to_string(),
+            self.engine.accel().accel.name(),
+            &file_identity(&s.kernel),
+            &file_identity(&s.artifacts_dir.join(format!("{}.erofs", f.runtime.name()))),
+            &f.memory_mb.to_string(),
+            &vcpus(f.memory_mb).to_string(),
+            &crate::snapshot::DISK_BYTES.to_string(),
+        ])
+    }
+
+    /// The key of `f`'s function snapshot: everything its init depends on.
+    pub fn function_key(&self, f: &Function) -> String {
+        let env = serde_json::to_string(&f.environment).unwrap_or_default();
+        let layers: Vec<&str> = f.layers.iter().map(|l| l.sha256_hex.as_str()).collect();
+        key_of(&[
+            "function",
+            &self.runtime_key(f),
+            &f.name,
+            &f.version,
+            f.runtime.name(),
+            &f.handler,
+            &env,
+            &f.timeout_s.to_string(),
+            &f.ephemeral_mb.to_string(),
+            &f.code_sha256_hex,
+            &layers.join(","),
+            &self.settings.region,
+            &self.settings.account_id,
+        ])
+    }
+
+    async fn lookup(&self, key: &str) -> Result<Option<Snapshot>, PoolError> {
+        let snaps = self
+            .snapshots
+            .clone()
+            .ok_or_else(|| snap_err("snapshots are off"))?;
+        let k = key.to_string();
+        tokio::task::spawn_blocking(move || snaps.get(&k))
+            .await
+            .map_err(snap_err)
+    }
+
+    /// The runtime snapshot for `f`'s runtime and memory size, built by a
+    /// cold boot if there is none.
+    pub(super) async fn runtime_snapshot(&self, f: &Function) -> Result<Snapshot, PoolError> {
+        let snaps = self
+            .snapshots
+            .clone()
+            .ok_or_else(|| snap_err("snapshots are off"))?;
+        let key = self.runtime_key(f);
+        let lock = self.build_lock(&key);
+        let _guard = lock.lock().await;
+        if let Some(s) = self.lookup(&key).await? {
+            return Ok(s);
+        }
+        let s = &self.settings;
+        let started = Instant::now();
+        let staging = snaps.staging(&key).map_err(snap_err)?;
+        let placeholder = snaps.placeholder().map_err(snap_err)?;
+        let id = format!("rt-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let spec = VmSpec {
+            id: id.clone(),
+            dir: s.run_dir.join(&id),
+            kernel: s.kernel.clone(),
+            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
+            drives: vec![placeholder.clone(), placeholder],
+            memory_mb: f.memory_mb,
+            vcpus: vcpus(f.memory_mb),
+            memory: Memory::Template(staging.join("memory")),
+            incoming: false,
+        };
+        let built = async {
+            let vm = self.engine.boot(spec).await?;
+            let log = self
+                .template_logs
+                .open_stream("_snapshots", "runtime", &id)
+                .map_err(snap_err)?;
+            let mut inst = Instance::attach(
+                f,
+                id.clone(),
+                vm,
+                log,
+                self.registry.clone(),
+                "snapshot-build",
+            )?;
+            let r = match self.await_ready(&mut inst, started + s.boot_timeout).await {
+                Ok(()) => inst.snapshot(&staging.join("state")).await,
+                Err(e) => Err(e),
+            };
+            inst.stop().await;
+            r
+        }
+        .await;
+        if let Err(e) = built {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let (memory_mb, n) = (f.memory_mb, vcpus(f.memory_mb));
+        let desc = format!("runtime {} with {memory_mb} MB", f.runtime.name());
+        let k = key.clone();
+        let snap = tokio::task::spawn_blocking(move || {
+            snaps.commit(&staging, &k, SnapshotKind::Runtime, memory_mb, n, desc)
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
+        tracing::info!(snapshot = %key, ms = started.elapsed().as_millis() as u64, "runtime snapshot built");
+        Ok(snap)
+    }
+
+    /// `f`'s function snapshot, built if there is none: a runtime snapshot
+    /// restored into a copy of its memory, the function's init run (with
+    /// `AWS_LAMBDA_INITIALIZATION_TYPE=snap-start`), and the VM snapshotted
+    /// when the runtime waits (in `restore/next` or `next`).
+    async fn function_snapshot(
+        &self,
+        f: &Function,
+        disks: &Disks,
+    ) -> Result<FunctionSnapshot, PoolError> {
+        let snaps = self
+            .snapshots
+            .clone()
+            .ok_or_else(|| snap_err("snapshots are off"))?;
+        let key = self.function_key(f);
+        let lock = self.build_lock(&key);
+        let _guard = lock.lock().await;
+        if let Some(s) = self.lookup(&key).await? {
+            return Ok(FunctionSnapshot::Ready(s));
+        }
+        let started = Instant::now();
+        let rs = self.runtime_snapshot(f).await?;
+        let staging = snaps.staging(&key).map_err(snap_err)?;
+        // The template writes into its own copy of the runtime's memory.
+        let (from, to) = (rs.memory(), staging.join("memory"));
+        let copied = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("cp")
+                .arg("--sparse=always")
+                .arg(&from)
+                .arg(&to)
+                .status()
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
+        if !copied.success() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(snap_err("copying the runtime snapshot's memory failed"));
+        }
+        let id = format!("fn-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let log = self
+            .template_logs
+            .open_stream(&f.name, &f.version, &format!("snapshot-{}", &key[..8]))
+            .map_err(snap_err)?;
+        let outcome = async {
+            let mut inst = self
+                .restore_vm(
+                    f,
+                    &rs,
+                    Memory::Template(staging.join("memory")),
+                    disks,
+                    id.clone(),
+                    log.clone(),
+                    "snapshot-build",
+                    None,
+                )
+                .await?;
+            self.resume(&mut inst).await?;
+            match self
+                .configure_and_init(inst, f, disks.has_layers, true)
+                .await?
+            {
+                Started::Ready(inst) => {
+                    let r = inst.snapshot(&staging.join("state")).await;
+                    inst.stop().await;
+                    r.map(|_| None)
+                }
+                failed => Ok(Some(failed)),
+            }
+        }
+        .await;
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(failed)) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Ok(FunctionSnapshot::InitFailed(failed));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        }
+        let (memory_mb, n) = (f.memory_mb, vcpus(f.memory_mb));
+        let desc = format!("function {}:{}", f.name, f.version);
+        let k = key.clone();
+        let snap = tokio::task::spawn_blocking(move || {
+            snaps.commit(&staging, &k, SnapshotKind::Function, memory_mb, n, desc)
+        })
+        .await
+        .map_err(snap_err)?
+        .map_err(snap_err)?;
+        tracing::info!(function = %f.name, version = %f.version, snapshot = %key,
+            ms = started.elapsed().as_millis() as u64, "function snapshot built");
+        Ok(FunctionSnapshot::Ready(snap))
+    }
+
+    fn vm_spec(&self, f: &Function, id: &str, memory: Memory, disks: &Disks) -> VmSpec {
+        let s = &self.settings;
+        VmSpec {
+            id: id.to_string(),
+            dir: s.run_dir.join(id),
+            kernel: s.kernel.clone(),
+            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
+            drives: vec![disks.code.clone(), disks.opt.clone()],
+            memory_mb: f.memory_mb,
+            vcpus: vcpus(f.memory_mb),
+            memory,
+            incoming: true,
+        }
+    }
+
+    /// A VM restored from `snap` (a spare started ahead when there is one).
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_vm(
+        &self,
+        f: &Function,
+        snap: &Snapshot,
+        memory: Memory,
+        disks: &Disks,
+        id: String,
+        log: LogStream,
+        kind: &'static str,
+        spare: Option<Box<dyn Vm>>,
+    ) -> Result<Instance, PoolError> {
+        // A spare keeps its own directory; the instance takes the new id.
+        let vm = match spare {
+            Some(vm) => vm,
+            None => {
+                self.engine
+                    .boot(self.vm_spec(f, &id, memory, disks))
+                    .await?
+            }
+        };
+        let inst = Instance::attach(f, id, vm, log, self.registry.clone(), kind)?;
+        if let Err(e) = inst.restore(&snap.state()).await {
+            inst.stop().await;
+            return Err(e);
+        }
+        Ok(inst)
+    }
+
+    /// Sends `Resume` and waits for the agent's answer.
+    async fn resume(&self, inst: &mut Instance) -> Result<(), PoolError> {
+        inst.send(host_message::Kind::Resume(Resume {
+            wall_clock_unix_ms: unix_ms(SystemTime::now()),
+            entropy: entropy(),
+            instance_id: inst.id.clone(),
+        }))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match inst.next_event(deadline).await {
+                Some(AgentEvent::Resumed) => return Ok(()),
+                Some(AgentEvent::Closed) | None => {
+                    return Err(PoolError::ResumeFailed(inst.console_tail()));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Restores a clone of a function snapshot and waits until its runtime
+    /// asks for an event (after its after-restore hooks, if any).
+    async fn restore_function(
+        &self,
+        f: &Function,
+        snap: &Snapshot,
+        disks: &Disks,
+        id: String,
+        log: LogStream,
+    ) -> Result<Started, PoolError> {
+        let started = Instant::now();
+        let spare = self.take_spare(&snap.key);
+        let mut inst = self
+            .restore_vm(
+                f,
+                snap,
+                Memory::Clone(snap.memory()),
+                disks,
+                id,
+                log,
+                "function-snapshot",
+                spare,
+            )
+            .await?;
+        self.refill_spare(f, snap, disks);
+        self.resume(&mut inst).await?;
+        let deadline = Instant::now() + self.settings.init_timeout;
+        loop {
+            match inst.next_event(deadline).await {
+                Some(AgentEvent::RestoreDone { .. }) => {
+                    inst.pending_restore = Some(started.elapsed());
+                    inst.set_state(InstanceState::Idle);
+                    return Ok(Started::Ready(inst));
+                }
+                Some(AgentEvent::RestoreError {
+                    error_type,
+                    payload,
+                }) => {
+                    inst.stop().await;
+                    return Ok(Started::InitFailed {
+                        error_type,
+                        payload,
+                        init_duration: None,
+                    });
+                }
+                Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
+                    inst.stop().await;
+                    let reason = exit_reason(exit_code, signal);
+                    return Ok(Started::InitFailed {
+                        error_type: "Runtime.ExitError".into(),
+                        payload: error_doc(
+                            "Runtime.ExitError",
+                            &format!("Runtime exited with error: {reason}"),
+                        ),
+                        init_duration: None,
+                    });
+                }
+                Some(AgentEvent::Closed) | None => {
+                    let console = inst.console_tail();
+                    inst.stop().await;
+                    return Err(PoolError::ResumeFailed(console));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn take_spare(&self, key: &str) -> Option<Box<dyn Vm>> {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let list = spares.get_mut(key)?;
+        while let Some(vm) = list.pop() {
+            if !vm.has_exited() {
+                return Some(vm);
+            }
+        }
+        None
+    }
+
+    /// Starts a QEMU process ahead for the next clone of `snap`, so that
+    /// process start is off the critical path.
+    fn refill_spare(&self, f: &Function, snap: &Snapshot, disks: &Disks) {
+        if !self.settings.spare_vms {
+            return;
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let spec = self.vm_spec(f, &id, Memory::Clone(snap.memory()), disks);
+        let engine = self.engine.clone();
+        let spares = self.spares.clone();
+        let key = snap.key.clone();
+        tokio::spawn(async move {
+            match engine.boot(spec).await {
+                Ok(vm) => {
+                    let extra = {
+                        let mut map = spares.lock().unwrap_or_else(|p| p.into_inner());
+                        let list = map.entry(key).or_default();
+                        if list.is_empty() {
+                            list.push(vm);
+                            None
+                        } else {
+                            Some(vm)
+                        }
+                    };
+                    if let Some(mut vm) = extra {
+                        let _ = vm.stop().await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "starting a spare VMM failed"),
+            }
+        });
+    }
+
+    /// Boots a VM for `f`, configures it and waits for the runtime's init.
+    pub(super) async fn boot_and_init(
+        &self,
+        f: &Function,
+        code_image: PathBuf,
+        opt_image: Option<PathBuf>,
+        instance_id: String,
+        log: LogStream,
+    ) -> Result<Started, PoolError> {
+        let s = &self.settings;
+        let has_layers = opt_image.is_some();
+        let spec = VmSpec {
+            id: instance_id.clone(),
+            dir: s.run_dir.join(&instance_id),
+            kernel: s.kernel.clone(),
+            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
+            drives: std::iter::once(code_image).chain(opt_image).collect(),
+            memory_mb: f.memory_mb,
+            vcpus: vcpus(f.memory_mb),
+            memory: Memory::Anonymous,
+            incoming: false,
+        };
+        let boot_started = Instant::now();
+        let vm = self.engine.boot(spec).await?;
+        let mut inst = Instance::attach(
+            f,
+            instance_id.clone(),
+            vm,
+            log,
+            self.registry.clone(),
+            "boot",
+        )?;
+        self.await_ready(&mut inst, boot_started + s.boot_timeout)
+            .await?;
+        tracing::debug!(instance = %instance_id, boot_ms = boot_started.elapsed().as_millis() as u64, "guest agent ready");
+        self.configure_and_init(inst, f, has_layers, false).await
+    }
+
+    async fn await_ready(&self, inst: &mut Instance, deadline: Instant) -> Result<(), PoolError> {
+        loop {
+            match inst.next_event(deadline).await {
+                Some(AgentEvent::Ready) => return Ok(()),
+                Some(AgentEvent::Closed) | Some(AgentEvent::RuntimeExit { .. }) => {
+                    return Err(PoolError::BootFailed(inst.console_tail()));
+                }
+                Some(_) => {}
+                None => {
+                    return Err(PoolError::BootTimeout(
+                        self.settings.boot_timeout,
+                        inst.console_tail(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Sends `Configure` and waits for the runtime's init. On failure the
+    /// instance is stopped and the failure is the outcome.
+    async fn configure_and_init(
+        &self,
+        mut inst: Instance,
+        f: &Function,
+        has_layers: bool,
+        snap_start: bool,
+    ) -> Result<Started, PoolError> {
+        let s = &self.settings;
+        inst.send(host_message::Kind::Configure(Configure {
+            instance_id: inst.id.clone(),
+            function_name: f.name.clone(),
+            function_version: f.version.clone(),
+            function_arn: f.arn(&s.region, &s.account_id),
+            handler: f.handler.clone(),
+            runtime_entry: f.runtime.entry_point().into(),
+            memory_size_mb: f.memory_mb,
+            timeout_s: f.timeout_s,
+            region: s.region.clone(),
+            log_group: crate::logs::FunctionLogs::group(&f.name),
+            log_stream: inst.log.name.clone(),
+            environment: f.environment.clone().into_iter().collect(),
+            wall_clock_unix_ms: unix_ms(SystemTime::now()),
+            entropy: entropy(),
+            code_device: "/dev/vdb".into(),
+            runtime: f.runtime.name().into(),
+            ephemeral_storage_mb: f.ephemeral_mb,
+            opt_device: if has_layers {
+                "/dev/vdc".into()
+            } else {
+                String::new()
+            },
+            snap_start,
+        }))?;
+        let deadline = Instant::now() + s.init_timeout;
+        loop {
+            match inst.next_event(deadline).await {
+                Some(AgentEvent::InitDone { init_duration }) => {
+                    inst.pending_init = Some(init_duration);
+                    inst.set_state(InstanceState::Idle);
+                    return Ok(Started::Ready(inst));
+                }
+                Some(AgentEvent::InitError {
+                    error_type,
+                    payload,
+                    init_duration,
+                }) => {
+                    inst.stop().await;
+                    return Ok(Started::InitFailed {
+                        error_type,
+                        payload,
+                        init_duration: Some(init_duration),
+                    });
+                }
+                Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
+                    let reason = exit_reason(exit_code, signal);
+                    inst.stop().await;
+                    return Ok(Started::InitFailed {
+                        error_type: "Runtime.ExitError".into(),
+                        payload: error_doc(
+                            "Runtime.ExitError",
+                            &format!("Runtime exited with error: {reason}"),
+                        ),
+                        init_duration: None,
+                    });
+                }
+                Some(AgentEvent::Closed) => {
+                    let console = inst.console_tail();
+                    let id = inst.id.clone();
+                    inst.stop().await;
+                    tracing::warn!(instance = %id, %console, "guest stopped during init");
+                    return Ok(Started::InitFailed {
+                        error_type: "Runtime.ExitError".into(),
+                        payload: error_doc(
+                            "Runtime.ExitError",
+                            "Runtime exited without providing a reason",
+                        ),
+                        init_duration: None,
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    inst.stop().await;
+                    let secs = s.init_timeout.as_secs_f64();
+                    return Ok(Started::InitFailed {
+                        error_type: "Sandbox.Timedout".into(),
+                        payload: error_doc(
+                            "Sandbox.Timedout",
+                            &format!("Init timed out after {secs:.2} seconds"),
+                        ),
+                        init_duration: Some(s.init_timeout),
+                    });
+                }
+            }
+        }
+    }
+}

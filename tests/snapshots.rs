@@ -1,0 +1,203 @@
+//! Snapshots end to end: published versions restore a function snapshot
+//! (init skipped, SnapStart hooks run), clones are unique, restore errors
+//! reach the invoker, snapshots survive a restart and damaged ones are
+//! rebuilt, never restored.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use flint_e2e::*;
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::node_client::NodeClient;
+
+async fn stop_all(name: &str) {
+    NodeClient::new(
+        flint_daemon::client::channel(&node().endpoint)
+            .await
+            .unwrap(),
+    )
+    .stop_instances(pb::StopInstancesRequest {
+        function_name: name.into(),
+        instance_id: String::new(),
+    })
+    .await
+    .unwrap();
+}
+
+async fn invoke_v(name: &str, q: &str) -> pb::InvokeResponse {
+    client()
+        .await
+        .invoke(pb::InvokeRequest {
+            function_name: name.into(),
+            qualifier: q.into(),
+            payload: b"{}".to_vec(),
+            log_type: pb::LogType::Tail as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn report(r: &pb::InvokeResponse) -> String {
+    let t = tail(r);
+    t.lines()
+        .find(|l| l.starts_with("REPORT "))
+        .unwrap_or_else(|| panic!("no REPORT in {t}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn published_versions_restore_a_function_snapshot_and_clones_are_unique() {
+    let name = unique("snap");
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        zip_fixture("snapstart"),
+        10,
+    )
+    .await
+    .unwrap();
+    client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+
+    let r1 = invoke_v(&name, "1").await;
+    assert_eq!(
+        r1.function_error,
+        "",
+        "{}",
+        String::from_utf8_lossy(&r1.payload)
+    );
+    let v1 = json(&r1);
+    let rep = report(&r1);
+    assert!(rep.contains("Restore Duration: "), "{rep}");
+    assert!(!rep.contains("Init Duration"), "{rep}");
+    assert_eq!(v1["init_type"], "snap-start");
+    assert_eq!(v1["before_snapshot_hooks"], 1);
+    assert_eq!(v1["after_restore_hooks"], 1);
+    assert!(
+        (v1["now"].as_f64().unwrap() - now_s()).abs() < 1.0,
+        "guest clock: {}",
+        v1["now"]
+    );
+
+    // A second clone of the same snapshot.
+    stop_all(&name).await;
+    let started = std::time::Instant::now();
+    let r2 = invoke_v(&name, "1").await;
+    let restore_ms = started.elapsed().as_millis();
+    let v2 = json(&r2);
+    assert!(report(&r2).contains("Restore Duration: "));
+    // Init ran once, in the snapshot: both clones carry its results...
+    assert_eq!(v1["init_at"], v2["init_at"]);
+    assert_eq!(v1["init_random"], v2["init_random"]);
+    // ...and each draws fresh randomness and identity after the restore.
+    assert_ne!(v1["random"], v2["random"]);
+    assert_ne!(v1["uuid"], v2["uuid"]);
+    assert_ne!(v1["hostname"], v2["hostname"]);
+    assert!(
+        (v2["now"].as_f64().unwrap() - now_s()).abs() < 1.0,
+        "guest clock: {}",
+        v2["now"]
+    );
+    // The 1 s init is not paid again.
+    assert!(
+        restore_ms < 1000,
+        "a restored invocation took {restore_ms} ms"
+    );
+    let warm = invoke_v(&name, "1").await;
+    assert!(!report(&warm).contains("Duration: ") || !report(&warm).contains("Restore Duration"));
+
+    // $LATEST is not snapshotted by default: it runs its init.
+    let latest = invoke_v(&name, "").await;
+    assert!(report(&latest).contains("Init Duration: "));
+    assert_eq!(json(&latest)["init_type"], "on-demand");
+}
+
+#[tokio::test]
+async fn a_failing_after_restore_hook_is_an_unhandled_error() {
+    let name = unique("snapfail");
+    client()
+        .await
+        .create_function(pb::CreateFunctionRequest {
+            function_name: name.clone(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            zip_file: zip_fixture("snapstart"),
+            timeout: 10,
+            environment: [("FAIL_RESTORE".to_string(), "1".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let r = invoke_v(&name, "1").await;
+    assert_eq!(r.function_error, "Unhandled");
+    let v = json(&r);
+    assert!(
+        v.to_string().contains("the after-restore hook failed"),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn bash_runtime_versions_restore_without_hooks() {
+    let name = unique("snapbash");
+    create(
+        &name,
+        "provided",
+        "function.handler",
+        zip_fixture("bash-echo"),
+        0,
+    )
+    .await
+    .unwrap();
+    client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let r = client()
+            .await
+            .invoke(pb::InvokeRequest {
+                function_name: name.clone(),
+                qualifier: "1".into(),
+                payload: br#"{"k":"v"}"#.to_vec(),
+                log_type: pb::LogType::Tail as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            String::from_utf8_lossy(&r.payload),
+            r#"Echoing request: '{"k":"v"}'"#
+        );
+        assert!(report(&r).contains("Restore Duration: "), "{}", report(&r));
+        stop_all(&name).await;
+    }
+}
