@@ -519,9 +519,22 @@ mod tests {
             Duration::from_micros(100),
             256,
             0,
-            None,
+            Started::Warm,
             Some("timeout"),
         );
+        let restored = report_line(
+            "r3",
+            Duration::from_millis(1),
+            128,
+            1,
+            Started::Restore(Duration::from_millis(40)),
+            None,
+        );
+        assert!(
+            restored.ends_with("Restore Duration: 40.00 ms"),
+            "{restored}"
+        );
+        assert!(!restored.contains("Init Duration"));
         assert!(!warm.contains("Init Duration"));
         assert!(warm.contains("Billed Duration: 1 ms"));
         assert!(warm.ends_with("Status: timeout"));

@@ -59,7 +59,9 @@ pub struct Slot {
 }
 
 /// The result of starting an instance: ready, or its init failed (a function
-/// error, reported to the invoker, not a node failure).
+/// error, reported to the invoker, not a node failure). Short-lived and moved
+/// once, so the size of the `Ready` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Started {
     Ready(Instance),
     InitFailed {
