@@ -201,3 +201,106 @@ async fn bash_runtime_versions_restore_without_hooks() {
         stop_all(&name).await;
     }
 }
+
+/// The function snapshots under a data directory: (key, created).
+fn function_snapshots(data: &std::path::Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(data.join("snapshots")).unwrap().flatten() {
+        if let Ok(t) = std::fs::read(e.path().join("manifest.json")) {
+            let m: serde_json::Value = serde_json::from_slice(&t).unwrap();
+            if m["kind"] == "Function" {
+                out.push((
+                    m["key"].as_str().unwrap().to_string(),
+                    m["created"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn snapshots_survive_a_restart_and_damaged_ones_are_rebuilt_never_restored() {
+    use flint_daemon::config::Config;
+    use flint_daemon::functions::FunctionSpec;
+    use flint_daemon::invoke::{InvocationType, InvokeRequest};
+    use flint_daemon::node::Node;
+
+    let dir = tempfile::Builder::new()
+        .prefix("flint-snaplife-")
+        .tempdir()
+        .unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        listen: vec![],
+        artifacts_dir: artifacts_dir(),
+        ..Config::default()
+    };
+    let data = config.data_dir.clone();
+    let request = || InvokeRequest {
+        function_name: "life".into(),
+        qualifier: "1".into(),
+        invocation_type: InvocationType::RequestResponse,
+        log_tail: true,
+        payload: b"{}".to_vec(),
+        client_context: String::new(),
+    };
+    let restored = |r: &flint_daemon::invoke::InvokeResult| {
+        assert!(
+            r.function_error.is_none(),
+            "{}",
+            String::from_utf8_lossy(&r.payload)
+        );
+        let t = r.log_tail.clone().unwrap();
+        assert!(t.contains("Restore Duration: "), "{t}");
+    };
+
+    let node = Node::open(config.clone()).unwrap();
+    node.create_function(
+        FunctionSpec {
+            name: "life".into(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            timeout_s: 10,
+            ..Default::default()
+        },
+        zip_fixture("snapstart"),
+    )
+    .await
+    .unwrap();
+    node.publish_version("life", "").unwrap();
+    restored(&node.invoke(request()).await.unwrap());
+    let first = function_snapshots(&data);
+    assert_eq!(first.len(), 1);
+    node.shutdown().await;
+    drop(node);
+
+    // A new flintd finds the snapshot and restores it (not rebuilt).
+    let node = Node::open(config.clone()).unwrap();
+    restored(&node.invoke(request()).await.unwrap());
+    assert_eq!(function_snapshots(&data), first);
+    node.shutdown().await;
+    drop(node);
+
+    // Damage the memory file: detected, logged, rebuilt, never restored.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(data.join("snapshots").join(&first[0].0).join("memory"))
+            .unwrap();
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(b"damaged").unwrap();
+    }
+    let node = Node::open(config.clone()).unwrap();
+    restored(&node.invoke(request()).await.unwrap());
+    let rebuilt = function_snapshots(&data);
+    assert_eq!(rebuilt.len(), 1);
+    assert_eq!(rebuilt[0].0, first[0].0, "same inputs, same key");
+    assert_ne!(rebuilt[0].1, first[0].1, "the damaged snapshot was rebuilt");
+
+    // Deleting the function collects its snapshots.
+    node.delete_function("life").await.unwrap();
+    assert!(function_snapshots(&data).is_empty());
+    node.shutdown().await;
+}
