@@ -617,6 +617,30 @@ impl Node {
         Ok(())
     }
 
+    /// Starts an idle instance of a function version outside the invocation
+    /// path and hands it to the caller (who stops it). Used to measure how
+    /// many clones a node holds.
+    pub async fn start_detached(
+        &self,
+        name: &str,
+        qualifier: &str,
+    ) -> Result<crate::pool::Instance, NodeError> {
+        let f = self.invoker.resolve(name, qualifier)?;
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let log = self
+            .logs
+            .open_stream(&f.name, &f.version, &id)
+            .map_err(InvokeError::from)?;
+        match self.invoker.start_instance(&f, id, log).await? {
+            crate::pool::Started::Ready(inst) => Ok(inst),
+            crate::pool::Started::InitFailed { error_type, .. } => {
+                Err(NodeError::Invoke(InvokeError::Pool(
+                    crate::pool::PoolError::Snapshot(format!("init failed: {error_type}")),
+                )))
+            }
+        }
+    }
+
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, NodeError> {
         Ok(self.invoker.invoke(req).await?)
     }

@@ -1,23 +1,39 @@
-//! flint-bench: Invoke-to-response latency of a cold start and of warm
-//! invocations, against a flintd started in-process with real microVMs.
-//! Prints a table and JSON, and names the accelerator.
+//! flint-bench: how fast a Flint node starts and serves instances, and how
+//! densely it packs idle ones. Runs flintd in-process with real microVMs and
+//! prints a table and JSON naming the accelerator.
+//!
+//! Series, each Invoke-to-response through gRPC: a cold boot (snapshots
+//! off), a restore of the runtime snapshot (`$LATEST`, whose init then
+//! runs), a restore of a function snapshot (a published version), and a warm
+//! instance. Then the host memory of 1, 10 and 50 idle clones of one
+//! function snapshot.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use flint_daemon::config::{AccelChoice, Config, Listen};
 use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::functions_client::FunctionsClient;
+use flint_proto::node::v1::node_client::NodeClient;
+use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(about = "Measure Flint's cold-start and warm-invoke latency")]
+#[command(about = "Measure Flint's start, invoke latency and instance density")]
 struct Args {
-    /// Cold starts per runtime (each on a new function).
-    #[arg(long, default_value_t = 5)]
-    cold_runs: usize,
-    /// Warm invocations per runtime.
-    #[arg(long, default_value_t = 300)]
+    /// Runs of each start kind (cold boot, runtime snapshot, function snapshot).
+    #[arg(long, default_value_t = 50)]
+    runs: usize,
+    /// Warm invocations.
+    #[arg(long, default_value_t = 200)]
     warm_runs: usize,
+    /// Idle clone counts to measure memory for.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    clones: Vec<usize>,
+    /// Memory size of the function, MB.
+    #[arg(long, default_value_t = 128)]
+    memory: u32,
     /// Accelerator: auto, kvm or tcg.
     #[arg(long, default_value = "auto")]
     accel: AccelChoice,
@@ -27,41 +43,27 @@ struct Args {
         env = "FLINT_ARTIFACTS_DIR",
         default_value = "/var/cache/flint/current"
     )]
-    artifacts_dir: std::path::PathBuf,
-    /// Runtimes to measure.
-    #[arg(long, value_delimiter = ',', default_value = "python3.11,provided")]
-    runtimes: Vec<String>,
+    artifacts_dir: PathBuf,
     /// Write the JSON here as well as to stdout.
     #[arg(long)]
-    json_out: Option<std::path::PathBuf>,
+    json_out: Option<PathBuf>,
+    /// Also measure function-snapshot restores of a `provided` function with
+    /// this bootstrap (for example a binary built with AWS's lambda_runtime).
+    #[arg(long)]
+    provided_bootstrap: Option<PathBuf>,
 }
 
-const PYTHON_APP: &[u8] = b"def handler(event, context):\n    return event\n";
-const BASH_BOOTSTRAP: &[u8] = b"#!/bin/bash
-set -euo pipefail
-API=\"http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation\"
-while true; do
-  H=$(mktemp)
-  EVENT=$(curl -sS -D \"$H\" \"$API/next\")
-  ID=$(grep -Fi Lambda-Runtime-Aws-Request-Id \"$H\" | tr -d '[:space:]' | cut -d: -f2)
-  curl -sS -o /dev/null \"$API/$ID/response\" -d \"$EVENT\"
-  rm -f \"$H\"
-done
-";
+const APP: &[u8] = b"def handler(event, context):\n    return event\n";
 
-fn package(runtime: &str) -> (Vec<u8>, &'static str) {
+fn package() -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let (name, data, mode, handler) = match runtime {
-        "python3.11" => ("app.py", PYTHON_APP, 0o644, "app.handler"),
-        _ => ("bootstrap", BASH_BOOTSTRAP, 0o755, "bootstrap.handler"),
-    };
     w.start_file(
-        name,
-        zip::write::SimpleFileOptions::default().unix_permissions(mode),
+        "app.py",
+        zip::write::SimpleFileOptions::default().unix_permissions(0o644),
     )
     .expect("zip");
-    w.write_all(data).expect("zip");
-    (w.finish().expect("zip").into_inner(), handler)
+    w.write_all(APP).expect("zip");
+    w.finish().expect("zip").into_inner()
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -73,122 +75,244 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 struct Series {
-    runtime: String,
     kind: &'static str,
     ms: Vec<f64>,
 }
 
+struct Served {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), flint_daemon::server::ServerError>>,
+    fns: FunctionsClient<Channel>,
+    node: NodeClient<Channel>,
+}
+
+async fn serve(config: Config, sock: &Path) -> anyhow::Result<Served> {
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(flint_daemon::server::run(config, async {
+        let _ = rx.await;
+    }));
+    for _ in 0..400 {
+        if sock.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let endpoint = format!("unix:{}", sock.display());
+    let fns = flint_daemon::client::functions(&endpoint).await?;
+    let node = NodeClient::new(flint_daemon::client::channel(&endpoint).await?);
+    Ok(Served {
+        stop,
+        task,
+        fns,
+        node,
+    })
+}
+
+impl Served {
+    async fn create(&mut self, name: &str, memory: u32) -> anyhow::Result<()> {
+        self.fns
+            .create_function(pb::CreateFunctionRequest {
+                function_name: name.into(),
+                runtime: "python3.11".into(),
+                handler: "app.handler".into(),
+                zip_file: package(),
+                memory_size: memory,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Invoke-to-response, in ms.
+    async fn invoke(&mut self, name: &str, qualifier: &str, i: usize) -> anyhow::Result<f64> {
+        let payload = format!("{{\"i\":{i}}}").into_bytes();
+        let t = Instant::now();
+        let r = self
+            .fns
+            .invoke(pb::InvokeRequest {
+                function_name: name.into(),
+                qualifier: qualifier.into(),
+                payload,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        anyhow::ensure!(
+            r.function_error.is_empty(),
+            "invoke failed: {}",
+            String::from_utf8_lossy(&r.payload)
+        );
+        Ok(ms)
+    }
+
+    async fn stop_instances(&mut self, name: &str) -> anyhow::Result<()> {
+        self.node
+            .stop_instances(pb::StopInstancesRequest {
+                function_name: name.into(),
+                instance_id: String::new(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn meminfo_kb(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
-    let dir = std::env::temp_dir().join(format!("flint-bench-{}", std::process::id()));
-    let sock = dir.join("flintd.sock");
-    let config = Config {
-        data_dir: dir.join("data"),
-        listen: vec![Listen::Unix(sock.clone())],
+    let root = std::env::temp_dir().join(format!("flint-bench-{}", std::process::id()));
+    let accel = flint_daemon::engine::detect_accel(args.accel)?;
+    let config = |name: &str, snapshots: bool| Config {
+        data_dir: root.join(name).join("data"),
+        listen: vec![Listen::Unix(root.join(name).join("flintd.sock"))],
         artifacts_dir: args.artifacts_dir.clone(),
         accel: args.accel,
+        snapshots,
         ..Config::default()
     };
-    let accel = flint_daemon::engine::detect_accel(config.accel)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(flint_daemon::server::run(config, async {
-        let _ = stop_rx.await;
-    }));
-    let series = rt.block_on(async {
-        for _ in 0..200 {
-            if sock.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+    let result = rt.block_on(async {
+        let mut series = Vec::new();
+        eprintln!("flint-bench: accelerator {} ({})", accel.accel.name(), accel.reason);
+
+        // Snapshots on: runtime snapshot, function snapshot, warm.
+        let c = config("snap", true);
+        let sock = root.join("snap/flintd.sock");
+        let mut s = serve(c.clone(), &sock).await?;
+        s.create("bench", args.memory).await?;
+        s.fns
+            .publish_version(pb::PublishVersionRequest {
+                function_name: "bench".into(),
+                description: String::new(),
+            })
+            .await?;
+        let t = Instant::now();
+        s.invoke("bench", "", 0).await?;
+        let runtime_snapshot_build = t.elapsed().as_secs_f64() * 1000.0;
+        let t = Instant::now();
+        s.invoke("bench", "1", 0).await?;
+        let function_snapshot_build = t.elapsed().as_secs_f64() * 1000.0;
+        eprintln!("flint-bench: snapshots built (first invocations: {runtime_snapshot_build:.0} ms, {function_snapshot_build:.0} ms)");
+
+        let mut ms = Vec::new();
+        for i in 0..args.runs {
+            s.stop_instances("bench").await?;
+            ms.push(s.invoke("bench", "", i).await?);
         }
-        let mut c = flint_daemon::client::functions(&format!("unix:{}", sock.display())).await?;
-        let mut out = Vec::new();
-        for runtime in &args.runtimes {
-            let (zip, handler) = package(runtime);
-            let mut cold = Vec::new();
-            let mut last = String::new();
-            for i in 0..args.cold_runs.max(1) {
-                let name = format!("bench-{}-{i}", runtime.replace('.', "-"));
-                c.create_function(pb::CreateFunctionRequest {
-                    function_name: name.clone(),
-                    runtime: runtime.clone(),
-                    handler: handler.into(),
-                    zip_file: zip.clone(),
+        series.push(Series { kind: "runtime-snapshot restore + init", ms });
+        let mut ms = Vec::new();
+        for i in 0..args.runs {
+            s.stop_instances("bench").await?;
+            // Idle time, as between real arrivals: the spare VMM starts.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            ms.push(s.invoke("bench", "1", i).await?);
+        }
+        series.push(Series { kind: "function-snapshot restore", ms });
+        if let Some(bootstrap) = &args.provided_bootstrap {
+            let bin = std::fs::read(bootstrap)?;
+            let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            w.start_file("bootstrap", zip::write::SimpleFileOptions::default().unix_permissions(0o755))?;
+            w.write_all(&bin)?;
+            let zip = w.finish()?.into_inner();
+            s.fns
+                .create_function(pb::CreateFunctionRequest {
+                    function_name: "bench-provided".into(),
+                    runtime: "provided".into(),
+                    handler: "bootstrap".into(),
+                    zip_file: zip,
+                    memory_size: args.memory,
                     ..Default::default()
                 })
                 .await?;
-                let t = Instant::now();
-                let r = c
-                    .invoke(pb::InvokeRequest {
-                        function_name: name.clone(),
-                        payload: b"{\"cold\":true}".to_vec(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                anyhow::ensure!(
-                    r.function_error.is_empty(),
-                    "cold invoke failed: {:?}",
-                    String::from_utf8_lossy(&r.payload)
-                );
-                cold.push(t.elapsed().as_secs_f64() * 1000.0);
-                if i + 1 < args.cold_runs.max(1) {
-                    c.delete_function(pb::DeleteFunctionRequest {
-                        function_name: name,
-                    })
-                    .await?;
-                } else {
-                    last = name;
-                }
+            s.fns
+                .publish_version(pb::PublishVersionRequest {
+                    function_name: "bench-provided".into(),
+                    description: String::new(),
+                })
+                .await?;
+            s.invoke("bench-provided", "1", 0).await?;
+            let mut ms = Vec::new();
+            for i in 0..args.runs {
+                s.stop_instances("bench-provided").await?;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                ms.push(s.invoke("bench-provided", "1", i).await?);
             }
-            let mut warm = Vec::with_capacity(args.warm_runs);
-            for i in 0..args.warm_runs {
-                let payload = format!("{{\"i\":{i}}}").into_bytes();
-                let t = Instant::now();
-                let r = c
-                    .invoke(pb::InvokeRequest {
-                        function_name: last.clone(),
-                        payload: payload.clone(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                warm.push(t.elapsed().as_secs_f64() * 1000.0);
-                anyhow::ensure!(
-                    serde_json::from_slice::<serde_json::Value>(&r.payload).ok()
-                        == serde_json::from_slice::<serde_json::Value>(&payload).ok(),
-                    "warm invoke returned {:?}",
-                    String::from_utf8_lossy(&r.payload)
-                );
-            }
-            c.delete_function(pb::DeleteFunctionRequest {
-                function_name: last,
-            })
-            .await?;
-            out.push(Series {
-                runtime: runtime.clone(),
-                kind: "cold start",
-                ms: cold,
-            });
-            out.push(Series {
-                runtime: runtime.clone(),
-                kind: "warm invoke",
-                ms: warm,
-            });
+            series.push(Series { kind: "function-snapshot restore (provided)", ms });
         }
-        Ok::<_, anyhow::Error>(out)
-    })?;
-    let _ = stop_tx.send(());
-    let _ = rt.block_on(server);
-    let _ = std::fs::remove_dir_all(&dir);
+        let mut ms = Vec::new();
+        for i in 0..args.warm_runs {
+            ms.push(s.invoke("bench", "1", i).await?);
+        }
+        series.push(Series { kind: "warm", ms });
+        s.shutdown().await;
 
-    println!("Flint invoke latency (Invoke to response, through gRPC)");
+        // Snapshots off: cold boots.
+        let c_cold = config("cold", false);
+        let mut s = serve(c_cold, &root.join("cold/flintd.sock")).await?;
+        s.create("bench", args.memory).await?;
+        let mut ms = Vec::new();
+        for i in 0..args.runs {
+            s.stop_instances("bench").await?;
+            ms.push(s.invoke("bench", "", i).await?);
+        }
+        series.insert(0, Series { kind: "cold boot", ms });
+        s.shutdown().await;
+
+        // Density: idle clones of the function snapshot.
+        let node = flint_daemon::node::Node::open(c)?;
+        let mut density = Vec::new();
+        for &n in &args.clones {
+            let before = meminfo_kb("MemAvailable:");
+            let mut clones = Vec::with_capacity(n);
+            for _ in 0..n {
+                clones.push(node.start_detached("bench", "1").await?);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let pss: u64 = clones.iter().map(|c| c.pss_kb()).sum();
+            let rss: u64 = clones.iter().map(|c| c.rss_kb()).sum();
+            let used = before.saturating_sub(meminfo_kb("MemAvailable:"));
+            density.push((n, pss, rss, used));
+            for c in clones {
+                c.stop().await;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        node.shutdown().await;
+        Ok::<_, anyhow::Error>((series, density, runtime_snapshot_build, function_snapshot_build))
+    });
+    let _ = std::fs::remove_dir_all(&root);
+    let (series, density, rt_build, fn_build) = result?;
+
+    println!(
+        "Flint start and invoke latency (Invoke to response, through gRPC), python3.11 unless noted, {} MB",
+        args.memory
+    );
     println!("accelerator: {} ({})", accel.accel.name(), accel.reason);
     println!();
     println!(
-        "{:<12} {:<12} {:>6} {:>10} {:>10} {:>10} {:>10}",
-        "runtime", "kind", "n", "p50 ms", "p99 ms", "min ms", "max ms"
+        "{:<34} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "kind", "n", "p50 ms", "p99 ms", "min ms", "max ms"
     );
     let mut rows = Vec::new();
     for s in &series {
@@ -200,8 +324,7 @@ fn main() -> anyhow::Result<()> {
             v.last().copied().unwrap_or(0.0),
         );
         println!(
-            "{:<12} {:<12} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-            s.runtime,
+            "{:<34} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
             s.kind,
             v.len(),
             p50,
@@ -210,16 +333,42 @@ fn main() -> anyhow::Result<()> {
             max
         );
         rows.push(serde_json::json!({
-            "runtime": s.runtime, "kind": s.kind, "n": v.len(),
-            "p50_ms": p50, "p99_ms": p99, "min_ms": min, "max_ms": max,
+            "kind": s.kind, "n": v.len(), "p50_ms": p50, "p99_ms": p99, "min_ms": min, "max_ms": max,
+        }));
+    }
+    println!();
+    println!(
+        "first invocations (snapshot builds): runtime {rt_build:.0} ms, function {fn_build:.0} ms"
+    );
+    println!();
+    println!(
+        "{:<8} {:>14} {:>14} {:>14} {:>16}",
+        "clones", "PSS total MB", "PSS/clone MB", "RSS total MB", "host used MB"
+    );
+    let mut mem = Vec::new();
+    for (n, pss, rss, used) in &density {
+        println!(
+            "{:<8} {:>14.1} {:>14.1} {:>14.1} {:>16.1}",
+            n,
+            *pss as f64 / 1024.0,
+            *pss as f64 / 1024.0 / *n as f64,
+            *rss as f64 / 1024.0,
+            *used as f64 / 1024.0
+        );
+        mem.push(serde_json::json!({
+            "clones": n, "pss_total_mb": *pss as f64 / 1024.0, "pss_per_clone_mb": *pss as f64 / 1024.0 / *n as f64,
+            "rss_total_mb": *rss as f64 / 1024.0, "host_memory_used_mb": *used as f64 / 1024.0,
         }));
     }
     let json = serde_json::json!({
-        "benchmark": "invoke-latency",
+        "benchmark": "start-invoke-density",
         "accelerator": accel.accel.name(),
         "accelerator_reason": accel.reason,
         "host_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "results": rows,
+        "memory_mb": args.memory,
+        "latency": rows,
+        "snapshot_build_first_invoke_ms": {"runtime": rt_build, "function": fn_build},
+        "idle_clones": mem,
     });
     println!();
     println!("{}", serde_json::to_string_pretty(&json)?);

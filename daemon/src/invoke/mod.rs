@@ -142,6 +142,30 @@ impl Invoker {
         })
     }
 
+    /// Starts an instance of `f` outside any slot (the invocation path puts
+    /// it in one; benchmarks and pre-warming keep it themselves).
+    pub async fn start_instance(
+        &self,
+        f: &Function,
+        instance_id: String,
+        log: LogStream,
+    ) -> Result<InstanceStart, InvokeError> {
+        let image = self.code.image_path(&f.code_sha256_hex);
+        let opt = if f.layers.is_empty() {
+            None
+        } else {
+            let shas: Vec<String> = f.layers.iter().map(|l| l.sha256_hex.clone()).collect();
+            let code = self.code.clone();
+            Some(
+                tokio::task::spawn_blocking(move || code.opt_image(&shas))
+                    .await
+                    .map_err(|e| InvokeError::Layers(e.to_string()))?
+                    .map_err(|e| InvokeError::Layers(e.to_string()))?,
+            )
+        };
+        Ok(self.pool.start(f, image, opt, instance_id, log).await?)
+    }
+
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, InvokeError> {
         let f = self.resolve(&req.function_name, &req.qualifier)?;
         if req.payload.len() > MAX_SYNC_PAYLOAD {
@@ -185,24 +209,7 @@ impl Invoker {
             let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
             let log = self.logs.open_stream(&f.name, &f.version, &instance_id)?;
             log.start_capture();
-            let image = self.code.image_path(&f.code_sha256_hex);
-            let opt = if f.layers.is_empty() {
-                None
-            } else {
-                let shas: Vec<String> = f.layers.iter().map(|l| l.sha256_hex.clone()).collect();
-                let code = self.code.clone();
-                Some(
-                    tokio::task::spawn_blocking(move || code.opt_image(&shas))
-                        .await
-                        .map_err(|e| InvokeError::Layers(e.to_string()))?
-                        .map_err(|e| InvokeError::Layers(e.to_string()))?,
-                )
-            };
-            match self
-                .pool
-                .start(&f, image, opt, instance_id, log.clone())
-                .await?
-            {
+            match self.start_instance(&f, instance_id, log.clone()).await? {
                 InstanceStart::Ready(inst) => slot.instance = Some(inst),
                 InstanceStart::InitFailed {
                     error_type,

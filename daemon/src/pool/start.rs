@@ -433,6 +433,7 @@ impl Pool {
     ) -> Result<Started, PoolError> {
         let started = Instant::now();
         let spare = self.take_spare(&snap.key);
+        let had_spare = spare.is_some();
         let mut inst = self
             .restore_vm(
                 f,
@@ -445,12 +446,17 @@ impl Pool {
                 spare,
             )
             .await?;
+        let restored = started.elapsed();
         self.refill_spare(f, snap, disks);
         self.resume(&mut inst).await?;
+        let resumed = started.elapsed();
         let deadline = Instant::now() + self.settings.init_timeout;
         loop {
             match inst.next_event(deadline).await {
-                Some(AgentEvent::RestoreDone { .. }) => {
+                Some(AgentEvent::RestoreDone { restore_duration }) => {
+                    tracing::debug!(instance = %inst.id, had_spare, restored_ms = restored.as_millis() as u64,
+                        resumed_ms = resumed.as_millis() as u64, hooks_ms = restore_duration.as_millis() as u64,
+                        total_ms = started.elapsed().as_millis() as u64, "function snapshot restored");
                     inst.pending_restore = Some(started.elapsed());
                     inst.set_state(InstanceState::Idle);
                     return Ok(Started::Ready(inst));
