@@ -123,6 +123,30 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
         "old",
     )
     .unwrap();
+    // And a VMM an earlier flintd left running (as if it had escaped its
+    // parent's death): a paused QEMU whose files live under the data dir.
+    let mut stale = Command::new("qemu-system-x86_64")
+        .args([
+            "-M",
+            "microvm",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-S",
+            "-serial",
+        ])
+        .arg(format!(
+            "file:{}",
+            dir.path()
+                .join("data/run/stale-instance/console.log")
+                .display()
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(qemus_under(dir.path()), 1);
 
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -134,6 +158,9 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
     let n = notify.recv(&mut buf).expect("readiness notification");
     assert_eq!(&buf[..n], b"READY=1");
     assert!(!dir.path().join("data/run/stale-instance").exists());
+    let gone = stale.wait().unwrap();
+    assert!(!gone.success(), "the leftover VMM was killed");
+    assert_eq!(qemus_under(dir.path()), 0);
 
     let name = "svc-slow";
     d.functions()

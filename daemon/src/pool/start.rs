@@ -84,7 +84,17 @@ impl Pool {
                 })
             })
             .await
-            .map_err(snap_err)??
+            .map_err(snap_err)
+            .and_then(|r| r)
+        };
+        let disks = match disks {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(function = %f.name, error = %e, "preparing the disks for a restore failed; booting");
+                return self
+                    .boot_and_init(f, code_image, opt_image, instance_id, log)
+                    .await;
+            }
         };
         if f.version != LATEST || self.settings.snapshot_latest {
             match self.function_snapshot(f, &disks).await {

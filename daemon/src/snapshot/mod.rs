@@ -132,8 +132,11 @@ impl SnapshotStore {
         // Half-built snapshots of an earlier run.
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".tmp") {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") {
                     let _ = std::fs::remove_dir_all(e.path());
+                } else if name.ends_with(".part") {
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }
