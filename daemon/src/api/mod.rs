@@ -399,15 +399,7 @@ impl NodeService {
 }
 
 fn instance_pb(i: &InstanceInfo) -> pb::InstanceInfo {
-    let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", i.pid))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0);
+    let rss_kb = crate::engine::process_rss_kb(i.pid);
     pb::InstanceInfo {
         id: i.id.clone(),
         function_name: i.function.clone(),

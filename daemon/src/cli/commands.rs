@@ -299,6 +299,16 @@ const INSTANCE_HEADERS: &[&str] = &[
     "STARTED BY",
 ];
 
+/// `--routing-config` as the API takes it.
+fn routing_pb(arg: Option<String>) -> Result<Option<pb::AliasRoutingConfiguration>, CliError> {
+    Ok(arg
+        .map(|r| parse_routing(&r))
+        .transpose()?
+        .map(|w| pb::AliasRoutingConfiguration {
+            additional_version_weights: w.into_iter().collect(),
+        }))
+}
+
 fn environment(e: Option<String>) -> Result<Option<BTreeMap<String, String>>, CliError> {
     e.map(|e| parse_environment(&e)).transpose()
 }
@@ -496,11 +506,7 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(),
                     name,
                     function_version,
                     description,
-                    routing_config: routing_config.map(|r| parse_routing(&r)).transpose()?.map(
-                        |w| pb::AliasRoutingConfiguration {
-                            additional_version_weights: w.into_iter().collect(),
-                        },
-                    ),
+                    routing_config: routing_pb(routing_config)?,
                 })
                 .await
                 .map_err(svc("CreateAlias"))?
@@ -520,11 +526,7 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(),
                     name,
                     function_version,
                     description,
-                    routing_config: routing_config.map(|r| parse_routing(&r)).transpose()?.map(
-                        |w| pb::AliasRoutingConfiguration {
-                            additional_version_weights: w.into_iter().collect(),
-                        },
-                    ),
+                    routing_config: routing_pb(routing_config)?,
                 })
                 .await
                 .map_err(svc("UpdateAlias"))?

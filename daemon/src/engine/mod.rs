@@ -158,6 +158,19 @@ pub fn reap_leftovers(run_dir: &std::path::Path) -> usize {
     n
 }
 
+/// Resident memory of a process, in KiB (0 if it is gone).
+pub fn process_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The QEMU version string, for node information.
 pub fn qemu_version(qemu: &std::path::Path) -> String {
     std::process::Command::new(qemu)

@@ -467,15 +467,7 @@ impl Vm for QemuVm {
     }
 
     fn stats(&self) -> VmStats {
-        let rss_kb = std::fs::read_to_string(format!("/proc/{}/status", self.pid))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0);
+        let rss_kb = super::process_rss_kb(self.pid);
         VmStats {
             pid: self.pid,
             rss_kb,
