@@ -13,7 +13,7 @@ pub use accel::{detect as detect_accel, Accel, AccelInfo};
 
 /// Bumped when the device layout or the way VMs are started changes:
 /// snapshots of another engine version are not restored.
-pub const ENGINE_VERSION: u32 = 1;
+pub const ENGINE_VERSION: u32 = 2;
 pub use qemu::QemuEngine;
 
 #[derive(Debug, thiserror::Error)]
