@@ -104,6 +104,10 @@ pub struct Config {
     pub snapshot_latest: bool,
     /// Keep a QEMU process started ahead for each function snapshot in use.
     pub spare_vms: bool,
+    /// Stop an instance's vCPUs between invocations.
+    pub freeze_idle: bool,
+    /// Stop instances idle for longer than this.
+    pub idle_timeout: Duration,
 }
 
 /// The TOML configuration file: every key optional, defaults as in
@@ -124,6 +128,14 @@ pub struct FileConfig {
     pub code_storage_limit_mb: Option<u64>,
     pub logs: Option<FileLogs>,
     pub snapshots: Option<FileSnapshots>,
+    pub instances: Option<FileInstances>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInstances {
+    pub freeze_idle: Option<bool>,
+    pub idle_timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -167,6 +179,8 @@ impl Default for Config {
             snapshots: true,
             snapshot_latest: false,
             spare_vms: true,
+            freeze_idle: true,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -228,6 +242,14 @@ impl Config {
             }
             if let Some(v) = sn.spare_vms {
                 c.spare_vms = v;
+            }
+        }
+        if let Some(i) = f.instances {
+            if let Some(v) = i.freeze_idle {
+                c.freeze_idle = v;
+            }
+            if let Some(v) = i.idle_timeout_s {
+                c.idle_timeout = Duration::from_secs(v);
             }
         }
         if let Some(l) = f.logs {

@@ -107,6 +107,8 @@ impl Node {
                 account_id: config.account_id.clone(),
                 snapshot_latest: config.snapshot_latest,
                 spare_vms: config.spare_vms,
+                freeze_idle: config.freeze_idle,
+                idle_timeout: config.idle_timeout,
             },
             snapshots,
             logs.clone(),
@@ -671,6 +673,15 @@ impl Node {
         }
         self.store.get(function)?;
         Ok(self.pool.retire(function).await)
+    }
+
+    /// Stops instances idle for longer than the configured idle timeout.
+    pub async fn reclaim_idle(&self) -> Vec<String> {
+        let stopped = self.pool.reclaim_idle().await;
+        if !stopped.is_empty() {
+            tracing::info!(instances = stopped.len(), "idle instances reclaimed");
+        }
+        stopped
     }
 
     /// Stops every instance.

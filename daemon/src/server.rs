@@ -106,6 +106,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     });
 
+    // Idle instances are reclaimed in the background.
+    let reclaimer_node = node.clone();
+    let reclaimer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            reclaimer_node.reclaim_idle().await;
+        }
+    });
+
     tokio::select! {
         _ = shutdown => {}
         Some(r) = servers.join_next() => {
@@ -116,6 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     notify_systemd("STOPPING=1");
     retention.abort();
+    reclaimer.abort();
     // Stop accepting; in-flight calls (invocations) get the grace period.
     let _ = stop_tx.send(true);
     health.set_not_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>().await;

@@ -190,8 +190,8 @@ impl Invoker {
             InvocationType::RequestResponse => {}
         }
 
-        let slot = self.pool.slot(&slot_key(&f.name, &f.version));
-        let mut slot = slot.lock().await;
+        let slot_ref = self.pool.slot(&slot_key(&f.name, &f.version));
+        let mut slot = slot_ref.lock().await;
 
         // An instance of an older revision, or one whose VM died, is retired.
         if let Some(mut inst) = slot.instance.take() {
@@ -238,6 +238,14 @@ impl Invoker {
         } else {
             format!("{arn}:{}", req.qualifier)
         };
+        if inst.state == InstanceState::Frozen {
+            match inst.thaw().await {
+                Ok(d) => {
+                    tracing::debug!(instance = %inst.id, thaw_us = d.as_micros() as u64, "thawed")
+                }
+                Err(e) => tracing::warn!(instance = %inst.id, error = %e, "thawing failed"),
+            }
+        }
         let (outcome, duration, max_kb) = run(inst, &f, &req, &request_id, arn).await;
         let init = inst.pending_init.take();
         let restore = inst.pending_restore.take();
@@ -269,6 +277,26 @@ impl Invoker {
             if let Some(inst) = slot.instance.take() {
                 inst.stop().await;
             }
+        } else if self.pool.freeze_idle() {
+            // Frozen off the response path: the caller does not wait for it,
+            // and an invocation that comes first simply finds it running.
+            let slot_ref = slot_ref.clone();
+            tokio::spawn(async move {
+                let mut slot = slot_ref.lock().await;
+                let Some(inst) = slot.instance.as_mut() else {
+                    return;
+                };
+                if inst.state != InstanceState::Idle {
+                    return;
+                }
+                if let Err(e) = inst.freeze().await {
+                    // An instance that cannot be frozen cannot be trusted either.
+                    tracing::warn!(instance = %inst.id, error = %e, "freezing failed; stopping the instance");
+                    if let Some(inst) = slot.instance.take() {
+                        inst.stop().await;
+                    }
+                }
+            });
         }
         let tail = log.take_capture();
         Ok(InvokeResult {

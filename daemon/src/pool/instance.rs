@@ -63,6 +63,8 @@ pub enum InstanceState {
     Initializing,
     Idle,
     Busy,
+    /// Idle with its vCPUs stopped: it uses no CPU until thawed.
+    Frozen,
 }
 
 /// What the node shows of an instance (`ListInstances`), shared between the
@@ -228,6 +230,27 @@ impl Instance {
             }
         }
         !self.vm.has_exited()
+    }
+
+    /// Stops the vCPUs of an idle instance.
+    pub async fn freeze(&mut self) -> Result<(), PoolError> {
+        self.vm.pause().await?;
+        self.set_state(InstanceState::Frozen);
+        Ok(())
+    }
+
+    /// Restarts the vCPUs of a frozen instance; returns how long it took.
+    pub async fn thaw(&mut self) -> Result<Duration, PoolError> {
+        let t = Instant::now();
+        self.vm.resume().await?;
+        self.set_state(InstanceState::Idle);
+        Ok(t.elapsed())
+    }
+
+    /// When it last finished an invocation (or was created).
+    pub fn last_used(&self) -> SystemTime {
+        let info = self.info.lock().unwrap_or_else(|p| p.into_inner());
+        info.last_used.unwrap_or(info.created)
     }
 
     /// Loads a snapshot's state into this (incoming) VM and runs it.

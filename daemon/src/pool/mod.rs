@@ -50,6 +50,10 @@ pub struct PoolSettings {
     pub snapshot_latest: bool,
     /// Keep a QEMU process started ahead for each function snapshot in use.
     pub spare_vms: bool,
+    /// Stop the vCPUs of an instance between invocations.
+    pub freeze_idle: bool,
+    /// Stop instances idle for longer than this.
+    pub idle_timeout: Duration,
 }
 
 /// The per-function place of its instance.
@@ -121,6 +125,42 @@ impl Pool {
 
     pub fn snapshots(&self) -> Option<&Arc<SnapshotStore>> {
         self.snapshots.as_ref()
+    }
+
+    /// Whether idle instances are frozen.
+    pub fn freeze_idle(&self) -> bool {
+        self.settings.freeze_idle
+    }
+
+    /// Stops instances idle for longer than the idle timeout (busy ones are
+    /// skipped). Returns the ids stopped.
+    pub async fn reclaim_idle(&self) -> Vec<String> {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let cutoff = std::time::SystemTime::now() - self.settings.idle_timeout;
+        let mut stopped = Vec::new();
+        for slot in slots {
+            // A slot that is locked is in use: not idle.
+            let Ok(mut slot) = slot.try_lock() else {
+                continue;
+            };
+            let idle = slot
+                .instance
+                .as_ref()
+                .is_some_and(|i| i.last_used() < cutoff);
+            if idle {
+                if let Some(inst) = slot.instance.take() {
+                    stopped.push(inst.id.clone());
+                    inst.stop().await;
+                }
+            }
+        }
+        stopped
     }
 
     /// Every instance, as the node shows them.
