@@ -192,40 +192,34 @@ impl Node {
         Self::blocking(move || code.store(&zip, &rules)).await
     }
 
-    /// Removes packages nothing refers to any more.
+    /// Removes packages, `/opt` images and snapshots that no function
+    /// version refers to any more.
     fn collect_garbage(&self) {
         let Ok(packages) = self.store.referenced_packages() else {
             return;
         };
         let mut opt_keys = HashSet::new();
+        let mut snapshots = HashSet::new();
         for f in self.store.list().unwrap_or_default() {
-            let mut all = vec![f.clone()];
-            all.extend(self.store.list_versions(&f.name).unwrap_or_default());
-            for v in all {
+            let versions = self.store.list_versions(&f.name).unwrap_or_default();
+            for v in std::iter::once(f).chain(versions) {
                 let shas: Vec<String> = v.layers.iter().map(|l| l.sha256_hex.clone()).collect();
                 opt_keys.insert(CodeStore::opt_key(&shas));
+                snapshots.insert(self.pool.runtime_key(&v));
+                snapshots.insert(self.pool.function_key(&v));
             }
         }
         self.code.collect(&packages, &opt_keys);
         if let Some(snaps) = self.pool.snapshots() {
-            let mut live = std::collections::HashSet::new();
-            for f in self.store.list().unwrap_or_default() {
-                let mut all = vec![f.clone()];
-                all.extend(self.store.list_versions(&f.name).unwrap_or_default());
-                for v in all {
-                    live.insert(self.pool.runtime_key(&v));
-                    live.insert(self.pool.function_key(&v));
-                }
-            }
+            // The default runtime snapshots stay for the next function.
             for r in Runtime::ALL {
                 let probe = Function {
                     runtime: r,
-                    memory_mb: functions::DEFAULT_MEMORY_MB,
                     ..Function::placeholder()
                 };
-                live.insert(self.pool.runtime_key(&probe));
+                snapshots.insert(self.pool.runtime_key(&probe));
             }
-            let n = snaps.collect(&live);
+            let n = snaps.collect(&snapshots);
             if n > 0 {
                 tracing::info!(snapshots = n, "unused snapshots removed");
             }

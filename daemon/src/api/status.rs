@@ -21,9 +21,6 @@ fn functions(e: &FunctionsError) -> Status {
         FunctionsError::AliasNotFound(_) | FunctionsError::LayerNotFound(_) => {
             status(Code::NotFound, "ResourceNotFoundException", e)
         }
-        FunctionsError::Conflict(_) => {
-            status(Code::FailedPrecondition, "ResourceConflictException", e)
-        }
         FunctionsError::Invalid { .. } => {
             status(Code::InvalidArgument, "InvalidParameterValueException", e)
         }

@@ -38,8 +38,6 @@ pub enum FunctionsError {
     AliasExists(String),
     #[error("Layer version not found: {0}")]
     LayerNotFound(String),
-    #[error("{0}")]
-    Conflict(String),
     #[error("{field}: {rule}")]
     Invalid { field: &'static str, rule: String },
     #[error("metadata store failed")]
