@@ -299,8 +299,31 @@ async fn snapshots_survive_a_restart_and_damaged_ones_are_rebuilt_never_restored
     assert_eq!(rebuilt[0].0, first[0].0, "same inputs, same key");
     assert_ne!(rebuilt[0].1, first[0].1, "the damaged snapshot was rebuilt");
 
-    // Deleting the function collects its snapshots.
+    // Deleting the function collects its snapshots and stops its VMMs: the
+    // clone's and the one started ahead for the next clone.
+    let spares = || {
+        let needle = data.join("snapshots").display().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .map(|c| {
+                        let c = String::from_utf8_lossy(&c);
+                        c.contains("qemu-system") && c.contains(&needle)
+                    })
+                    .unwrap_or(false)
+            })
+            .count()
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        spares(),
+        2,
+        "the clone, and one VMM waiting for the next clone"
+    );
     node.delete_function("life").await.unwrap();
     assert!(function_snapshots(&data).is_empty());
+    assert_eq!(spares(), 0);
     node.shutdown().await;
 }

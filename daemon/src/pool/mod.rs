@@ -75,7 +75,15 @@ pub enum Started {
     },
 }
 
-type Spares = Mutex<HashMap<String, Vec<Box<dyn crate::engine::Vm>>>>;
+/// QEMU processes started ahead for one function snapshot.
+#[derive(Default)]
+struct SpareList {
+    function: String,
+    vms: Vec<Box<dyn crate::engine::Vm>>,
+}
+
+/// Spares by snapshot key.
+type Spares = Mutex<HashMap<String, SpareList>>;
 
 pub struct Pool {
     engine: Arc<dyn Engine>,
@@ -213,9 +221,30 @@ impl Pool {
             .clone()
     }
 
+    /// Stops the QEMU processes started ahead for a function's snapshots
+    /// (they are started again by its next restore).
+    async fn drop_spares(&self, function: &str) {
+        let vms: Vec<_> = {
+            let mut map = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<String> = map
+                .iter()
+                .filter(|(_, l)| l.function == function)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| map.remove(&k))
+                .flat_map(|l| l.vms)
+                .collect()
+        };
+        for mut vm in vms {
+            let _ = vm.stop().await;
+        }
+    }
+
     /// Stops the instance of one function version, after its running
     /// invocation if it has one.
     pub async fn retire_version(&self, function: &str, version: &str) {
+        self.drop_spares(function).await;
         let slot = self
             .slots
             .lock()
@@ -233,6 +262,7 @@ impl Pool {
     /// Stops every instance of a function (each after its running
     /// invocation). Returns the ids stopped.
     pub async fn retire(&self, function: &str) -> Vec<String> {
+        self.drop_spares(function).await;
         let prefix = format!("{function}:");
         let slots: Vec<_> = {
             let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
@@ -272,7 +302,7 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
-            .flat_map(|(_, v)| v)
+            .flat_map(|(_, l)| l.vms)
             .collect();
         for mut vm in spares {
             let _ = vm.stop().await;

@@ -507,7 +507,7 @@ impl Pool {
     fn take_spare(&self, key: &str) -> Option<Box<dyn Vm>> {
         let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
         let list = spares.get_mut(key)?;
-        while let Some(vm) = list.pop() {
+        while let Some(vm) = list.vms.pop() {
             if !vm.has_exited() {
                 return Some(vm);
             }
@@ -526,14 +526,16 @@ impl Pool {
         let engine = self.engine.clone();
         let spares = self.spares.clone();
         let key = snap.key.clone();
+        let function = f.name.clone();
         tokio::spawn(async move {
             match engine.boot(spec).await {
                 Ok(vm) => {
                     let extra = {
                         let mut map = spares.lock().unwrap_or_else(|p| p.into_inner());
                         let list = map.entry(key).or_default();
-                        if list.is_empty() {
-                            list.push(vm);
+                        list.function = function;
+                        if list.vms.is_empty() {
+                            list.vms.push(vm);
                             None
                         } else {
                             Some(vm)
