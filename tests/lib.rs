@@ -36,9 +36,21 @@ pub fn artifacts_dir() -> PathBuf {
     dir
 }
 
-/// Starts flintd once per test binary, in its own runtime thread.
+/// Starts flintd once per test binary, in its own runtime thread. With
+/// `FLINT_TEST_LOG=FILE`, flintd's log goes to FILE (for diagnosing a failure).
 pub fn node() -> &'static TestNode {
     NODE.get_or_init(|| {
+        if let Some(path) = std::env::var_os("FLINT_TEST_LOG") {
+            if let Ok(file) = std::fs::File::create(path) {
+                let _ = tracing_subscriber::fmt()
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_ansi(false)
+                    .with_env_filter(tracing_subscriber::EnvFilter::new(
+                        "info,flint_daemon=debug",
+                    ))
+                    .try_init();
+            }
+        }
         let dir = tempfile::Builder::new()
             .prefix("flint-e2e-")
             .tempdir()

@@ -97,21 +97,28 @@ impl Pool {
             }
         };
         if f.version != LATEST || self.settings.snapshot_latest {
-            match self.function_snapshot(f, &disks).await {
-                Ok(FunctionSnapshot::Ready(snap)) => {
-                    match self
-                        .restore_function(f, &snap, &disks, instance_id.clone(), log.clone())
-                        .await
-                    {
-                        Ok(started) => return Ok(started),
-                        Err(e) => tracing::warn!(function = %f.name, error = %e,
-                            "restoring the function snapshot failed; using the runtime snapshot"),
+            // A transient failure (a VMM that did not start, a slow guest)
+            // gets one more try before the instance is started without the
+            // function snapshot.
+            for attempt in 1..=2 {
+                match self.function_snapshot(f, &disks).await {
+                    Ok(FunctionSnapshot::Ready(snap)) => {
+                        match self
+                            .restore_function(f, &snap, &disks, instance_id.clone(), log.clone())
+                            .await
+                        {
+                            Ok(started) => return Ok(started),
+                            Err(e) => tracing::warn!(function = %f.name, attempt, error = %e,
+                                "restoring the function snapshot failed"),
+                        }
                     }
+                    Ok(FunctionSnapshot::InitFailed(failed)) => return Ok(failed),
+                    Err(e) => tracing::warn!(function = %f.name, attempt, error = %e,
+                        "building the function snapshot failed"),
                 }
-                Ok(FunctionSnapshot::InitFailed(failed)) => return Ok(failed),
-                Err(e) => tracing::warn!(function = %f.name, error = %e,
-                    "no function snapshot; using the runtime snapshot"),
             }
+            tracing::warn!(function = %f.name, version = %f.version,
+                "starting without the function snapshot: from the runtime snapshot");
         }
         match self.runtime_snapshot(f).await {
             Ok(rs) => {
