@@ -43,6 +43,24 @@ fn vcpus(memory_mb: u32) -> u32 {
     memory_mb.div_ceil(1769).clamp(1, 6)
 }
 
+/// Checksums and publishes a staged snapshot of `f`'s VM (blocking work).
+async fn commit(
+    snaps: Arc<crate::snapshot::SnapshotStore>,
+    staging: PathBuf,
+    key: &str,
+    kind: SnapshotKind,
+    f: &Function,
+    description: String,
+) -> Result<Snapshot, PoolError> {
+    let (key, memory_mb, n) = (key.to_string(), f.memory_mb, vcpus(f.memory_mb));
+    tokio::task::spawn_blocking(move || {
+        snaps.commit(&staging, &key, kind, memory_mb, n, description)
+    })
+    .await
+    .map_err(snap_err)?
+    .map_err(snap_err)
+}
+
 fn snap_err(e: impl std::fmt::Display) -> PoolError {
     PoolError::Snapshot(e.to_string())
 }
@@ -266,15 +284,8 @@ impl Pool {
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
-        let (memory_mb, n) = (f.memory_mb, vcpus(f.memory_mb));
-        let desc = format!("runtime {} with {memory_mb} MB", f.runtime.name());
-        let k = key.clone();
-        let snap = tokio::task::spawn_blocking(move || {
-            snaps.commit(&staging, &k, SnapshotKind::Runtime, memory_mb, n, desc)
-        })
-        .await
-        .map_err(snap_err)?
-        .map_err(snap_err)?;
+        let desc = format!("runtime {} with {} MB", f.runtime.name(), f.memory_mb);
+        let snap = commit(snaps, staging, &key, SnapshotKind::Runtime, f, desc).await?;
         tracing::info!(snapshot = %key, ms = started.elapsed().as_millis() as u64, "runtime snapshot built");
         Ok(snap)
     }
@@ -360,15 +371,8 @@ impl Pool {
                 return Err(e);
             }
         }
-        let (memory_mb, n) = (f.memory_mb, vcpus(f.memory_mb));
         let desc = format!("function {}:{}", f.name, f.version);
-        let k = key.clone();
-        let snap = tokio::task::spawn_blocking(move || {
-            snaps.commit(&staging, &k, SnapshotKind::Function, memory_mb, n, desc)
-        })
-        .await
-        .map_err(snap_err)?
-        .map_err(snap_err)?;
+        let snap = commit(snaps, staging, &key, SnapshotKind::Function, f, desc).await?;
         tracing::info!(function = %f.name, version = %f.version, snapshot = %key,
             ms = started.elapsed().as_millis() as u64, "function snapshot built");
         Ok(FunctionSnapshot::Ready(snap))
