@@ -108,6 +108,13 @@ pub struct Config {
     pub freeze_idle: bool,
     /// Stop instances idle for longer than this.
     pub idle_timeout: Duration,
+    /// At most this many instances on the node.
+    pub max_instances: u32,
+    /// Host memory the instances may use, in MB (default: 3/4 of the host's).
+    pub memory_budget_mb: u64,
+    /// Concurrency kept for functions without a reservation (default: a
+    /// tenth of `max_instances`, at least 1).
+    pub unreserved_min: Option<u32>,
 }
 
 /// The TOML configuration file: every key optional, defaults as in
@@ -136,6 +143,9 @@ pub struct FileConfig {
 pub struct FileInstances {
     pub freeze_idle: Option<bool>,
     pub idle_timeout_s: Option<u64>,
+    pub max_instances: Option<u32>,
+    pub memory_budget_mb: Option<u64>,
+    pub unreserved_min: Option<u32>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -151,6 +161,19 @@ pub struct FileSnapshots {
 pub struct FileLogs {
     pub max_stream_mb: Option<u64>,
     pub retention_days: Option<u64>,
+}
+
+/// The host's memory in MB (4096 when it cannot be read).
+pub fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(4096)
 }
 
 /// The default unix socket, shared by flintd and flintctl.
@@ -181,6 +204,9 @@ impl Default for Config {
             spare_vms: true,
             freeze_idle: true,
             idle_timeout: Duration::from_secs(600),
+            max_instances: 256,
+            memory_budget_mb: host_memory_mb() * 3 / 4,
+            unreserved_min: None,
         }
     }
 }
@@ -251,6 +277,15 @@ impl Config {
             if let Some(v) = i.idle_timeout_s {
                 c.idle_timeout = Duration::from_secs(v);
             }
+            if let Some(v) = i.max_instances {
+                c.max_instances = v;
+            }
+            if let Some(v) = i.memory_budget_mb {
+                c.memory_budget_mb = v;
+            }
+            if i.unreserved_min.is_some() {
+                c.unreserved_min = i.unreserved_min;
+            }
         }
         if let Some(l) = f.logs {
             if let Some(v) = l.max_stream_mb {
@@ -261,6 +296,13 @@ impl Config {
             }
         }
         Ok(c)
+    }
+
+    /// Concurrency that reservations leave to the other functions.
+    pub fn unreserved_min(&self) -> u32 {
+        self.unreserved_min
+            .unwrap_or(self.max_instances / 10)
+            .clamp(1, self.max_instances.max(1))
     }
 
     pub fn log_limits(&self) -> crate::logs::LogLimits {

@@ -116,6 +116,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     });
 
+    // Provisioned-concurrency configs are kept at their instance count.
+    let provisioner_node = node.clone();
+    let provisioner = tokio::spawn(async move {
+        loop {
+            provisioner_node.reconcile_provisioned().await;
+            provisioner_node
+                .provisioning()
+                .wait(std::time::Duration::from_secs(1))
+                .await;
+        }
+    });
+
     tokio::select! {
         _ = shutdown => {}
         Some(r) = servers.join_next() => {
@@ -127,6 +139,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     notify_systemd("STOPPING=1");
     retention.abort();
     reclaimer.abort();
+    provisioner.abort();
     // Stop accepting; in-flight calls (invocations) get the grace period.
     let _ = stop_tx.send(true);
     health.set_not_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>().await;

@@ -326,6 +326,89 @@ impl Functions for FunctionsService {
         Ok(Response::new(pb::DeleteAliasResponse {}))
     }
 
+    async fn put_function_concurrency(
+        &self,
+        request: Request<pb::PutFunctionConcurrencyRequest>,
+    ) -> Result<Response<pb::Concurrency>, Status> {
+        let r = request.into_inner();
+        let n = self
+            .node
+            .put_function_concurrency(&r.function_name, r.reserved_concurrent_executions)?;
+        Ok(Response::new(pb::Concurrency {
+            reserved_concurrent_executions: Some(n.into()),
+        }))
+    }
+
+    async fn get_function_concurrency(
+        &self,
+        request: Request<pb::GetFunctionConcurrencyRequest>,
+    ) -> Result<Response<pb::Concurrency>, Status> {
+        let r = request.into_inner();
+        let n = self.node.get_function_concurrency(&r.function_name)?;
+        Ok(Response::new(pb::Concurrency {
+            reserved_concurrent_executions: n.map(i64::from),
+        }))
+    }
+
+    async fn delete_function_concurrency(
+        &self,
+        request: Request<pb::DeleteFunctionConcurrencyRequest>,
+    ) -> Result<Response<pb::DeleteFunctionConcurrencyResponse>, Status> {
+        let r = request.into_inner();
+        self.node.delete_function_concurrency(&r.function_name)?;
+        Ok(Response::new(pb::DeleteFunctionConcurrencyResponse {}))
+    }
+
+    async fn put_provisioned_concurrency_config(
+        &self,
+        request: Request<pb::PutProvisionedConcurrencyConfigRequest>,
+    ) -> Result<Response<pb::ProvisionedConcurrencyConfig>, Status> {
+        let r = request.into_inner();
+        let v = self.node.put_provisioned_concurrency(
+            &r.function_name,
+            &r.qualifier,
+            r.provisioned_concurrent_executions,
+        )?;
+        Ok(Response::new(provisioned_pb(v)))
+    }
+
+    async fn get_provisioned_concurrency_config(
+        &self,
+        request: Request<pb::GetProvisionedConcurrencyConfigRequest>,
+    ) -> Result<Response<pb::ProvisionedConcurrencyConfig>, Status> {
+        let r = request.into_inner();
+        let v = self
+            .node
+            .get_provisioned_concurrency(&r.function_name, &r.qualifier)?;
+        Ok(Response::new(provisioned_pb(v)))
+    }
+
+    async fn list_provisioned_concurrency_configs(
+        &self,
+        request: Request<pb::ListProvisionedConcurrencyConfigsRequest>,
+    ) -> Result<Response<pb::ListProvisionedConcurrencyConfigsResponse>, Status> {
+        let r = request.into_inner();
+        let list = self.node.list_provisioned_concurrency(&r.function_name)?;
+        Ok(Response::new(
+            pb::ListProvisionedConcurrencyConfigsResponse {
+                provisioned_concurrency_configs: list.into_iter().map(provisioned_pb).collect(),
+            },
+        ))
+    }
+
+    async fn delete_provisioned_concurrency_config(
+        &self,
+        request: Request<pb::DeleteProvisionedConcurrencyConfigRequest>,
+    ) -> Result<Response<pb::DeleteProvisionedConcurrencyConfigResponse>, Status> {
+        let r = request.into_inner();
+        self.node
+            .delete_provisioned_concurrency(&r.function_name, &r.qualifier)
+            .await?;
+        Ok(Response::new(
+            pb::DeleteProvisionedConcurrencyConfigResponse {},
+        ))
+    }
+
     async fn publish_layer_version(
         &self,
         request: Request<pb::PublishLayerVersionRequest>,
@@ -415,6 +498,19 @@ fn instance_pb(i: &InstanceInfo) -> pb::InstanceInfo {
         invocations: i.invocations,
         last_used: i.last_used.map(crate::time::rfc3339).unwrap_or_default(),
         start_kind: i.start_kind.into(),
+        provisioned: i.provisioned,
+    }
+}
+
+fn provisioned_pb(v: crate::node::ProvisionedView) -> pb::ProvisionedConcurrencyConfig {
+    pb::ProvisionedConcurrencyConfig {
+        function_arn: v.function_arn,
+        requested_provisioned_concurrent_executions: v.config.requested.into(),
+        available_provisioned_concurrent_executions: v.available.into(),
+        allocated_provisioned_concurrent_executions: v.allocated.into(),
+        status: v.status.name().into(),
+        status_reason: v.reason,
+        last_modified: v.config.last_modified,
     }
 }
 
@@ -466,6 +562,7 @@ impl NodeApi for NodeService {
             })
             .collect();
         let rss: u64 = instances.iter().map(|i| instance_pb(i).rss_kb).sum();
+        let capacity = self.node.capacity();
         Ok(Response::new(pb::NodeInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             engine: crate::engine::qemu_version(&cfg.qemu),
@@ -491,6 +588,12 @@ impl NodeApi for NodeService {
                 .unwrap_or(0),
             data_dir: cfg.data_dir.display().to_string(),
             started_at: crate::time::rfc3339(self.node.started()),
+            max_instances: capacity.max_instances,
+            memory_budget_mb: capacity.memory_budget_mb,
+            memory_charged_mb: capacity.charged_mb,
+            reserved_concurrency: capacity.reserved_total,
+            unreserved_concurrency_min: capacity.unreserved_min,
+            running_invocations: capacity.running,
         }))
     }
 

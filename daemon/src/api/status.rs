@@ -7,6 +7,7 @@ use crate::functions::FunctionsError;
 use crate::invoke::InvokeError;
 use crate::node::NodeError;
 use crate::packages::PackageError;
+use crate::pool::PoolError;
 
 fn status(code: Code, exception: &str, message: impl std::fmt::Display) -> Status {
     Status::new(code, format!("{exception}: {message}"))
@@ -21,6 +22,11 @@ fn functions(e: &FunctionsError) -> Status {
         FunctionsError::AliasNotFound(_) | FunctionsError::LayerNotFound(_) => {
             status(Code::NotFound, "ResourceNotFoundException", e)
         }
+        FunctionsError::ProvisionedNotFound(_) => status(
+            Code::NotFound,
+            "ProvisionedConcurrencyConfigNotFoundException",
+            e,
+        ),
         FunctionsError::Invalid { .. } => {
             status(Code::InvalidArgument, "InvalidParameterValueException", e)
         }
@@ -55,6 +61,11 @@ fn invoke(e: &InvokeError) -> Status {
         InvokeError::EventUnsupported => {
             status(Code::Unimplemented, "InvalidParameterValueException", e)
         }
+        InvokeError::Pool(p @ PoolError::Throttled { reason, .. }) => status(
+            Code::ResourceExhausted,
+            "TooManyRequestsException",
+            format!("{p} (Reason: {})", reason.reason()),
+        ),
         InvokeError::Pool(_) | InvokeError::Logs(_) => {
             status(Code::Unavailable, "ServiceException", chain(e))
         }
@@ -101,6 +112,7 @@ pub fn invalid(message: impl std::fmt::Display) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pool::Throttle;
 
     #[test]
     fn lambda_names_and_codes() {
@@ -117,5 +129,15 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::InvalidArgument);
         assert!(s.message().contains("../x"));
+        let s: Status = NodeError::from(InvokeError::Pool(PoolError::Throttled {
+            reason: Throttle::Reserved,
+            detail: "busy".into(),
+        }))
+        .into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            "TooManyRequestsException: Rate Exceeded: busy (Reason: ReservedFunctionConcurrentInvocationLimitExceeded)"
+        );
     }
 }

@@ -190,6 +190,46 @@ pub enum Command {
         #[arg(long)]
         name: String,
     },
+    /// Reserves concurrency for a function (and caps it there; 0 throttles it).
+    PutFunctionConcurrency {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, allow_negative_numbers = true)]
+        reserved_concurrent_executions: i64,
+    },
+    GetFunctionConcurrency {
+        #[arg(long)]
+        function_name: String,
+    },
+    DeleteFunctionConcurrency {
+        #[arg(long)]
+        function_name: String,
+    },
+    /// Keeps instances of a version or alias initialised at all times.
+    PutProvisionedConcurrencyConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        qualifier: String,
+        #[arg(long, allow_negative_numbers = true)]
+        provisioned_concurrent_executions: i64,
+    },
+    GetProvisionedConcurrencyConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        qualifier: String,
+    },
+    ListProvisionedConcurrencyConfigs {
+        #[arg(long)]
+        function_name: String,
+    },
+    DeleteProvisionedConcurrencyConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        qualifier: String,
+    },
     /// Publishes a layer version from a ZIP.
     PublishLayerVersion {
         #[arg(long)]
@@ -297,7 +337,49 @@ const INSTANCE_HEADERS: &[&str] = &[
     "INVOCATIONS",
     "LAST USED",
     "STARTED BY",
+    "KIND",
 ];
+const PROVISIONED_HEADERS: &[&str] = &[
+    "ARN",
+    "REQUESTED",
+    "ALLOCATED",
+    "AVAILABLE",
+    "STATUS",
+    "REASON",
+];
+
+fn concurrency_json(c: &pb::Concurrency) -> serde_json::Value {
+    match c.reserved_concurrent_executions {
+        Some(n) => json!({"ReservedConcurrentExecutions": n}),
+        None => json!({}),
+    }
+}
+
+fn provisioned_json(p: &pb::ProvisionedConcurrencyConfig) -> serde_json::Value {
+    let mut v = json!({
+        "FunctionArn": p.function_arn,
+        "RequestedProvisionedConcurrentExecutions": p.requested_provisioned_concurrent_executions,
+        "AvailableProvisionedConcurrentExecutions": p.available_provisioned_concurrent_executions,
+        "AllocatedProvisionedConcurrentExecutions": p.allocated_provisioned_concurrent_executions,
+        "Status": p.status,
+        "LastModified": p.last_modified,
+    });
+    if !p.status_reason.is_empty() {
+        v["StatusReason"] = json!(p.status_reason);
+    }
+    v
+}
+
+fn provisioned_row(p: &pb::ProvisionedConcurrencyConfig) -> Vec<String> {
+    vec![
+        p.function_arn.clone(),
+        p.requested_provisioned_concurrent_executions.to_string(),
+        p.allocated_provisioned_concurrent_executions.to_string(),
+        p.available_provisioned_concurrent_executions.to_string(),
+        p.status.clone(),
+        p.status_reason.clone(),
+    ]
+}
 
 /// `--routing-config` as the API takes it.
 fn routing_pb(arg: Option<String>) -> Result<Option<pb::AliasRoutingConfiguration>, CliError> {
@@ -571,6 +653,112 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(),
             .await
             .map_err(svc("DeleteAlias"))?;
         }
+        Command::PutFunctionConcurrency {
+            function_name,
+            reserved_concurrent_executions,
+        } => {
+            let r = c
+                .put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+                    function_name,
+                    reserved_concurrent_executions,
+                })
+                .await
+                .map_err(svc("PutFunctionConcurrency"))?
+                .into_inner();
+            let n = r.reserved_concurrent_executions.unwrap_or_default();
+            emit(
+                output,
+                concurrency_json(&r),
+                &["RESERVED"],
+                vec![vec![n.to_string()]],
+            );
+        }
+        Command::GetFunctionConcurrency { function_name } => {
+            let r = c
+                .get_function_concurrency(pb::GetFunctionConcurrencyRequest { function_name })
+                .await
+                .map_err(svc("GetFunctionConcurrency"))?
+                .into_inner();
+            let n = r
+                .reserved_concurrent_executions
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into());
+            emit(output, concurrency_json(&r), &["RESERVED"], vec![vec![n]]);
+        }
+        Command::DeleteFunctionConcurrency { function_name } => {
+            c.delete_function_concurrency(pb::DeleteFunctionConcurrencyRequest { function_name })
+                .await
+                .map_err(svc("DeleteFunctionConcurrency"))?;
+        }
+        Command::PutProvisionedConcurrencyConfig {
+            function_name,
+            qualifier,
+            provisioned_concurrent_executions,
+        } => {
+            let p = c
+                .put_provisioned_concurrency_config(pb::PutProvisionedConcurrencyConfigRequest {
+                    function_name,
+                    qualifier,
+                    provisioned_concurrent_executions,
+                })
+                .await
+                .map_err(svc("PutProvisionedConcurrencyConfig"))?
+                .into_inner();
+            emit(
+                output,
+                provisioned_json(&p),
+                PROVISIONED_HEADERS,
+                vec![provisioned_row(&p)],
+            );
+        }
+        Command::GetProvisionedConcurrencyConfig {
+            function_name,
+            qualifier,
+        } => {
+            let p = c
+                .get_provisioned_concurrency_config(pb::GetProvisionedConcurrencyConfigRequest {
+                    function_name,
+                    qualifier,
+                })
+                .await
+                .map_err(svc("GetProvisionedConcurrencyConfig"))?
+                .into_inner();
+            emit(
+                output,
+                provisioned_json(&p),
+                PROVISIONED_HEADERS,
+                vec![provisioned_row(&p)],
+            );
+        }
+        Command::ListProvisionedConcurrencyConfigs { function_name } => {
+            let r = c
+                .list_provisioned_concurrency_configs(
+                    pb::ListProvisionedConcurrencyConfigsRequest { function_name },
+                )
+                .await
+                .map_err(svc("ListProvisionedConcurrencyConfigs"))?
+                .into_inner();
+            let list = &r.provisioned_concurrency_configs;
+            emit(
+                output,
+                json!({"ProvisionedConcurrencyConfigs": list.iter().map(provisioned_json).collect::<Vec<_>>()}),
+                PROVISIONED_HEADERS,
+                list.iter().map(provisioned_row).collect(),
+            );
+        }
+        Command::DeleteProvisionedConcurrencyConfig {
+            function_name,
+            qualifier,
+        } => {
+            c.delete_provisioned_concurrency_config(
+                pb::DeleteProvisionedConcurrencyConfigRequest {
+                    function_name,
+                    qualifier,
+                },
+            )
+            .await
+            .map_err(svc("DeleteProvisionedConcurrencyConfig"))?;
+        }
         Command::PublishLayerVersion {
             layer_name,
             zip_file,
@@ -715,6 +903,22 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(),
                 format!(
                     "{} ({} MB guest memory, {} MB host RSS)",
                     info.instances, info.instance_memory_mb, info.instance_rss_mb
+                ),
+            ]);
+            rows.push(vec![
+                "capacity".into(),
+                format!(
+                    "{} instances max; memory budget {} MB ({} MB counted)",
+                    info.max_instances, info.memory_budget_mb, info.memory_charged_mb
+                ),
+            ]);
+            rows.push(vec![
+                "concurrency".into(),
+                format!(
+                    "{} running; {} reserved; unreserved minimum {}",
+                    info.running_invocations,
+                    info.reserved_concurrency,
+                    info.unreserved_concurrency_min
                 ),
             ]);
             rows.push(vec!["functions".into(), info.functions.to_string()]);

@@ -333,6 +333,7 @@ pub fn instance_json(i: &pb::InstanceInfo) -> Value {
         "Invocations": i.invocations,
         "LastUsed": i.last_used,
         "StartKind": i.start_kind,
+        "Provisioned": i.provisioned,
     })
 }
 
@@ -348,6 +349,12 @@ pub fn instance_row(i: &pb::InstanceInfo) -> Vec<String> {
         i.invocations.to_string(),
         i.last_used.clone(),
         i.start_kind.clone(),
+        if i.provisioned {
+            "provisioned"
+        } else {
+            "on-demand"
+        }
+        .into(),
     ]
 }
 
@@ -366,6 +373,12 @@ pub fn node_info_json(n: &pb::NodeInfo) -> Value {
         "InstanceMemoryMb": n.instance_memory_mb,
         "InstanceRssMb": n.instance_rss_mb,
         "Functions": n.functions,
+        "MaxInstances": n.max_instances,
+        "MemoryBudgetMb": n.memory_budget_mb,
+        "MemoryChargedMb": n.memory_charged_mb,
+        "ReservedConcurrency": n.reserved_concurrency,
+        "UnreservedConcurrencyMin": n.unreserved_concurrency_min,
+        "RunningInvocations": n.running_invocations,
         "DataDir": n.data_dir,
         "StartedAt": n.started_at,
     })

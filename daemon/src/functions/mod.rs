@@ -38,12 +38,30 @@ pub enum FunctionsError {
     AliasExists(String),
     #[error("Layer version not found: {0}")]
     LayerNotFound(String),
+    #[error("No Provisioned Concurrency Config found for this function: {0}")]
+    ProvisionedNotFound(String),
     #[error("{field}: {rule}")]
     Invalid { field: &'static str, rule: String },
     #[error("metadata store failed")]
     Store(#[from] rusqlite::Error),
     #[error("stored function {0} is corrupt: {1}")]
     Corrupt(String, String),
+}
+
+/// A provisioned-concurrency config of a published version or an alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionedConfig {
+    pub function: String,
+    pub qualifier: String,
+    pub requested: u32,
+    pub last_modified: String,
+}
+
+impl ProvisionedConfig {
+    /// Its name in the pool's books: `function:qualifier`.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.function, self.qualifier)
+    }
 }
 
 fn invalid(field: &'static str, rule: impl Into<String>) -> FunctionsError {

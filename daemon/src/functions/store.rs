@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 
-use super::{Alias, Function, FunctionsError, LayerVersion, LATEST};
+use super::{Alias, Function, FunctionsError, LayerVersion, ProvisionedConfig, LATEST};
 
 pub struct FunctionStore {
     conn: Mutex<Connection>,
@@ -38,6 +38,17 @@ CREATE TABLE IF NOT EXISTS layer_versions (
     version INTEGER NOT NULL,
     record  TEXT NOT NULL,
     PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS fn_concurrency (
+    name     TEXT PRIMARY KEY,
+    reserved INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fn_provisioned (
+    function      TEXT NOT NULL,
+    qualifier     TEXT NOT NULL,
+    requested     INTEGER NOT NULL,
+    last_modified TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier)
 );
 CREATE TABLE IF NOT EXISTS layer_names (
     name         TEXT PRIMARY KEY,
@@ -137,6 +148,11 @@ impl FunctionStore {
         tx.execute("DELETE FROM fn_latest WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM fn_versions WHERE name = ?1", params![name])?;
         tx.execute("DELETE FROM fn_aliases WHERE function = ?1", params![name])?;
+        tx.execute("DELETE FROM fn_concurrency WHERE name = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM fn_provisioned WHERE function = ?1",
+            params![name],
+        )?;
         tx.commit()?;
         Ok(deleted)
     }
@@ -281,13 +297,95 @@ impl FunctionStore {
         rows.map(|r| from_json(function, &r?)).collect()
     }
 
+    /// Deletes an alias and its provisioned-concurrency config.
     pub fn delete_alias(&self, function: &str, name: &str) -> Result<(), FunctionsError> {
-        let n = self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "DELETE FROM fn_aliases WHERE function = ?1 AND name = ?2",
             params![function, name],
         )?;
         if n == 0 {
             return Err(FunctionsError::AliasNotFound(format!("{function}:{name}")));
+        }
+        tx.execute(
+            "DELETE FROM fn_provisioned WHERE function = ?1 AND qualifier = ?2",
+            params![function, name],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- concurrency
+
+    /// Sets or (with `None`) removes a function's reserved concurrency.
+    pub fn set_reserved(&self, name: &str, reserved: Option<u32>) -> Result<(), FunctionsError> {
+        let conn = self.conn();
+        match reserved {
+            Some(n) => conn.execute(
+                "INSERT INTO fn_concurrency (name, reserved) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET reserved = excluded.reserved",
+                params![name, n],
+            )?,
+            None => conn.execute("DELETE FROM fn_concurrency WHERE name = ?1", params![name])?,
+        };
+        Ok(())
+    }
+
+    /// Every reservation, by function.
+    pub fn reserved(&self) -> Result<Vec<(String, u32)>, FunctionsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, reserved FROM fn_concurrency ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Creates or replaces a provisioned-concurrency config.
+    pub fn put_provisioned(&self, p: &ProvisionedConfig) -> Result<(), FunctionsError> {
+        self.conn().execute(
+            "INSERT INTO fn_provisioned (function, qualifier, requested, last_modified)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (function, qualifier) DO UPDATE
+             SET requested = excluded.requested, last_modified = excluded.last_modified",
+            params![p.function, p.qualifier, p.requested, p.last_modified],
+        )?;
+        Ok(())
+    }
+
+    /// Provisioned-concurrency configs: of one function, or (empty) all.
+    pub fn list_provisioned(
+        &self,
+        function: &str,
+    ) -> Result<Vec<ProvisionedConfig>, FunctionsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT function, qualifier, requested, last_modified FROM fn_provisioned
+             WHERE ?1 = '' OR function = ?1 ORDER BY function, qualifier",
+        )?;
+        let rows = stmt.query_map(params![function], |r| {
+            Ok(ProvisionedConfig {
+                function: r.get(0)?,
+                qualifier: r.get(1)?,
+                requested: r.get(2)?,
+                last_modified: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn delete_provisioned(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Result<(), FunctionsError> {
+        let n = self.conn().execute(
+            "DELETE FROM fn_provisioned WHERE function = ?1 AND qualifier = ?2",
+            params![function, qualifier],
+        )?;
+        if n == 0 {
+            return Err(FunctionsError::ProvisionedNotFound(format!(
+                "{function}:{qualifier}"
+            )));
         }
         Ok(())
     }

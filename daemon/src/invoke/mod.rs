@@ -12,7 +12,7 @@ use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError,
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
 use crate::pool::{
-    exit_reason, slot_key, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
+    exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
     Started as InstanceStart,
 };
 
@@ -142,7 +142,7 @@ impl Invoker {
         })
     }
 
-    /// Starts an instance of `f` outside any slot (the invocation path puts
+    /// Starts an instance of `f` outside the books (the invocation path puts
     /// it in one; benchmarks and pre-warming keep it themselves).
     pub async fn start_instance(
         &self,
@@ -190,45 +190,40 @@ impl Invoker {
             InvocationType::RequestResponse => {}
         }
 
-        let slot_ref = self.pool.slot(&slot_key(&f.name, &f.version));
-        let mut slot = slot_ref.lock().await;
-
-        // An instance of an older revision, or one whose VM died, is retired.
-        if let Some(mut inst) = slot.instance.take() {
-            if inst.revision == f.revision
-                && inst.code_sha256 == f.code_sha256_hex
-                && inst.is_alive()
-            {
-                slot.instance = Some(inst);
-            } else {
-                inst.stop().await;
-            }
-        }
-
-        if slot.instance.is_none() {
-            let instance_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-            let log = self.logs.open_stream(&f.name, &f.version, &instance_id)?;
-            log.start_capture();
-            match self.start_instance(&f, instance_id, log.clone()).await? {
-                InstanceStart::Ready(inst) => slot.instance = Some(inst),
-                InstanceStart::InitFailed {
-                    error_type,
-                    payload,
-                    init_duration,
-                } => {
-                    return Ok(self.init_failed(
-                        &f,
-                        &req,
-                        &log,
-                        request_id,
-                        &error_type,
+        // Admitted first (within the function's reserved concurrency or
+        // the node's unreserved share), then given an instance.
+        let _ticket = self.pool.admit(&f.name)?;
+        let mut lease = match self.pool.checkout(&f).await {
+            Some(lease) => lease,
+            None => {
+                let mut lease = self.pool.book(&f, None).await?;
+                let log = self.logs.open_stream(&f.name, &f.version, &lease.id)?;
+                log.start_capture();
+                match self
+                    .start_instance(&f, lease.id.clone(), log.clone())
+                    .await?
+                {
+                    InstanceStart::Ready(inst) => lease.set(inst),
+                    InstanceStart::InitFailed {
+                        error_type,
                         payload,
                         init_duration,
-                    ));
+                    } => {
+                        return Ok(self.init_failed(
+                            &f,
+                            &req,
+                            &log,
+                            request_id,
+                            &error_type,
+                            payload,
+                            init_duration,
+                        ));
+                    }
                 }
+                lease
             }
-        }
-        let inst = slot.instance.as_mut().expect("instance just ensured");
+        };
+        let inst = lease.instance().expect("a leased instance is started");
         if inst.pending_init.is_none() && inst.pending_restore.is_none() {
             inst.log.start_capture();
         }
@@ -274,29 +269,9 @@ impl Invoker {
         );
         inst.set_state(InstanceState::Idle);
         if destroy {
-            if let Some(inst) = slot.instance.take() {
-                inst.stop().await;
-            }
-        } else if self.pool.freeze_idle() {
-            // Frozen off the response path: the caller does not wait for it,
-            // and an invocation that comes first simply finds it running.
-            let slot_ref = slot_ref.clone();
-            tokio::spawn(async move {
-                let mut slot = slot_ref.lock().await;
-                let Some(inst) = slot.instance.as_mut() else {
-                    return;
-                };
-                if inst.state != InstanceState::Idle {
-                    return;
-                }
-                if let Err(e) = inst.freeze().await {
-                    // An instance that cannot be frozen cannot be trusted either.
-                    tracing::warn!(instance = %inst.id, error = %e, "freezing failed; stopping the instance");
-                    if let Some(inst) = slot.instance.take() {
-                        inst.stop().await;
-                    }
-                }
-            });
+            self.pool.discard(lease).await;
+        } else {
+            self.pool.release(lease);
         }
         let tail = log.take_capture();
         Ok(InvokeResult {

@@ -82,6 +82,8 @@ pub struct InstanceInfo {
     /// How it started: "boot".
     pub start_kind: &'static str,
     pub pid: u32,
+    /// Kept ready by a provisioned-concurrency config.
+    pub provisioned: bool,
 }
 
 pub type Registry = Arc<Mutex<HashMap<String, Arc<Mutex<InstanceInfo>>>>>;
@@ -129,6 +131,7 @@ impl Instance {
             last_used: None,
             start_kind,
             pid: vm.stats().pid,
+            provisioned: false,
         }));
         registry
             .lock()
@@ -245,6 +248,17 @@ impl Instance {
         self.vm.resume().await?;
         self.set_state(InstanceState::Idle);
         Ok(t.elapsed())
+    }
+
+    /// Marks it as kept by a provisioned-concurrency config, whose
+    /// invocations report neither init nor restore.
+    pub fn mark_provisioned(&mut self) {
+        self.pending_init = None;
+        self.pending_restore = None;
+        self.info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .provisioned = true;
     }
 
     /// When it last finished an invocation (or was created).

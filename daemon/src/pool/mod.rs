@@ -1,8 +1,14 @@
-//! Instances of functions: starting them (boot, configure, init), keeping
-//! the warm one for reuse, retiring stale or broken ones.
+//! Instances of functions: starting them (boot, configure, init), lending a
+//! free one to each invocation, and the node's books on capacity: reserved
+//! concurrency, the unreserved share, the instance and memory limits, and
+//! eviction of the least recently used idle instance.
 //!
-//! For now a function has at most one instance; concurrent invocations of
-//! one function wait for it in turn.
+//! A function version has any number of instances, each serving one
+//! invocation at a time. An invocation is first *admitted* (a [`Ticket`]:
+//! its function's reserved concurrency, or the node's unreserved share, has
+//! room), then *leased* an instance ([`Lease`]): a free one of its version,
+//! provisioned ones first and then the most recently used, or a new one
+//! when the node has room (after evicting idle instances if it must).
 
 mod instance;
 mod start;
@@ -10,9 +16,12 @@ mod start;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::OwnedMutexGuard;
 
 use crate::engine::{Engine, EngineError};
+use crate::functions::Function;
 use crate::logs::FunctionLogs;
 use crate::snapshot::SnapshotStore;
 
@@ -34,9 +43,31 @@ pub enum PoolError {
     Snapshot(String),
     #[error("the restored guest did not answer: {0}")]
     ResumeFailed(String),
+    #[error("Rate Exceeded: {detail}")]
+    Throttled { reason: Throttle, detail: String },
 }
 
-/// Where instances come from.
+/// Why an invocation was refused for lack of capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// The function's reserved concurrency is all in use (or is 0).
+    Reserved,
+    /// The node's unreserved share, its instance limit or its memory budget
+    /// is used up.
+    Node,
+}
+
+impl Throttle {
+    /// Lambda's `Reason` of a `TooManyRequestsException`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Throttle::Reserved => "ReservedFunctionConcurrentInvocationLimitExceeded",
+            Throttle::Node => "ConcurrentInvocationLimitExceeded",
+        }
+    }
+}
+
+/// Where instances come from, and the node's limits.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     pub kernel: PathBuf,
@@ -54,12 +85,13 @@ pub struct PoolSettings {
     pub freeze_idle: bool,
     /// Stop instances idle for longer than this.
     pub idle_timeout: Duration,
-}
-
-/// The per-function place of its instance.
-#[derive(Default)]
-pub struct Slot {
-    pub instance: Option<Instance>,
+    /// At most this many instances on the node (busy, idle and starting).
+    pub max_instances: u32,
+    /// Host memory the instances may use, in MB.
+    pub memory_budget_mb: u64,
+    /// Concurrency that reservations can never take from the functions
+    /// without one.
+    pub unreserved_min: u32,
 }
 
 /// The result of starting an instance: ready, or its init failed (a function
@@ -85,11 +117,128 @@ struct SpareList {
 /// Spares by snapshot key.
 type Spares = Mutex<HashMap<String, SpareList>>;
 
+/// The place of one instance; empty while it starts, and after it stopped.
+type Cell = Arc<tokio::sync::Mutex<Option<Instance>>>;
+
+/// One instance in the books.
+struct Member {
+    function: String,
+    version: String,
+    /// The provisioned-concurrency config (`function:qualifier`) it serves.
+    provisioned: Option<String>,
+    /// Leased to an invocation, or starting.
+    busy: bool,
+    /// Started and not yet stopped.
+    ready: bool,
+    last_used: Instant,
+    memory_mb: u64,
+    /// What it counts against the memory budget: its full size while busy
+    /// or starting, the host memory it was measured to use while idle.
+    charge_mb: u64,
+    cell: Cell,
+}
+
+#[derive(Default)]
+struct Books {
+    members: HashMap<String, Member>,
+    /// Concurrent invocations per function.
+    running: HashMap<String, u32>,
+    /// Reserved concurrency per function.
+    reserved: HashMap<String, u32>,
+}
+
+impl Books {
+    fn charged_mb(&self) -> u64 {
+        self.members.values().map(|m| m.charge_mb).sum()
+    }
+}
+
+type SharedBooks = Arc<Mutex<Books>>;
+
+fn lock(books: &SharedBooks) -> std::sync::MutexGuard<'_, Books> {
+    books.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An admitted invocation; it counts against its function's concurrency
+/// until dropped.
+pub struct Ticket {
+    books: SharedBooks,
+    function: String,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut b = lock(&self.books);
+        if let Some(n) = b.running.get_mut(&self.function) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                b.running.remove(&self.function);
+            }
+        }
+    }
+}
+
+/// An instance lent to one invocation (or being started). Given back with
+/// [`Pool::release`] or [`Pool::discard`]; dropped otherwise, the instance
+/// is stopped.
+pub struct Lease {
+    pub id: String,
+    guard: Option<OwnedMutexGuard<Option<Instance>>>,
+    books: SharedBooks,
+}
+
+impl Lease {
+    /// The leased instance; `None` while it starts.
+    pub fn instance(&mut self) -> Option<&mut Instance> {
+        self.guard.as_mut().and_then(|g| g.as_mut())
+    }
+
+    /// Puts a started instance in its place.
+    pub fn set(&mut self, inst: Instance) {
+        if let Some(g) = self.guard.as_mut() {
+            **g = Some(inst);
+        }
+        if let Some(m) = lock(&self.books).members.get_mut(&self.id) {
+            m.ready = true;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.guard.take() else {
+            return;
+        };
+        lock(&self.books).members.remove(&self.id);
+        if let Some(inst) = guard.take() {
+            tokio::spawn(inst.stop());
+        }
+    }
+}
+
+/// How many instances a provisioned-concurrency config has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProvisionedCount {
+    pub starting: u32,
+    pub ready: u32,
+    pub busy: u32,
+}
+
+/// The node's capacity and its use, for `GetNodeInfo`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capacity {
+    pub max_instances: u32,
+    pub memory_budget_mb: u64,
+    pub charged_mb: u64,
+    pub reserved_total: u32,
+    pub unreserved_min: u32,
+    pub running: u32,
+}
+
 pub struct Pool {
     engine: Arc<dyn Engine>,
     settings: PoolSettings,
-    /// One slot per function version, keyed `name:version`.
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    books: SharedBooks,
     registry: instance::Registry,
     /// None when snapshots are off.
     snapshots: Option<Arc<SnapshotStore>>,
@@ -101,15 +250,14 @@ pub struct Pool {
     spares: Arc<Spares>,
 }
 
-/// The slot key of a function version.
-pub fn slot_key(function: &str, version: &str) -> String {
-    format!("{function}:{version}")
-}
-
 fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
     serde_json::json!({"errorType": error_type, "errorMessage": message})
         .to_string()
         .into_bytes()
+}
+
+fn mb(kb: u64) -> u64 {
+    kb.div_ceil(1024)
 }
 
 impl Pool {
@@ -122,7 +270,7 @@ impl Pool {
         Self {
             engine,
             settings,
-            slots: Mutex::new(HashMap::new()),
+            books: Default::default(),
             registry: Default::default(),
             snapshots,
             template_logs,
@@ -135,37 +283,310 @@ impl Pool {
         self.snapshots.as_ref()
     }
 
-    /// Whether idle instances are frozen.
-    pub fn freeze_idle(&self) -> bool {
-        self.settings.freeze_idle
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
     }
 
-    /// Stops instances idle for longer than the idle timeout (busy ones are
-    /// skipped). Returns the ids stopped.
-    pub async fn reclaim_idle(&self) -> Vec<String> {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let cutoff = std::time::SystemTime::now() - self.settings.idle_timeout;
-        let mut stopped = Vec::new();
-        for slot in slots {
-            // A slot that is locked is in use: not idle.
-            let Ok(mut slot) = slot.try_lock() else {
-                continue;
-            };
-            let idle = slot
-                .instance
-                .as_ref()
-                .is_some_and(|i| i.last_used() < cutoff);
-            if idle {
-                if let Some(inst) = slot.instance.take() {
-                    stopped.push(inst.id.clone());
-                    inst.stop().await;
+    pub fn settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
+    // ------------------------------------------------------------ admission
+
+    /// Sets (or, with `None`, removes) a function's reserved concurrency.
+    pub fn set_reserved(&self, function: &str, reserved: Option<u32>) {
+        let mut b = lock(&self.books);
+        match reserved {
+            Some(n) => b.reserved.insert(function.to_string(), n),
+            None => b.reserved.remove(function),
+        };
+    }
+
+    /// Admits one invocation of `function`, or throttles it: over its
+    /// reserved concurrency, or (without a reservation) over the node's
+    /// unreserved share.
+    pub fn admit(&self, function: &str) -> Result<Ticket, PoolError> {
+        let mut b = lock(&self.books);
+        let running = b.running.get(function).copied().unwrap_or(0);
+        match b.reserved.get(function) {
+            Some(&r) if running >= r => {
+                return Err(PoolError::Throttled {
+                    reason: Throttle::Reserved,
+                    detail: format!(
+                        "function {function} has a reserved concurrency of {r} and {running} invocations running"
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => {
+                let reserved_total: u32 = b.reserved.values().sum();
+                let share = self.settings.max_instances.saturating_sub(reserved_total);
+                let unreserved_running: u32 = b
+                    .running
+                    .iter()
+                    .filter(|(f, _)| !b.reserved.contains_key(*f))
+                    .map(|(_, n)| n)
+                    .sum();
+                if unreserved_running >= share {
+                    return Err(PoolError::Throttled {
+                        reason: Throttle::Node,
+                        detail: format!("the node's unreserved concurrency of {share} is in use"),
+                    });
                 }
+            }
+        }
+        *b.running.entry(function.to_string()).or_default() += 1;
+        Ok(Ticket {
+            books: self.books.clone(),
+            function: function.to_string(),
+        })
+    }
+
+    // -------------------------------------------------------------- leasing
+
+    /// Leases a free instance of `f`'s version: a provisioned one first,
+    /// then the most recently used. Instances of an older revision and dead
+    /// ones met on the way are stopped.
+    pub async fn checkout(&self, f: &Function) -> Option<Lease> {
+        loop {
+            let (id, cell) = {
+                let mut b = lock(&self.books);
+                let id = b
+                    .members
+                    .iter()
+                    .filter(|(_, m)| {
+                        !m.busy && m.ready && m.function == f.name && m.version == f.version
+                    })
+                    .max_by_key(|(_, m)| (m.provisioned.is_some(), m.last_used))
+                    .map(|(id, _)| id.clone())?;
+                let m = b.members.get_mut(&id).expect("member just found");
+                m.busy = true;
+                m.charge_mb = m.memory_mb;
+                (id, m.cell.clone())
+            };
+            let mut lease = Lease {
+                id,
+                guard: Some(cell.lock_owned().await),
+                books: self.books.clone(),
+            };
+            let usable = lease.instance().is_some_and(|i| {
+                i.revision == f.revision && i.code_sha256 == f.code_sha256_hex && i.is_alive()
+            });
+            if usable {
+                return Some(lease);
+            }
+            // Dropping the lease stops it.
+        }
+    }
+
+    /// Makes room for and books a new instance of `f` (an empty lease, to
+    /// [`Lease::set`] once started). Idle on-demand instances are evicted,
+    /// least recently used first, when the node's instance limit or memory
+    /// budget is reached; busy and provisioned ones never are.
+    pub async fn book(
+        &self,
+        f: &Function,
+        provisioned: Option<String>,
+    ) -> Result<Lease, PoolError> {
+        let (lease, evicted) = self.book_now(f, provisioned)?;
+        // Stopped before the new one starts, so that their memory is free.
+        for cell in evicted {
+            stop_cell(cell).await;
+        }
+        Ok(lease)
+    }
+
+    /// The bookkeeping of [`Pool::book`]: the new lease and the cells of
+    /// the instances evicted for it.
+    fn book_now(
+        &self,
+        f: &Function,
+        provisioned: Option<String>,
+    ) -> Result<(Lease, Vec<Cell>), PoolError> {
+        let need = f.memory_mb as u64;
+        let (max, budget) = (
+            self.settings.max_instances as usize,
+            self.settings.memory_budget_mb,
+        );
+        let mut b = lock(&self.books);
+        let mut candidates: Vec<(&String, &Member)> = b
+            .members
+            .iter()
+            .filter(|(_, m)| !m.busy && m.provisioned.is_none())
+            .collect();
+        candidates.sort_by_key(|(_, m)| m.last_used);
+        let (mut count, mut charged) = (b.members.len(), b.charged_mb());
+        let mut victims = Vec::new();
+        let mut candidates = candidates.into_iter();
+        while count >= max || charged + need > budget {
+            let Some((id, m)) = candidates.next() else {
+                let detail = if count >= max {
+                    format!("the node's {max} instances are in use")
+                } else {
+                    format!(
+                        "the node's memory budget of {budget} MB cannot fit another {need} MB instance ({charged} MB in use)"
+                    )
+                };
+                return Err(PoolError::Throttled {
+                    reason: Throttle::Node,
+                    detail,
+                });
+            };
+            victims.push(id.clone());
+            count -= 1;
+            charged -= m.charge_mb;
+        }
+        let mut evicted = Vec::new();
+        for id in victims {
+            if let Some(m) = b.members.remove(&id) {
+                tracing::info!(instance = %id, function = %m.function, "evicting the least recently used idle instance");
+                evicted.push(m.cell);
+            }
+        }
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let cell: Cell = Default::default();
+        let guard = cell
+            .clone()
+            .try_lock_owned()
+            .expect("a new cell is unlocked");
+        b.members.insert(
+            id.clone(),
+            Member {
+                function: f.name.clone(),
+                version: f.version.clone(),
+                provisioned,
+                busy: true,
+                ready: false,
+                last_used: Instant::now(),
+                memory_mb: need,
+                charge_mb: need,
+                cell,
+            },
+        );
+        let lease = Lease {
+            id,
+            guard: Some(guard),
+            books: self.books.clone(),
+        };
+        Ok((lease, evicted))
+    }
+
+    /// Gives a leased instance back: it is free for the next invocation,
+    /// and frozen (when configured) and measured off the response path.
+    pub fn release(&self, mut lease: Lease) {
+        let Some(guard) = lease.guard.take() else {
+            return;
+        };
+        let cell = {
+            let mut b = lock(&self.books);
+            let Some(m) = b.members.get_mut(&lease.id) else {
+                // Stopped meanwhile (its function was deleted).
+                drop(b);
+                let mut guard = guard;
+                if let Some(inst) = guard.take() {
+                    tokio::spawn(inst.stop());
+                }
+                return;
+            };
+            m.busy = false;
+            m.last_used = Instant::now();
+            m.cell.clone()
+        };
+        drop(guard);
+        let (books, id, freeze) = (
+            self.books.clone(),
+            lease.id.clone(),
+            self.settings.freeze_idle,
+        );
+        tokio::spawn(async move {
+            let mut slot = cell.lock().await;
+            let Some(inst) = slot.as_mut() else {
+                return;
+            };
+            // An invocation that came first finds it running.
+            if lock(&books).members.get(&id).is_none_or(|m| m.busy) {
+                return;
+            }
+            if freeze && inst.state == InstanceState::Idle {
+                if let Err(e) = inst.freeze().await {
+                    // An instance that cannot be frozen cannot be trusted either.
+                    tracing::warn!(instance = %id, error = %e, "freezing failed; stopping the instance");
+                    lock(&books).members.remove(&id);
+                    if let Some(inst) = slot.take() {
+                        inst.stop().await;
+                    }
+                    return;
+                }
+            }
+            let used = mb(inst.pss_kb());
+            if let Some(m) = lock(&books).members.get_mut(&id) {
+                if !m.busy {
+                    m.charge_mb = used.max(1);
+                }
+            }
+        });
+    }
+
+    /// Stops a leased instance that cannot be reused.
+    pub async fn discard(&self, mut lease: Lease) {
+        lock(&self.books).members.remove(&lease.id);
+        if let Some(mut guard) = lease.guard.take() {
+            if let Some(inst) = guard.take() {
+                inst.stop().await;
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ reclaiming
+
+    /// Removes the members `pick` selects from the books and stops their
+    /// instances, each after its running invocation. Returns their ids.
+    async fn stop_where(&self, pick: impl Fn(&str, &Member) -> bool) -> Vec<String> {
+        let cells: Vec<(String, Cell)> = {
+            let b = lock(&self.books);
+            b.members
+                .iter()
+                .filter(|(id, m)| pick(id, m))
+                .map(|(id, m)| (id.clone(), m.cell.clone()))
+                .collect()
+        };
+        let mut stopped = Vec::new();
+        for (id, cell) in cells {
+            let mut slot = cell.lock().await;
+            lock(&self.books).members.remove(&id);
+            if let Some(inst) = slot.take() {
+                inst.stop().await;
+                stopped.push(id);
+            }
+        }
+        stopped
+    }
+
+    /// Stops on-demand instances idle for longer than the idle timeout.
+    /// Returns the ids stopped.
+    pub async fn reclaim_idle(&self) -> Vec<String> {
+        let Some(cutoff) = Instant::now().checked_sub(self.settings.idle_timeout) else {
+            return Vec::new();
+        };
+        let ids: Vec<(String, Cell)> = {
+            let mut b = lock(&self.books);
+            let ids: Vec<String> = b
+                .members
+                .iter()
+                .filter(|(_, m)| {
+                    !m.busy && m.ready && m.provisioned.is_none() && m.last_used < cutoff
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| b.members.remove(&id).map(|m| (id, m.cell)))
+                .collect()
+        };
+        let mut stopped = Vec::new();
+        for (id, cell) in ids {
+            if let Some(inst) = cell.lock().await.take() {
+                inst.stop().await;
+                stopped.push(id);
             }
         }
         stopped
@@ -185,40 +606,7 @@ impl Pool {
     /// Stops one instance, after its running invocation if it has one.
     /// Returns whether it was found.
     pub async fn stop_instance(&self, id: &str) -> bool {
-        let Some((function, version)) = self
-            .registry
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .map(|i| {
-                let i = i.lock().unwrap_or_else(|p| p.into_inner());
-                (i.function.clone(), i.version.clone())
-            })
-        else {
-            return false;
-        };
-        let slot = self.slot(&slot_key(&function, &version));
-        let mut slot = slot.lock().await;
-        if slot.instance.as_ref().is_some_and(|i| i.id == id) {
-            if let Some(inst) = slot.instance.take() {
-                inst.stop().await;
-                return true;
-            }
-        }
-        false
-    }
-
-    pub fn engine(&self) -> &Arc<dyn Engine> {
-        &self.engine
-    }
-
-    pub fn slot(&self, function: &str) -> Arc<tokio::sync::Mutex<Slot>> {
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(function.to_string())
-            .or_default()
-            .clone()
+        !self.stop_where(|mid, _| mid == id).await.is_empty()
     }
 
     /// Stops the QEMU processes started ahead for a function's snapshots
@@ -241,62 +629,25 @@ impl Pool {
         }
     }
 
-    /// Stops the instance of one function version, after its running
-    /// invocation if it has one.
+    /// Stops the instances of one function version, each after its running
+    /// invocation.
     pub async fn retire_version(&self, function: &str, version: &str) {
         self.drop_spares(function).await;
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&slot_key(function, version))
-            .cloned();
-        if let Some(slot) = slot {
-            let mut slot = slot.lock().await;
-            if let Some(inst) = slot.instance.take() {
-                inst.stop().await;
-            }
-        }
+        self.stop_where(|_, m| m.function == function && m.version == version)
+            .await;
     }
 
     /// Stops every instance of a function (each after its running
-    /// invocation). Returns the ids stopped.
+    /// invocation) and forgets its reservation. Returns the ids stopped.
     pub async fn retire(&self, function: &str) -> Vec<String> {
         self.drop_spares(function).await;
-        let prefix = format!("{function}:");
-        let slots: Vec<_> = {
-            let mut map = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<String> = map
-                .keys()
-                .filter(|k| k.starts_with(&prefix))
-                .cloned()
-                .collect();
-            keys.into_iter().filter_map(|k| map.remove(&k)).collect()
-        };
-        let mut stopped = Vec::new();
-        for slot in slots {
-            if let Some(inst) = slot.lock().await.instance.take() {
-                stopped.push(inst.id.clone());
-                inst.stop().await;
-            }
-        }
-        stopped
+        self.set_reserved(function, None);
+        self.stop_where(|_, m| m.function == function).await
     }
 
     /// Stops every instance.
     pub async fn shutdown(&self) {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
-        for slot in slots {
-            if let Some(inst) = slot.lock().await.instance.take() {
-                inst.stop().await;
-            }
-        }
+        self.stop_where(|_, _| true).await;
         let spares: Vec<_> = self
             .spares
             .lock()
@@ -307,6 +658,117 @@ impl Pool {
         for mut vm in spares {
             let _ = vm.stop().await;
         }
+    }
+
+    // ------------------------------------------------------------ provisioned
+
+    /// The instances of a provisioned-concurrency config.
+    pub fn provisioned_count(&self, config: &str) -> ProvisionedCount {
+        let b = lock(&self.books);
+        let mut c = ProvisionedCount::default();
+        for m in b.members.values() {
+            if m.provisioned.as_deref() != Some(config) {
+                continue;
+            }
+            if !m.ready {
+                c.starting += 1;
+            } else {
+                c.ready += 1;
+                if m.busy {
+                    c.busy += 1;
+                }
+            }
+        }
+        c
+    }
+
+    /// Stops a config's instances that no longer serve it: of another
+    /// version or revision than `f`, dead, or (with `f` `None`) all of them.
+    /// Returns how many were stopped.
+    pub async fn prune_provisioned(&self, config: &str, f: Option<&Function>) -> usize {
+        let members: Vec<(String, Cell, bool)> = {
+            let b = lock(&self.books);
+            b.members
+                .iter()
+                .filter(|(_, m)| m.provisioned.as_deref() == Some(config) && m.ready)
+                .map(|(id, m)| {
+                    let other = f.is_none_or(|f| m.function != f.name || m.version != f.version);
+                    (id.clone(), m.cell.clone(), other)
+                })
+                .collect()
+        };
+        let mut stopped = 0;
+        for (id, cell, other) in members {
+            // Busy instances are checked when they come back.
+            let Ok(mut slot) = cell.try_lock() else {
+                if !other {
+                    continue;
+                }
+                let mut slot = cell.lock().await;
+                lock(&self.books).members.remove(&id);
+                if let Some(inst) = slot.take() {
+                    inst.stop().await;
+                    stopped += 1;
+                }
+                continue;
+            };
+            let keep = !other
+                && slot.as_mut().is_some_and(|i| {
+                    f.is_some_and(|f| {
+                        i.revision == f.revision && i.code_sha256 == f.code_sha256_hex
+                    }) && i.is_alive()
+                });
+            if !keep {
+                lock(&self.books).members.remove(&id);
+                if let Some(inst) = slot.take() {
+                    tracing::info!(instance = %id, config, "stopping a provisioned instance that no longer serves its config");
+                    inst.stop().await;
+                }
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// Stops `n` idle instances of a config (a lowered request), least
+    /// recently used first.
+    pub async fn shrink_provisioned(&self, config: &str, n: usize) {
+        let cells: Vec<Cell> = {
+            let mut b = lock(&self.books);
+            let mut idle: Vec<(&String, &Member)> = b
+                .members
+                .iter()
+                .filter(|(_, m)| m.provisioned.as_deref() == Some(config) && m.ready && !m.busy)
+                .collect();
+            idle.sort_by_key(|(_, m)| m.last_used);
+            let ids: Vec<String> = idle.into_iter().take(n).map(|(id, _)| id.clone()).collect();
+            ids.iter()
+                .filter_map(|id| b.members.remove(id).map(|m| m.cell))
+                .collect()
+        };
+        for cell in cells {
+            stop_cell(cell).await;
+        }
+    }
+
+    /// The node's capacity and its use.
+    pub fn capacity(&self) -> Capacity {
+        let b = lock(&self.books);
+        Capacity {
+            max_instances: self.settings.max_instances,
+            memory_budget_mb: self.settings.memory_budget_mb,
+            charged_mb: b.charged_mb(),
+            reserved_total: b.reserved.values().sum(),
+            unreserved_min: self.settings.unreserved_min,
+            running: b.running.values().sum(),
+        }
+    }
+}
+
+/// Stops the instance in a cell (after the invocation or freeze holding it).
+async fn stop_cell(cell: Cell) {
+    if let Some(inst) = cell.lock().await.take() {
+        inst.stop().await;
     }
 }
 

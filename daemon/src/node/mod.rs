@@ -15,7 +15,11 @@ use crate::functions::{
 use crate::invoke::{InvokeError, InvokeRequest, InvokeResult, Invoker};
 use crate::logs::FunctionLogs;
 use crate::packages::{CodeImage, CodeStore, PackageError, PackageRules, Runtime, MAX_UNZIPPED};
-use crate::pool::{InstanceInfo, Pool, PoolSettings};
+use crate::pool::{Capacity, InstanceInfo, Pool, PoolSettings};
+
+mod concurrency;
+
+pub use concurrency::{ProvisionedStatus, ProvisionedView, Provisioning};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -52,7 +56,8 @@ pub struct Node {
     code: Arc<CodeStore>,
     pool: Arc<Pool>,
     logs: FunctionLogs,
-    invoker: Invoker,
+    invoker: Arc<Invoker>,
+    provisioning: Arc<Provisioning>,
     started: SystemTime,
 }
 
@@ -109,18 +114,24 @@ impl Node {
                 spare_vms: config.spare_vms,
                 freeze_idle: config.freeze_idle,
                 idle_timeout: config.idle_timeout,
+                max_instances: config.max_instances,
+                memory_budget_mb: config.memory_budget_mb,
+                unreserved_min: config.unreserved_min(),
             },
             snapshots,
             logs.clone(),
         ));
-        let invoker = Invoker {
+        for (function, reserved) in store.reserved()? {
+            pool.set_reserved(&function, Some(reserved));
+        }
+        let invoker = Arc::new(Invoker {
             store: store.clone(),
             code: code.clone(),
             pool: pool.clone(),
             logs: logs.clone(),
             region: config.region.clone(),
             account_id: config.account_id.clone(),
-        };
+        });
         Ok(Self {
             config,
             store,
@@ -128,6 +139,7 @@ impl Node {
             pool,
             logs,
             invoker,
+            provisioning: Default::default(),
             started: SystemTime::now(),
         })
     }
@@ -637,8 +649,24 @@ impl Node {
         }
     }
 
+    /// Runs an invocation to its end even if the caller goes away: an
+    /// accepted invocation is never cut off half way.
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, NodeError> {
-        Ok(self.invoker.invoke(req).await?)
+        let invoker = self.invoker.clone();
+        tokio::spawn(async move { invoker.invoke(req).await })
+            .await
+            .map_err(|e| NodeError::Join(e.to_string()))?
+            .map_err(NodeError::from)
+    }
+
+    /// The node's capacity and its use.
+    pub fn capacity(&self) -> Capacity {
+        self.pool.capacity()
+    }
+
+    /// The provisioning loop's state (the server runs the loop).
+    pub fn provisioning(&self) -> &Arc<Provisioning> {
+        &self.provisioning
     }
 
     pub fn instances(&self, function: &str) -> Vec<InstanceInfo> {

@@ -2,11 +2,17 @@
 //! densely it packs idle ones. Runs flintd in-process with real microVMs and
 //! prints a table and JSON naming the accelerator.
 //!
-//! Series, each Invoke-to-response through gRPC: a cold boot (snapshots
-//! off), a restore of the runtime snapshot (`$LATEST`, whose init then
-//! runs), a restore of a function snapshot (a published version), and a warm
-//! instance. Then the host memory of 1, 10 and 50 idle clones of one
-//! function snapshot.
+//! `--suite start` (the default), each Invoke-to-response through gRPC: a
+//! cold boot (snapshots off), a restore of the runtime snapshot (`$LATEST`,
+//! whose init then runs), a restore of a function snapshot (a published
+//! version), and a warm instance. Then the host memory of 1, 10 and 50 idle
+//! clones of one function snapshot.
+//!
+//! `--suite load`: concurrent clients on a warm function, a burst from zero
+//! instances, and how many frozen instances fit a memory budget (see
+//! `load.rs`).
+
+mod load;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,6 +57,25 @@ struct Args {
     /// this bootstrap (for example a binary built with AWS's lambda_runtime).
     #[arg(long)]
     provided_bootstrap: Option<PathBuf>,
+    /// Which measurements: `start` (latency by start kind, idle clones) or
+    /// `load` (concurrent clients, burst, frozen instances in a budget).
+    #[arg(long, default_value = "start")]
+    suite: String,
+    /// Load suite: concurrent client counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    clients: Vec<usize>,
+    /// Load suite: seconds measured at each client count.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Load suite: the node's instance limit.
+    #[arg(long, default_value_t = 64)]
+    max_instances: u32,
+    /// Load suite: concurrent invocations of the burst from zero instances.
+    #[arg(long, default_value_t = 16)]
+    burst: usize,
+    /// Load suite: the memory budget filled with frozen instances, MB.
+    #[arg(long, default_value_t = 4096)]
+    budget_mb: u64,
 }
 
 const APP: &[u8] = b"def handler(event, context):\n    return event\n";
@@ -184,6 +209,12 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let root = std::env::temp_dir().join(format!("flint-bench-{}", std::process::id()));
     let accel = flint_daemon::engine::detect_accel(args.accel)?;
+    if args.suite == "load" {
+        let r = rt.block_on(load::run(&args, &accel, &root));
+        let _ = std::fs::remove_dir_all(&root);
+        return r;
+    }
+    anyhow::ensure!(args.suite == "start", "--suite is start or load");
     let config = |name: &str, snapshots: bool| Config {
         data_dir: root.join(name).join("data"),
         listen: vec![Listen::Unix(root.join(name).join("flintd.sock"))],

@@ -1,0 +1,435 @@
+//! Reserved and provisioned concurrency: the API's rules, and the loop that
+//! keeps each provisioned-concurrency config's instances ready.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use super::{Node, NodeError};
+use crate::functions::{
+    parse_qualifier, Function, FunctionsError, ProvisionedConfig, Qualifier, LATEST,
+};
+use crate::invoke::Invoker;
+use crate::pool::{InstanceState, Lease, Pool, Started};
+
+/// Provisioned instances of one config started at the same time.
+const PARALLEL_STARTS: u32 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvisionedStatus {
+    InProgress,
+    Ready,
+    Failed,
+}
+
+impl ProvisionedStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProvisionedStatus::InProgress => "IN_PROGRESS",
+            ProvisionedStatus::Ready => "READY",
+            ProvisionedStatus::Failed => "FAILED",
+        }
+    }
+}
+
+/// A config as `GetProvisionedConcurrencyConfig` reports it.
+#[derive(Debug, Clone)]
+pub struct ProvisionedView {
+    pub config: ProvisionedConfig,
+    pub function_arn: String,
+    /// Instances initialised.
+    pub allocated: u32,
+    /// Instances initialised and not serving an invocation.
+    pub available: u32,
+    pub status: ProvisionedStatus,
+    pub reason: String,
+}
+
+/// Why a config failed.
+#[derive(Debug, Clone)]
+struct Failure {
+    reason: String,
+    /// Tried again on the next pass (capacity may come back); an init
+    /// failure is not retried until the config is put again.
+    retry: bool,
+}
+
+/// The provisioning loop's state.
+#[derive(Default)]
+pub struct Provisioning {
+    failed: Mutex<HashMap<String, Failure>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Provisioning {
+    fn failed(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failure>> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, key: &str, reason: String, retry: bool) {
+        tracing::warn!(config = key, %reason, "provisioned concurrency failed");
+        self.failed()
+            .insert(key.to_string(), Failure { reason, retry });
+    }
+
+    /// Wakes the loop (a config changed, an instance started or died).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for a wake-up or for `period`.
+    pub async fn wait(&self, period: std::time::Duration) {
+        let _ = tokio::time::timeout(period, self.wake.notified()).await;
+    }
+}
+
+fn invalid(field: &'static str, rule: impl Into<String>) -> NodeError {
+    FunctionsError::Invalid {
+        field,
+        rule: rule.into(),
+    }
+    .into()
+}
+
+impl Node {
+    /// What reservations may take in all: the node's instances less the
+    /// unreserved share.
+    fn reservable(&self) -> u32 {
+        self.config
+            .max_instances
+            .saturating_sub(self.config.unreserved_min())
+    }
+
+    /// Sets a function's reserved concurrency (0 throttles it entirely).
+    pub fn put_function_concurrency(&self, name: &str, reserved: i64) -> Result<u32, NodeError> {
+        self.store.get(name)?;
+        let reserved = u32::try_from(reserved)
+            .map_err(|_| invalid("ReservedConcurrentExecutions", "must be at least 0"))?;
+        let others: u32 = self
+            .store
+            .reserved()?
+            .into_iter()
+            .filter(|(n, _)| n != name)
+            .map(|(_, r)| r)
+            .sum();
+        if others + reserved > self.reservable() {
+            return Err(invalid(
+                "ReservedConcurrentExecutions",
+                format!(
+                    "Specified ReservedConcurrentExecutions for function decreases the node's UnreservedConcurrentExecution below its minimum value of [{}] ({} of {} instances are reserved by other functions)",
+                    self.config.unreserved_min(),
+                    others,
+                    self.config.max_instances
+                ),
+            ));
+        }
+        let provisioned: u32 = self
+            .store
+            .list_provisioned(name)?
+            .iter()
+            .map(|p| p.requested)
+            .sum();
+        if provisioned > reserved {
+            return Err(invalid(
+                "ReservedConcurrentExecutions",
+                format!(
+                    "cannot be less than the function's provisioned concurrency ({provisioned})"
+                ),
+            ));
+        }
+        self.store.set_reserved(name, Some(reserved))?;
+        self.pool.set_reserved(name, Some(reserved));
+        tracing::info!(function = %name, reserved, "reserved concurrency set");
+        Ok(reserved)
+    }
+
+    /// A function's reserved concurrency, if it has one.
+    pub fn get_function_concurrency(&self, name: &str) -> Result<Option<u32>, NodeError> {
+        self.store.get(name)?;
+        Ok(self
+            .store
+            .reserved()?
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r))
+    }
+
+    pub fn delete_function_concurrency(&self, name: &str) -> Result<(), NodeError> {
+        self.store.get(name)?;
+        self.store.set_reserved(name, None)?;
+        self.pool.set_reserved(name, None);
+        Ok(())
+    }
+
+    /// The version a provisioned-concurrency config keeps instances of.
+    fn provisioned_target(&self, function: &str, qualifier: &str) -> Result<Function, NodeError> {
+        let version = match parse_qualifier(qualifier)? {
+            Qualifier::Latest => {
+                return Err(invalid(
+                    "Qualifier",
+                    "Provisioned Concurrency Configs cannot be applied to unpublished function versions",
+                ))
+            }
+            Qualifier::Version(v) => v.to_string(),
+            Qualifier::Alias(a) => self.store.get_alias(function, &a)?.version,
+        };
+        if version == LATEST {
+            return Err(invalid(
+                "Qualifier",
+                "Provisioned Concurrency Configs cannot be applied to an alias of $LATEST",
+            ));
+        }
+        Ok(self.store.get_qualified(function, &version)?)
+    }
+
+    /// Creates or changes a provisioned-concurrency config; its instances
+    /// are started in the background.
+    pub fn put_provisioned_concurrency(
+        &self,
+        function: &str,
+        qualifier: &str,
+        requested: i64,
+    ) -> Result<ProvisionedView, NodeError> {
+        self.store.get(function)?;
+        self.provisioned_target(function, qualifier)?;
+        let requested = u32::try_from(requested)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| invalid("ProvisionedConcurrentExecutions", "must be at least 1"))?;
+        let all = self.store.list_provisioned("")?;
+        let others = |same_function: bool| -> u32 {
+            all.iter()
+                .filter(|p| !(p.function == function && p.qualifier == qualifier))
+                .filter(|p| !same_function || p.function == function)
+                .map(|p| p.requested)
+                .sum()
+        };
+        if let Some(reserved) = self.get_function_concurrency(function)? {
+            if others(true) + requested > reserved {
+                return Err(invalid(
+                    "ProvisionedConcurrentExecutions",
+                    format!(
+                        "the function's provisioned concurrency ({}) cannot exceed its reserved concurrency ({reserved})",
+                        others(true) + requested
+                    ),
+                ));
+            }
+        }
+        if others(false) + requested > self.reservable() {
+            return Err(invalid(
+                "ProvisionedConcurrentExecutions",
+                format!(
+                    "the node's provisioned concurrency ({}) cannot exceed {} (max_instances less the unreserved minimum)",
+                    others(false) + requested,
+                    self.reservable()
+                ),
+            ));
+        }
+        let config = ProvisionedConfig {
+            function: function.to_string(),
+            qualifier: qualifier.to_string(),
+            requested,
+            last_modified: crate::time::lambda_timestamp(SystemTime::now()),
+        };
+        self.store.put_provisioned(&config)?;
+        self.provisioning.failed().remove(&config.key());
+        self.provisioning.wake();
+        tracing::info!(
+            function,
+            qualifier,
+            requested,
+            "provisioned concurrency set"
+        );
+        Ok(self.provisioned_view(config))
+    }
+
+    fn provisioned_view(&self, config: ProvisionedConfig) -> ProvisionedView {
+        let key = config.key();
+        let count = self.pool.provisioned_count(&key);
+        let failure = self.provisioning.failed().get(&key).cloned();
+        let (status, reason) = match failure {
+            Some(f) => (ProvisionedStatus::Failed, f.reason),
+            None if count.ready >= config.requested => (ProvisionedStatus::Ready, String::new()),
+            None => (ProvisionedStatus::InProgress, String::new()),
+        };
+        let (region, account) = self.region_account();
+        ProvisionedView {
+            function_arn: format!(
+                "arn:aws:lambda:{region}:{account}:function:{}:{}",
+                config.function, config.qualifier
+            ),
+            allocated: count.ready,
+            available: count.ready - count.busy,
+            status,
+            reason,
+            config,
+        }
+    }
+
+    pub fn get_provisioned_concurrency(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Result<ProvisionedView, NodeError> {
+        self.store.get(function)?;
+        let config = self
+            .store
+            .list_provisioned(function)?
+            .into_iter()
+            .find(|p| p.qualifier == qualifier)
+            .ok_or_else(|| {
+                FunctionsError::ProvisionedNotFound(format!("{function}:{qualifier}"))
+            })?;
+        Ok(self.provisioned_view(config))
+    }
+
+    pub fn list_provisioned_concurrency(
+        &self,
+        function: &str,
+    ) -> Result<Vec<ProvisionedView>, NodeError> {
+        self.store.get(function)?;
+        Ok(self
+            .store
+            .list_provisioned(function)?
+            .into_iter()
+            .map(|c| self.provisioned_view(c))
+            .collect())
+    }
+
+    /// Deletes a config and stops its instances.
+    pub async fn delete_provisioned_concurrency(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Result<(), NodeError> {
+        self.store.get(function)?;
+        self.store.delete_provisioned(function, qualifier)?;
+        let key = format!("{function}:{qualifier}");
+        self.provisioning.failed().remove(&key);
+        self.pool.prune_provisioned(&key, None).await;
+        Ok(())
+    }
+
+    /// One pass of the provisioning loop: every config's instances are
+    /// checked (dead ones and those of a version the config no longer
+    /// names are stopped) and missing ones started, a few at a time.
+    pub async fn reconcile_provisioned(&self) {
+        let configs = match self.store.list_provisioned("") {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading provisioned concurrency configs failed");
+                return;
+            }
+        };
+        let keys: Vec<String> = configs.iter().map(|c| c.key()).collect();
+        self.provisioning
+            .failed()
+            .retain(|k, _| keys.iter().any(|x| x == k));
+        for config in configs {
+            let key = config.key();
+            let f = match self.provisioned_target(&config.function, &config.qualifier) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.provisioning.fail(&key, e.to_string(), true);
+                    self.pool.prune_provisioned(&key, None).await;
+                    continue;
+                }
+            };
+            let replaced = self.pool.prune_provisioned(&key, Some(&f)).await;
+            if replaced > 0 {
+                tracing::info!(config = %key, replaced, "provisioned instances replaced");
+            }
+            if self
+                .provisioning
+                .failed()
+                .get(&key)
+                .is_some_and(|f| !f.retry)
+            {
+                continue;
+            }
+            let count = self.pool.provisioned_count(&key);
+            let have = count.starting + count.ready;
+            if have > config.requested {
+                self.pool
+                    .shrink_provisioned(&key, (have - config.requested) as usize)
+                    .await;
+                continue;
+            }
+            let room = PARALLEL_STARTS.saturating_sub(count.starting);
+            for _ in 0..(config.requested - have).min(room) {
+                match self.pool.book(&f, Some(key.clone())).await {
+                    Ok(lease) => {
+                        tokio::spawn(provision_one(
+                            self.invoker.clone(),
+                            self.pool.clone(),
+                            self.provisioning.clone(),
+                            f.clone(),
+                            key.clone(),
+                            lease,
+                        ));
+                    }
+                    Err(e) => {
+                        // Instances still starting may free what they hold
+                        // once idle: wait for them before calling it failed.
+                        if self.pool.provisioned_count(&key).starting == 0 {
+                            self.provisioning.fail(
+                                &key,
+                                format!(
+                                    "INSUFFICIENT_CAPACITY: {e} ({} of {} ready)",
+                                    count.ready, config.requested
+                                ),
+                                true,
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+            if have == config.requested && count.starting == 0 {
+                let mut failed = self.provisioning.failed();
+                if failed.get(&key).is_some_and(|f| f.retry) {
+                    failed.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Starts one provisioned instance into its booked place.
+async fn provision_one(
+    invoker: Arc<Invoker>,
+    pool: Arc<Pool>,
+    provisioning: Arc<Provisioning>,
+    f: Function,
+    key: String,
+    mut lease: Lease,
+) {
+    let started = match invoker.logs.open_stream(&f.name, &f.version, &lease.id) {
+        Ok(log) => invoker
+            .start_instance(&f, lease.id.clone(), log)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match started {
+        Ok(Started::Ready(mut inst)) => {
+            inst.mark_provisioned();
+            inst.set_state(InstanceState::Idle);
+            tracing::info!(instance = %inst.id, config = %key, "provisioned instance ready");
+            lease.set(inst);
+            pool.release(lease);
+        }
+        Ok(Started::InitFailed { error_type, .. }) => provisioning.fail(
+            &key,
+            format!("FUNCTION_ERROR_INIT_FAILURE: the function's init failed: {error_type}"),
+            false,
+        ),
+        // Tried again on the next pass.
+        Err(e) => provisioning.fail(
+            &key,
+            format!("the instance could not be started: {e}"),
+            true,
+        ),
+    }
+    provisioning.wake();
+}

@@ -1,0 +1,544 @@
+//! Instances on demand under concurrency, reserved and provisioned
+//! concurrency, node capacity and eviction of the least recently used idle
+//! instance.
+
+use std::time::{Duration, Instant};
+
+use flint_e2e::*;
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::node_client::NodeClient;
+use tonic::transport::Channel;
+
+/// A handler that says which event it ran, when, and on which instance.
+const WORKER: &[u8] = b"import os, time
+def handler(e, c):
+    start = time.time()
+    print('ran', e['id'])
+    time.sleep(e.get('sleep', 0))
+    return {'id': e['id'], 'start': start, 'end': time.time(),
+            'stream': os.environ['AWS_LAMBDA_LOG_STREAM_NAME']}
+";
+
+fn worker_zip() -> Vec<u8> {
+    zip_files(&[("app.py", WORKER, 0o644)])
+}
+
+async fn node_client() -> NodeClient<Channel> {
+    NodeClient::new(
+        flint_daemon::client::channel(&node().endpoint)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn instances(name: &str) -> Vec<pb::InstanceInfo> {
+    node_client()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances
+}
+
+async fn invoke_q(
+    name: &str,
+    qualifier: &str,
+    payload: String,
+) -> Result<pb::InvokeResponse, tonic::Status> {
+    client()
+        .await
+        .invoke(pb::InvokeRequest {
+            function_name: name.into(),
+            qualifier: qualifier.into(),
+            payload: payload.into_bytes(),
+            log_type: pb::LogType::Tail as i32,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Every log line of a function so far.
+async fn log_lines(name: &str) -> Vec<String> {
+    use tokio_stream::StreamExt;
+    let mut stream = node_client()
+        .await
+        .tail_logs(pb::TailLogsRequest {
+            function_name: name.into(),
+            since_seconds: 0,
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(l) = stream.next().await {
+        out.push(l.unwrap().message);
+    }
+    out
+}
+
+/// `n` invocations at once; each result with how long it took.
+async fn burst(
+    name: &str,
+    qualifier: &str,
+    n: usize,
+    sleep_s: f64,
+) -> Vec<(usize, Result<pb::InvokeResponse, tonic::Status>, Duration)> {
+    let mut tasks = Vec::new();
+    for id in 0..n {
+        let (name, qualifier) = (name.to_string(), qualifier.to_string());
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = invoke_q(
+                &name,
+                &qualifier,
+                format!(r#"{{"id": {id}, "sleep": {sleep_s}}}"#),
+            )
+            .await;
+            (id, r, t.elapsed())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_burst_of_20_against_reserved_concurrency_5_runs_5_and_throttles_15_at_once() {
+    let name = unique("reserved");
+    create(&name, "python3.11", "app.handler", worker_zip(), 30)
+        .await
+        .unwrap();
+    let mut c = client().await;
+    let r = c
+        .put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+            function_name: name.clone(),
+            reserved_concurrent_executions: 5,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.reserved_concurrent_executions, Some(5));
+
+    let results = burst(&name, "", 20, 3.0).await;
+    let mut ran = Vec::new();
+    let mut throttled = 0;
+    for (id, r, took) in &results {
+        match r {
+            Ok(resp) => {
+                assert!(resp.function_error.is_empty(), "{}", tail(resp));
+                let v = json(resp);
+                assert_eq!(v["id"], *id as u64);
+                ran.push(v);
+            }
+            Err(s) => {
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(s.message().starts_with("TooManyRequestsException"), "{s:?}");
+                assert!(
+                    s.message()
+                        .contains("ReservedFunctionConcurrentInvocationLimitExceeded"),
+                    "{s:?}"
+                );
+                // At once: not after waiting for a running one.
+                assert!(
+                    *took < Duration::from_millis(1500),
+                    "throttled after {took:?}"
+                );
+                throttled += 1;
+            }
+        }
+    }
+    assert_eq!(ran.len(), 5, "{results:?}");
+    assert_eq!(throttled, 15);
+    // The five ran at the same time, on five instances.
+    let latest_start = ran
+        .iter()
+        .map(|v| v["start"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let earliest_end = ran
+        .iter()
+        .map(|v| v["end"].as_f64().unwrap())
+        .fold(f64::MAX, f64::min);
+    assert!(latest_start < earliest_end, "{ran:?}");
+    let mut streams: Vec<&str> = ran.iter().map(|v| v["stream"].as_str().unwrap()).collect();
+    streams.sort();
+    streams.dedup();
+    assert_eq!(streams.len(), 5);
+    assert_eq!(instances(&name).await.len(), 5);
+    // Nothing ran twice, and nothing throttled ran at all.
+    let lines = log_lines(&name).await;
+    for (id, r, _) in &results {
+        let n = lines
+            .iter()
+            .filter(|l| l.trim_end() == format!("ran {id}"))
+            .count();
+        assert_eq!(n, usize::from(r.is_ok()), "event {id} ran {n} times");
+    }
+    // The instances are reused; no more are started.
+    let again = burst(&name, "", 5, 0.0).await;
+    assert!(again.iter().all(|(_, r, _)| r.is_ok()), "{again:?}");
+    assert_eq!(instances(&name).await.len(), 5);
+}
+
+#[tokio::test]
+async fn reserved_concurrency_zero_throttles_and_the_rules_are_checked() {
+    let name = unique("throttled");
+    create(&name, "python3.11", "app.handler", worker_zip(), 3)
+        .await
+        .unwrap();
+    let mut c = client().await;
+    let get = |c: &mut flint_proto::node::v1::functions_client::FunctionsClient<Channel>| {
+        let mut c = c.clone();
+        let name = name.clone();
+        async move {
+            c.get_function_concurrency(pb::GetFunctionConcurrencyRequest {
+                function_name: name,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .reserved_concurrent_executions
+        }
+    };
+    assert_eq!(get(&mut c).await, None);
+    c.put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+        function_name: name.clone(),
+        reserved_concurrent_executions: 0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&mut c).await, Some(0));
+    let e = invoke(&name, r#"{"id": 1}"#).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert!(e.message().contains("TooManyRequestsException"), "{e:?}");
+    assert!(instances(&name).await.is_empty());
+
+    // More than the node can set aside, and negative values, are refused.
+    for bad in [-1, 100_000] {
+        let e = c
+            .put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+                function_name: name.clone(),
+                reserved_concurrent_executions: bad,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().starts_with("InvalidParameterValueException"),
+            "{e:?}"
+        );
+    }
+    // Unknown functions are not found.
+    let e = c
+        .put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+            function_name: "no-such-function".into(),
+            reserved_concurrent_executions: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    c.delete_function_concurrency(pb::DeleteFunctionConcurrencyRequest {
+        function_name: name.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(get(&mut c).await, None);
+    let r = invoke(&name, r#"{"id": 2}"#).await.unwrap();
+    assert_eq!(json(&r)["id"], 2);
+}
+
+async fn provisioned(name: &str, qualifier: &str) -> pb::ProvisionedConcurrencyConfig {
+    client()
+        .await
+        .get_provisioned_concurrency_config(pb::GetProvisionedConcurrencyConfigRequest {
+            function_name: name.into(),
+            qualifier: qualifier.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Polls the config until its status is `status` (and it has `allocated`
+/// instances) or the time is up.
+async fn wait_status(
+    name: &str,
+    qualifier: &str,
+    status: &str,
+    allocated: i64,
+) -> pb::ProvisionedConcurrencyConfig {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = provisioned(name, qualifier).await;
+        if p.status == status && p.allocated_provisioned_concurrent_executions == allocated {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "still {p:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn provisioned_instances_answer_without_init_are_replaced_and_spill_over() {
+    let name = unique("provisioned");
+    create(&name, "python3.11", "app.handler", worker_zip(), 30)
+        .await
+        .unwrap();
+    let mut c = client().await;
+    let v = c
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.create_alias(pb::CreateAliasRequest {
+        function_name: name.clone(),
+        name: "live".into(),
+        function_version: v.version.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Not on $LATEST.
+    let e = c
+        .put_provisioned_concurrency_config(pb::PutProvisionedConcurrencyConfigRequest {
+            function_name: name.clone(),
+            qualifier: "$LATEST".into(),
+            provisioned_concurrent_executions: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = client()
+        .await
+        .get_provisioned_concurrency_config(pb::GetProvisionedConcurrencyConfigRequest {
+            function_name: name.clone(),
+            qualifier: "live".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    assert!(e
+        .message()
+        .starts_with("ProvisionedConcurrencyConfigNotFoundException"));
+
+    let p = c
+        .put_provisioned_concurrency_config(pb::PutProvisionedConcurrencyConfigRequest {
+            function_name: name.clone(),
+            qualifier: "live".into(),
+            provisioned_concurrent_executions: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.requested_provisioned_concurrent_executions, 2);
+    assert!(p.function_arn.ends_with(&format!(":function:{name}:live")));
+    wait_status(&name, "live", "READY", 2).await;
+    let list = instances(&name).await;
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().all(|i| i.provisioned), "{list:?}");
+
+    // Invocations go to them, and show neither init nor restore.
+    for id in 0..3 {
+        let r = invoke_q(&name, "live", format!(r#"{{"id": {id}}}"#))
+            .await
+            .unwrap();
+        let t = tail(&r);
+        assert!(t.contains("REPORT RequestId"), "{t}");
+        assert!(!t.contains("Init Duration"), "{t}");
+        assert!(!t.contains("Restore Duration"), "{t}");
+    }
+    let list = instances(&name).await;
+    assert_eq!(list.len(), 2);
+    assert_eq!(list.iter().map(|i| i.invocations).sum::<u64>(), 3);
+
+    // Three at once: two on provisioned instances, one spills over.
+    let results = burst(&name, "live", 3, 2.0).await;
+    assert!(results.iter().all(|(_, r, _)| r.is_ok()), "{results:?}");
+    let list = instances(&name).await;
+    assert_eq!(list.iter().filter(|i| i.provisioned).count(), 2, "{list:?}");
+    assert_eq!(
+        list.iter().filter(|i| !i.provisioned).count(),
+        1,
+        "{list:?}"
+    );
+
+    // A provisioned instance that dies is replaced.
+    let victim = list.iter().find(|i| i.provisioned).unwrap().id.clone();
+    let pid = vmm_pid(&victim);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = instances(&name).await;
+        let prov: Vec<_> = list.iter().filter(|i| i.provisioned).collect();
+        if prov.len() == 2 && prov.iter().all(|i| i.id != victim) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not replaced: {list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_status(&name, "live", "READY", 2).await;
+
+    // Deleted: its instances go.
+    c.delete_provisioned_concurrency_config(pb::DeleteProvisionedConcurrencyConfigRequest {
+        function_name: name.clone(),
+        qualifier: "live".into(),
+    })
+    .await
+    .unwrap();
+    assert!(instances(&name).await.iter().all(|i| !i.provisioned));
+}
+
+#[tokio::test]
+async fn a_function_whose_init_fails_cannot_be_provisioned() {
+    let name = unique("prov-fail");
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        zip_files(&[(
+            "app.py",
+            b"raise RuntimeError('no init')\ndef handler(e, c):\n    return 1\n",
+            0o644,
+        )]),
+        3,
+    )
+    .await
+    .unwrap();
+    let mut c = client().await;
+    let v = c
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    c.put_provisioned_concurrency_config(pb::PutProvisionedConcurrencyConfigRequest {
+        function_name: name.clone(),
+        qualifier: v.version.clone(),
+        provisioned_concurrent_executions: 1,
+    })
+    .await
+    .unwrap();
+    let p = wait_status(&name, &v.version, "FAILED", 0).await;
+    assert!(
+        p.status_reason.contains("FUNCTION_ERROR_INIT_FAILURE"),
+        "{p:?}"
+    );
+}
+
+/// The VMM process of an instance (its files live in `run/<id>/`).
+fn vmm_pid(id: &str) -> i32 {
+    let needle = format!("/run/{id}/");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c);
+            if c.contains("qemu-system") && c.contains(&needle) {
+                return pid;
+            }
+        }
+    }
+    panic!("no VMM for instance {id}");
+}
+
+#[tokio::test]
+async fn a_full_node_evicts_the_least_recently_used_idle_instance_and_throttles_when_all_are_busy()
+{
+    use flint_daemon::config::Config;
+    use flint_daemon::functions::FunctionSpec;
+    use flint_daemon::invoke::{InvocationType, InvokeRequest};
+    use flint_daemon::node::Node;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Arc::new(
+        Node::open(Config {
+            data_dir: dir.path().join("data"),
+            listen: vec![],
+            artifacts_dir: artifacts_dir(),
+            max_instances: 3,
+            ..Config::default()
+        })
+        .unwrap(),
+    );
+    for f in ["a", "b", "c", "d"] {
+        node.create_function(
+            FunctionSpec {
+                name: f.into(),
+                runtime: "python3.11".into(),
+                handler: "app.handler".into(),
+                timeout_s: 30,
+                ..Default::default()
+            },
+            worker_zip(),
+        )
+        .await
+        .unwrap();
+    }
+    let req = |f: &str, sleep: f64| InvokeRequest {
+        function_name: f.into(),
+        qualifier: String::new(),
+        invocation_type: InvocationType::RequestResponse,
+        log_tail: false,
+        payload: format!(r#"{{"id": 0, "sleep": {sleep}}}"#).into_bytes(),
+        client_context: String::new(),
+    };
+    let on_node = |node: &Node| {
+        let mut v: Vec<String> = node.instances("").into_iter().map(|i| i.function).collect();
+        v.sort();
+        v
+    };
+    for f in ["a", "b", "c", "a"] {
+        node.invoke(req(f, 0.0)).await.unwrap();
+    }
+    assert_eq!(on_node(&node), ["a", "b", "c"]);
+    // b is the least recently used: d takes its place.
+    node.invoke(req("d", 0.0)).await.unwrap();
+    assert_eq!(on_node(&node), ["a", "c", "d"]);
+    // c next.
+    node.invoke(req("b", 0.0)).await.unwrap();
+    assert_eq!(on_node(&node), ["a", "b", "d"]);
+
+    // Four at once on a node of three: one is throttled for node capacity.
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let node = node.clone();
+        let r = req("a", 2.0);
+        tasks.push(tokio::spawn(async move { node.invoke(r).await }));
+    }
+    let mut throttled = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => assert!(r.function_error.is_none()),
+            Err(e) => {
+                let s = tonic::Status::from(e);
+                assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
+                assert!(
+                    s.message().contains("ConcurrentInvocationLimitExceeded"),
+                    "{s:?}"
+                );
+                throttled += 1;
+            }
+        }
+    }
+    assert_eq!(throttled, 1);
+    assert_eq!(on_node(&node), ["a", "a", "a"]);
+    node.shutdown().await;
+}
