@@ -217,8 +217,28 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
             break p;
         }
     };
+    // Instances that were starting still join, and the retries after
+    // FAILED add more as measured charges replace full ones: wait until the
+    // count holds for 3 s.
+    let (mut held, mut count) = (0, 0);
+    while held < 3 && t.elapsed() < Duration::from_secs(1200) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = s
+            .node
+            .list_instances(pb::ListInstancesRequest {
+                function_name: "load".into(),
+            })
+            .await?
+            .into_inner()
+            .instances
+            .len();
+        if n == count {
+            held += 1;
+        } else {
+            (held, count) = (0, n);
+        }
+    }
     let fill_s = t.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let info = s
         .node
         .get_node_info(pb::GetNodeInfoRequest {})
@@ -279,7 +299,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     println!(
         "frozen instances in a {} MB budget: {} ({} frozen; {} MB counted, {} MB RSS, {} MB host memory used; filled in {fill_s:.0} s; status {} {})",
         args.budget_mb,
-        p.allocated_provisioned_concurrent_executions,
+        list.len(),
         frozen,
         info.memory_charged_mb,
         rss_mb,
@@ -302,7 +322,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
         },
         "density": {
             "budget_mb": args.budget_mb,
-            "instances": p.allocated_provisioned_concurrent_executions,
+            "instances": list.len(),
             "frozen": frozen,
             "counted_mb": info.memory_charged_mb,
             "rss_mb": rss_mb,
