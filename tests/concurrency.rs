@@ -542,3 +542,162 @@ async fn a_full_node_evicts_the_least_recently_used_idle_instance_and_throttles_
     assert_eq!(on_node(&node), ["a", "a", "a"]);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn flintctl_sets_reserved_and_provisioned_concurrency() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(bin("flintctl"))
+            .env("FLINT_ENDPOINT", &node().endpoint)
+            .args(args)
+            .output()
+            .expect("run flintctl")
+    };
+    let ctl = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "flintctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let jctl = |args: &[&str]| -> serde_json::Value {
+        let out = ctl(args);
+        if out.trim().is_empty() {
+            return serde_json::Value::Null;
+        }
+        serde_json::from_str(&out).unwrap()
+    };
+    let name = unique("ctl-conc");
+    let zip = dir.path().join("fn.zip");
+    std::fs::write(&zip, worker_zip()).unwrap();
+    let zip = format!("fileb://{}", zip.display());
+    ctl(&[
+        "create-function",
+        "--function-name",
+        &name,
+        "--runtime",
+        "python3.11",
+        "--handler",
+        "app.handler",
+        "--zip-file",
+        &zip,
+    ]);
+
+    let r = jctl(&[
+        "put-function-concurrency",
+        "--function-name",
+        &name,
+        "--reserved-concurrent-executions",
+        "0",
+    ]);
+    assert_eq!(r["ReservedConcurrentExecutions"], 0);
+    let r = jctl(&["get-function-concurrency", "--function-name", &name]);
+    assert_eq!(r["ReservedConcurrentExecutions"], 0);
+    let out_file = dir.path().join("out.json");
+    let out = run(&[
+        "invoke",
+        "--function-name",
+        &name,
+        "--payload",
+        r#"{"id": 1}"#,
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TooManyRequestsException"), "{err}");
+    assert!(
+        err.contains("ReservedFunctionConcurrentInvocationLimitExceeded"),
+        "{err}"
+    );
+    ctl(&[
+        "put-function-concurrency",
+        "--function-name",
+        &name,
+        "--reserved-concurrent-executions",
+        "3",
+    ]);
+
+    let v = jctl(&["publish-version", "--function-name", &name]);
+    let version = v["Version"].as_str().unwrap().to_string();
+    let p = jctl(&[
+        "put-provisioned-concurrency-config",
+        "--function-name",
+        &name,
+        "--qualifier",
+        &version,
+        "--provisioned-concurrent-executions",
+        "1",
+    ]);
+    assert_eq!(p["RequestedProvisionedConcurrentExecutions"], 1);
+    // More than the reservation is refused.
+    let out = run(&[
+        "put-provisioned-concurrency-config",
+        "--function-name",
+        &name,
+        "--qualifier",
+        &version,
+        "--provisioned-concurrent-executions",
+        "4",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidParameterValueException"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let p = jctl(&[
+            "get-provisioned-concurrency-config",
+            "--function-name",
+            &name,
+            "--qualifier",
+            &version,
+        ]);
+        if p["Status"] == "READY" {
+            assert_eq!(p["AllocatedProvisionedConcurrentExecutions"], 1);
+            break;
+        }
+        assert!(Instant::now() < deadline, "{p}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let list = jctl(&[
+        "list-provisioned-concurrency-configs",
+        "--function-name",
+        &name,
+    ]);
+    assert_eq!(
+        list["ProvisionedConcurrencyConfigs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let table = ctl(&["instances", "--function-name", &name, "--output", "table"]);
+    assert!(
+        table.contains("KIND") && table.contains("provisioned"),
+        "{table}"
+    );
+    let info = jctl(&["node", "info", "--output", "json"]);
+    assert!(info["MaxInstances"].as_u64().unwrap() > 0, "{info}");
+    assert!(info["ReservedConcurrency"].as_u64().unwrap() >= 3, "{info}");
+
+    ctl(&[
+        "delete-provisioned-concurrency-config",
+        "--function-name",
+        &name,
+        "--qualifier",
+        &version,
+    ]);
+    let out = run(&[
+        "get-provisioned-concurrency-config",
+        "--function-name",
+        &name,
+        "--qualifier",
+        &version,
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("ProvisionedConcurrencyConfigNotFoundException"));
+    ctl(&["delete-function-concurrency", "--function-name", &name]);
+    let r = jctl(&["get-function-concurrency", "--function-name", &name]);
+    assert!(r.get("ReservedConcurrentExecutions").is_none(), "{r}");
+}
