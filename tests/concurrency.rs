@@ -701,3 +701,59 @@ async fn flintctl_sets_reserved_and_provisioned_concurrency() {
     let r = jctl(&["get-function-concurrency", "--function-name", &name]);
     assert!(r.get("ReservedConcurrentExecutions").is_none(), "{r}");
 }
+
+#[tokio::test]
+async fn reservations_and_provisioned_configs_survive_a_restart() {
+    use flint_daemon::config::Config;
+    use flint_daemon::functions::FunctionSpec;
+    use flint_daemon::node::{Node, ProvisionedStatus};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = || Config {
+        data_dir: dir.path().join("data"),
+        listen: vec![],
+        artifacts_dir: artifacts_dir(),
+        ..Config::default()
+    };
+    // The server runs the provisioning loop; here the test turns it.
+    async fn ready(node: &Node) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            node.reconcile_provisioned().await;
+            let p = node.get_provisioned_concurrency("p", "1").unwrap();
+            if p.status == ProvisionedStatus::Ready {
+                assert_eq!(p.allocated, 1);
+                return;
+            }
+            assert!(Instant::now() < deadline, "{p:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    {
+        let node = Node::open(config()).unwrap();
+        node.create_function(
+            FunctionSpec {
+                name: "p".into(),
+                runtime: "python3.11".into(),
+                handler: "app.handler".into(),
+                ..Default::default()
+            },
+            worker_zip(),
+        )
+        .await
+        .unwrap();
+        node.publish_version("p", "").unwrap();
+        node.put_function_concurrency("p", 4).unwrap();
+        node.put_provisioned_concurrency("p", "1", 1).unwrap();
+        ready(&node).await;
+        node.shutdown().await;
+    }
+    let node = Node::open(config()).unwrap();
+    assert_eq!(node.get_function_concurrency("p").unwrap(), Some(4));
+    assert_eq!(node.capacity().reserved_total, 4);
+    ready(&node).await;
+    let list = node.instances("p");
+    assert_eq!(list.len(), 1);
+    assert!(list[0].provisioned);
+    node.shutdown().await;
+}

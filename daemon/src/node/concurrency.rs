@@ -66,10 +66,13 @@ impl Provisioning {
         self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records a failure; logged when the config was not failing already.
     fn fail(&self, key: &str, reason: String, retry: bool) {
-        tracing::warn!(config = key, %reason, "provisioned concurrency failed");
-        self.failed()
-            .insert(key.to_string(), Failure { reason, retry });
+        let mut failed = self.failed();
+        if !failed.contains_key(key) {
+            tracing::warn!(config = key, %reason, "provisioned concurrency failed");
+        }
+        failed.insert(key.to_string(), Failure { reason, retry });
     }
 
     /// Wakes the loop (a config changed, an instance started or died).
