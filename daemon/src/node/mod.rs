@@ -344,6 +344,7 @@ impl Node {
 
     pub async fn delete_function(&self, name: &str) -> Result<(), NodeError> {
         self.store.delete(name)?;
+        self.pool.set_reserved(name, None);
         self.pool.retire(name).await;
         self.collect_garbage();
         tracing::info!(function = %name, "function deleted");

@@ -369,9 +369,13 @@ impl Pool {
                 guard: Some(cell.lock_owned().await),
                 books: self.books.clone(),
             };
-            let usable = lease.instance().is_some_and(|i| {
-                i.revision == f.revision && i.code_sha256 == f.code_sha256_hex && i.is_alive()
-            });
+            // Still in the books (not evicted or pruned while we waited),
+            // of the current revision, and alive.
+            let booked = lock(&self.books).members.contains_key(&lease.id);
+            let usable = booked
+                && lease.instance().is_some_and(|i| {
+                    i.revision == f.revision && i.code_sha256 == f.code_sha256_hex && i.is_alive()
+                });
             if usable {
                 return Some(lease);
             }
@@ -500,13 +504,22 @@ impl Pool {
         );
         tokio::spawn(async move {
             let mut slot = cell.lock().await;
+            let busy = lock(&books).members.get(&id).map(|m| m.busy);
+            match busy {
+                // Taken out of the books meanwhile: it is ours to stop.
+                None => {
+                    if let Some(inst) = slot.take() {
+                        inst.stop().await;
+                    }
+                    return;
+                }
+                // An invocation that came first finds it running.
+                Some(true) => return,
+                Some(false) => {}
+            }
             let Some(inst) = slot.as_mut() else {
                 return;
             };
-            // An invocation that came first finds it running.
-            if lock(&books).members.get(&id).is_none_or(|m| m.busy) {
-                return;
-            }
             if freeze && inst.state == InstanceState::Idle {
                 if let Err(e) = inst.freeze().await {
                     // An instance that cannot be frozen cannot be trusted either.
@@ -638,10 +651,9 @@ impl Pool {
     }
 
     /// Stops every instance of a function (each after its running
-    /// invocation) and forgets its reservation. Returns the ids stopped.
+    /// invocation). Returns the ids stopped.
     pub async fn retire(&self, function: &str) -> Vec<String> {
         self.drop_spares(function).await;
-        self.set_reserved(function, None);
         self.stop_where(|_, m| m.function == function).await
     }
 
@@ -686,28 +698,37 @@ impl Pool {
     /// version or revision than `f`, dead, or (with `f` `None`) all of them.
     /// Returns how many were stopped.
     pub async fn prune_provisioned(&self, config: &str, f: Option<&Function>) -> usize {
-        let members: Vec<(String, Cell, bool)> = {
-            let b = lock(&self.books);
-            b.members
-                .iter()
-                .filter(|(_, m)| m.provisioned.as_deref() == Some(config) && m.ready)
-                .map(|(id, m)| {
-                    let other = f.is_none_or(|f| m.function != f.name || m.version != f.version);
-                    (id.clone(), m.cell.clone(), other)
-                })
-                .collect()
-        };
         let mut stopped = 0;
-        for (id, cell, other) in members {
-            // Busy instances are checked when they come back.
-            let Ok(mut slot) = cell.try_lock() else {
-                if !other {
+        let idle: Vec<(String, Cell, bool)> = {
+            let mut b = lock(&self.books);
+            let ids: Vec<String> = b
+                .members
+                .iter()
+                .filter(|(_, m)| m.provisioned.as_deref() == Some(config))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let mut idle = Vec::new();
+            for id in ids {
+                let m = &b.members[&id];
+                let other = f.is_none_or(|f| m.function != f.name || m.version != f.version);
+                if m.busy || !m.ready {
+                    // Serving or starting: out of the books, it is stopped
+                    // by whoever holds it when it finds itself gone.
+                    if other {
+                        b.members.remove(&id);
+                        stopped += 1;
+                    }
                     continue;
                 }
-                let mut slot = cell.lock().await;
-                lock(&self.books).members.remove(&id);
-                if let Some(inst) = slot.take() {
-                    inst.stop().await;
+                idle.push((id, m.cell.clone(), other));
+            }
+            idle
+        };
+        for (id, cell, other) in idle {
+            let Ok(mut slot) = cell.try_lock() else {
+                // Being frozen (or just leased): as above.
+                if other {
+                    lock(&self.books).members.remove(&id);
                     stopped += 1;
                 }
                 continue;
@@ -785,5 +806,149 @@ pub fn exit_reason(exit_code: i32, signal: i32) -> String {
         format!("signal: {name}")
     } else {
         format!("exit status {exit_code}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Accel, AccelInfo, Vm, VmSpec};
+
+    /// The books never boot anything: an engine that refuses to.
+    struct NoEngine(AccelInfo);
+
+    #[async_trait::async_trait]
+    impl Engine for NoEngine {
+        async fn boot(&self, _spec: VmSpec) -> Result<Box<dyn Vm>, EngineError> {
+            unreachable!("the books do not boot VMs")
+        }
+        fn accel(&self) -> &AccelInfo {
+            &self.0
+        }
+    }
+
+    fn pool(max_instances: u32, memory_budget_mb: u64) -> Pool {
+        let dir = std::env::temp_dir();
+        Pool::new(
+            Arc::new(NoEngine(AccelInfo {
+                accel: Accel::Tcg,
+                reason: "test".into(),
+            })),
+            PoolSettings {
+                kernel: dir.clone(),
+                artifacts_dir: dir.clone(),
+                run_dir: dir.clone(),
+                boot_timeout: Duration::from_secs(1),
+                init_timeout: Duration::from_secs(1),
+                region: "r".into(),
+                account_id: "a".into(),
+                snapshot_latest: false,
+                spare_vms: false,
+                freeze_idle: false,
+                idle_timeout: Duration::from_secs(600),
+                max_instances,
+                memory_budget_mb,
+                unreserved_min: 1,
+            },
+            None,
+            FunctionLogs::new(dir.join("flint-pool-test-logs"), Default::default()),
+        )
+    }
+
+    fn function(name: &str) -> Function {
+        Function {
+            name: name.into(),
+            ..Function::placeholder()
+        }
+    }
+
+    /// An idle, started member last used `age_ms` ago.
+    fn idle(pool: &Pool, id: &str, function: &str, age_ms: u64, provisioned: bool) {
+        lock(&pool.books).members.insert(
+            id.into(),
+            Member {
+                function: function.into(),
+                version: "$LATEST".into(),
+                provisioned: provisioned.then(|| format!("{function}:1")),
+                busy: false,
+                ready: true,
+                last_used: Instant::now() - Duration::from_millis(age_ms),
+                memory_mb: 128,
+                charge_mb: 40,
+                cell: Default::default(),
+            },
+        );
+    }
+
+    fn ids(pool: &Pool) -> Vec<String> {
+        let mut v: Vec<String> = lock(&pool.books)
+            .members
+            .iter()
+            .filter(|(_, m)| m.ready)
+            .map(|(id, _)| id.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn reason(r: Result<impl Sized, PoolError>) -> Throttle {
+        match r {
+            Err(PoolError::Throttled { reason, .. }) => reason,
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("admitted"),
+        }
+    }
+
+    #[test]
+    fn reserved_concurrency_caps_and_sets_aside() {
+        let p = pool(4, 100_000);
+        p.set_reserved("r", Some(2));
+        p.set_reserved("zero", Some(0));
+        assert_eq!(reason(p.admit("zero")), Throttle::Reserved);
+        let r1 = p.admit("r").unwrap();
+        let _r2 = p.admit("r").unwrap();
+        assert_eq!(reason(p.admit("r")), Throttle::Reserved);
+        // The others share 4 - 2 = 2.
+        let _a = p.admit("a").unwrap();
+        let _b = p.admit("b").unwrap();
+        assert_eq!(reason(p.admit("c")), Throttle::Node);
+        // A finished invocation frees its place.
+        drop(r1);
+        let _r3 = p.admit("r").unwrap();
+        assert_eq!(p.capacity().running, 4);
+        assert_eq!(p.capacity().reserved_total, 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_node_evicts_idle_on_demand_instances_least_recently_used_first() {
+        let p = pool(3, 100_000);
+        idle(&p, "old", "a", 3000, false);
+        idle(&p, "prov", "b", 9000, true);
+        idle(&p, "new", "c", 1000, false);
+        let (lease, evicted) = p.book_now(&function("d"), None).unwrap();
+        assert_eq!(evicted.len(), 1);
+        // The provisioned one is older but never evicted.
+        assert_eq!(ids(&p), ["new", "prov"]);
+        drop(lease);
+        assert_eq!(ids(&p), ["new", "prov"]);
+
+        // Busy instances are not evicted either: nothing left to evict.
+        lock(&p.books).members.get_mut("new").unwrap().busy = true;
+        let _l = p.book_now(&function("e"), None).unwrap();
+        assert_eq!(reason(p.book_now(&function("f"), None)), Throttle::Node);
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_counts_idle_instances_by_what_they_use() {
+        // 3 idle instances count 40 MB each: a 128 MB one fits in 220 MB
+        // only after one of them goes.
+        let p = pool(100, 220);
+        idle(&p, "x", "a", 3000, false);
+        idle(&p, "y", "a", 2000, false);
+        idle(&p, "z", "a", 1000, false);
+        let (_lease, evicted) = p.book_now(&function("b"), None).unwrap();
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(ids(&p), ["y", "z"]);
+        assert_eq!(p.capacity().charged_mb, 40 + 40 + 128);
     }
 }
