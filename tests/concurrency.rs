@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use flint_e2e::*;
 use flint_proto::node::v1 as pb;
-use flint_proto::node::v1::node_client::NodeClient;
 use tonic::transport::Channel;
 
 /// A handler that says which event it ran, when, and on which instance.
@@ -21,14 +20,6 @@ def handler(e, c):
 
 fn worker_zip() -> Vec<u8> {
     zip_files(&[("app.py", WORKER, 0o644)])
-}
-
-async fn node_client() -> NodeClient<Channel> {
-    NodeClient::new(
-        flint_daemon::client::channel(&node().endpoint)
-            .await
-            .unwrap(),
-    )
 }
 
 async fn instances(name: &str) -> Vec<pb::InstanceInfo> {
@@ -254,6 +245,18 @@ async fn reserved_concurrency_zero_throttles_and_the_rules_are_checked() {
     assert_eq!(json(&r)["id"], 2);
 }
 
+async fn publish(name: &str) -> pb::FunctionConfiguration {
+    client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 async fn provisioned(name: &str, qualifier: &str) -> pb::ProvisionedConcurrencyConfig {
     client()
         .await
@@ -292,14 +295,7 @@ async fn provisioned_instances_answer_without_init_are_replaced_and_spill_over()
         .await
         .unwrap();
     let mut c = client().await;
-    let v = c
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let v = publish(&name).await;
     c.create_alias(pb::CreateAliasRequest {
         function_name: name.clone(),
         name: "live".into(),
@@ -419,14 +415,7 @@ async fn a_function_whose_init_fails_cannot_be_provisioned() {
     .await
     .unwrap();
     let mut c = client().await;
-    let v = c
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let v = publish(&name).await;
     c.put_provisioned_concurrency_config(pb::PutProvisionedConcurrencyConfigRequest {
         function_name: name.clone(),
         qualifier: v.version.clone(),
@@ -439,23 +428,6 @@ async fn a_function_whose_init_fails_cannot_be_provisioned() {
         p.status_reason.contains("FUNCTION_ERROR_INIT_FAILURE"),
         "{p:?}"
     );
-}
-
-/// The VMM process of an instance (its files live in `run/<id>/`).
-fn vmm_pid(id: &str) -> i32 {
-    let needle = format!("/run/{id}/");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c);
-            if c.contains("qemu-system") && c.contains(&needle) {
-                return pid;
-            }
-        }
-    }
-    panic!("no VMM for instance {id}");
 }
 
 #[tokio::test]

@@ -7,23 +7,6 @@ use flint_e2e::*;
 use flint_proto::node::v1 as pb;
 use flint_proto::node::v1::node_client::NodeClient;
 
-/// The VMM process of an instance (its files live in `run/<id>/`).
-fn vmm_pid(id: &str) -> i32 {
-    let needle = format!("/run/{id}/");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c);
-            if c.contains("qemu-system") && c.contains(&needle) {
-                return pid;
-            }
-        }
-    }
-    panic!("no VMM for instance {id}");
-}
-
 /// User + system CPU time of a process, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

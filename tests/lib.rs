@@ -87,6 +87,31 @@ pub fn node() -> &'static TestNode {
     })
 }
 
+/// The VMM process of an instance (its files live in `run/<id>/`).
+pub fn vmm_pid(id: &str) -> i32 {
+    let needle = format!("/run/{id}/");
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
+            let c = String::from_utf8_lossy(&c);
+            if c.contains("qemu-system") && c.contains(&needle) {
+                return pid;
+            }
+        }
+    }
+    panic!("no VMM for instance {id}");
+}
+
+pub async fn node_client() -> flint_proto::node::v1::node_client::NodeClient<Channel> {
+    flint_proto::node::v1::node_client::NodeClient::new(
+        flint_daemon::client::channel(&node().endpoint)
+            .await
+            .expect("connect to flintd"),
+    )
+}
+
 pub async fn client() -> FunctionsClient<Channel> {
     flint_daemon::client::functions(&node().endpoint)
         .await

@@ -5,19 +5,10 @@ use std::time::Duration;
 
 use flint_e2e::*;
 use flint_proto::node::v1 as pb;
-use flint_proto::node::v1::node_client::NodeClient;
 use tonic::Code;
 
 fn py(body: &str) -> Vec<u8> {
     zip_files(&[("app.py", body.as_bytes(), 0o644)])
-}
-
-async fn node_client() -> NodeClient<tonic::transport::Channel> {
-    NodeClient::new(
-        flint_daemon::client::channel(&node().endpoint)
-            .await
-            .unwrap(),
-    )
 }
 
 async fn invoke_q(name: &str, qualifier: &str) -> pb::InvokeResponse {

@@ -13,7 +13,7 @@ use flint_proto::node::v1 as pb;
 use flint_proto::node::v1::functions_client::FunctionsClient;
 use tonic::transport::Channel;
 
-use super::{meminfo_kb, percentile, serve, Args};
+use super::{meminfo_kb, percentile, serve, Args, Served};
 
 /// What a group of clients saw.
 #[derive(Default)]
@@ -97,6 +97,31 @@ fn summary(t: &Tally) -> (f64, f64) {
     (percentile(&v, 50.0), percentile(&v, 99.0))
 }
 
+/// A node serving `load`, published as version 1 and invoked once (its
+/// snapshots built).
+async fn start(config: Config, root: &Path, name: &str, memory: u32) -> anyhow::Result<Served> {
+    let mut s = serve(config, &root.join(name).join("flintd.sock")).await?;
+    s.create("load", memory).await?;
+    s.fns
+        .publish_version(pb::PublishVersionRequest {
+            function_name: "load".into(),
+            description: String::new(),
+        })
+        .await?;
+    invoke(&mut s.fns, 0).await?;
+    Ok(s)
+}
+
+async fn instances(s: &mut Served) -> anyhow::Result<Vec<pb::InstanceInfo>> {
+    Ok(s.node
+        .list_instances(pb::ListInstancesRequest {
+            function_name: "load".into(),
+        })
+        .await?
+        .into_inner()
+        .instances)
+}
+
 pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<()> {
     let config = |name: &str, max_instances: u32, budget_mb: Option<u64>| {
         let mut c = Config {
@@ -119,19 +144,13 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     );
 
     // Concurrent clients on a warm function.
-    let mut s = serve(
+    let mut s = start(
         config("load", args.max_instances, None),
-        &root.join("load/flintd.sock"),
+        root,
+        "load",
+        args.memory,
     )
     .await?;
-    s.create("load", args.memory).await?;
-    s.fns
-        .publish_version(pb::PublishVersionRequest {
-            function_name: "load".into(),
-            description: String::new(),
-        })
-        .await?;
-    invoke(&mut s.fns, 0).await?;
     let mut levels = Vec::new();
     for &n in &args.clients {
         // Warm-up: as many instances as clients exist before measuring.
@@ -139,15 +158,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
         let t = Instant::now();
         let tally = clients(&s.fns, n, t + Duration::from_secs(args.seconds)).await;
         let secs = t.elapsed().as_secs_f64();
-        let instances = s
-            .node
-            .list_instances(pb::ListInstancesRequest {
-                function_name: "load".into(),
-            })
-            .await?
-            .into_inner()
-            .instances
-            .len();
+        let instances = instances(&mut s).await?.len();
         eprintln!(
             "flint-bench load: {n} clients: {} ok, {} throttled ({} in warm-up)",
             tally.ms.len(),
@@ -176,19 +187,13 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     // Frozen instances in a memory budget: more provisioned concurrency than
     // fits, and what the node started before it had no more room.
     let before = meminfo_kb("MemAvailable:");
-    let mut s = serve(
+    let mut s = start(
         config("density", 100_000, Some(args.budget_mb)),
-        &root.join("density/flintd.sock"),
+        root,
+        "density",
+        args.memory,
     )
     .await?;
-    s.create("load", args.memory).await?;
-    s.fns
-        .publish_version(pb::PublishVersionRequest {
-            function_name: "load".into(),
-            description: String::new(),
-        })
-        .await?;
-    invoke(&mut s.fns, 0).await?;
     s.stop_instances("load").await?;
     let t = Instant::now();
     s.fns
@@ -223,15 +228,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     let (mut held, mut count) = (0, 0);
     while held < 3 && t.elapsed() < Duration::from_secs(1200) {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let n = s
-            .node
-            .list_instances(pb::ListInstancesRequest {
-                function_name: "load".into(),
-            })
-            .await?
-            .into_inner()
-            .instances
-            .len();
+        let n = instances(&mut s).await?.len();
         if n == count {
             held += 1;
         } else {
@@ -244,14 +241,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
         .get_node_info(pb::GetNodeInfoRequest {})
         .await?
         .into_inner();
-    let list = s
-        .node
-        .list_instances(pb::ListInstancesRequest {
-            function_name: "load".into(),
-        })
-        .await?
-        .into_inner()
-        .instances;
+    let list = instances(&mut s).await?;
     let frozen = list.iter().filter(|i| i.state == "Frozen").count();
     let rss_mb: u64 = list.iter().map(|i| i.rss_kb).sum::<u64>() / 1024;
     let used_mb = before.saturating_sub(meminfo_kb("MemAvailable:")) / 1024;
