@@ -388,6 +388,44 @@ async fn provisioned_instances_answer_without_init_are_replaced_and_spill_over()
     }
     wait_status(&name, "live", "READY", 2).await;
 
+    // Lowered: the surplus goes.
+    c.put_provisioned_concurrency_config(pb::PutProvisionedConcurrencyConfigRequest {
+        function_name: name.clone(),
+        qualifier: "live".into(),
+        provisioned_concurrent_executions: 1,
+    })
+    .await
+    .unwrap();
+    wait_status(&name, "live", "READY", 1).await;
+    // The alias moves to a new version: its provisioned instance follows.
+    c.update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+        function_name: name.clone(),
+        description: Some("v2".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let v2 = publish(&name).await;
+    c.update_alias(pb::UpdateAliasRequest {
+        function_name: name.clone(),
+        name: "live".into(),
+        function_version: Some(v2.version.clone()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = instances(&name).await;
+        let prov: Vec<_> = list.iter().filter(|i| i.provisioned).collect();
+        if prov.len() == 1 && prov[0].function_version == v2.version && prov[0].state == "Frozen" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not moved: {list:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_status(&name, "live", "READY", 1).await;
+
     // Deleted: its instances go.
     c.delete_provisioned_concurrency_config(pb::DeleteProvisionedConcurrencyConfigRequest {
         function_name: name.clone(),
