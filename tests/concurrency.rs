@@ -767,3 +767,61 @@ async fn reservations_and_provisioned_configs_survive_a_restart() {
     assert!(list[0].provisioned);
     node.shutdown().await;
 }
+
+/// Reservations and the provisioned concurrency of functions without one
+/// share what the node sets aside; neither may take the unreserved minimum.
+/// (No VM: the provisioning loop is not turned.)
+#[tokio::test]
+async fn reservations_and_provisioned_concurrency_leave_the_unreserved_minimum() {
+    use flint_daemon::config::Config;
+    use flint_daemon::functions::FunctionSpec;
+    use flint_daemon::node::Node;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(Config {
+        data_dir: dir.path().join("data"),
+        listen: vec![],
+        artifacts_dir: artifacts_dir(),
+        max_instances: 10,
+        unreserved_min: Some(1),
+        ..Config::default()
+    })
+    .unwrap();
+    for f in ["a", "b"] {
+        node.create_function(
+            FunctionSpec {
+                name: f.into(),
+                runtime: "python3.11".into(),
+                handler: "app.handler".into(),
+                ..Default::default()
+            },
+            worker_zip(),
+        )
+        .await
+        .unwrap();
+        node.publish_version(f, "").unwrap();
+    }
+    let refused = |r: Result<(), flint_daemon::node::NodeError>| {
+        let s = tonic::Status::from(r.expect_err("refused"));
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(
+            s.message().contains("UnreservedConcurrentExecution"),
+            "{s:?}"
+        );
+    };
+    // 9 of 10 can be set aside.
+    node.put_provisioned_concurrency("a", "1", 5).unwrap();
+    refused(node.put_function_concurrency("b", 5).map(drop));
+    node.put_function_concurrency("b", 4).unwrap();
+    refused(node.put_provisioned_concurrency("a", "1", 6).map(drop));
+    // Within its own reservation a function may provision what it reserved.
+    node.put_provisioned_concurrency("b", "1", 4).unwrap();
+    assert!(node.put_provisioned_concurrency("b", "1", 5).is_err());
+    // Without its reservation, b's provisioned concurrency comes out of the
+    // unreserved share: 5 + 4 still fits, and then nothing more does.
+    node.delete_function_concurrency("b").unwrap();
+    refused(node.put_provisioned_concurrency("a", "1", 6).map(drop));
+    node.delete_provisioned_concurrency("b", "1").await.unwrap();
+    node.put_provisioned_concurrency("a", "1", 9).unwrap();
+    node.shutdown().await;
+}

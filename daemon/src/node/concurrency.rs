@@ -103,23 +103,44 @@ impl Node {
             .saturating_sub(self.config.unreserved_min())
     }
 
+    /// What is set aside of the node: every reservation except `function`'s,
+    /// and the provisioned concurrency of functions without a reservation,
+    /// of the configs `count` keeps.
+    fn set_aside(
+        &self,
+        count: impl Fn(&ProvisionedConfig) -> bool,
+        function: &str,
+    ) -> Result<u32, NodeError> {
+        let reserved = self.store.reserved()?;
+        let reserved_total: u32 = reserved
+            .iter()
+            .filter(|(n, _)| n != function)
+            .map(|(_, r)| r)
+            .sum();
+        let provisioned: u32 = self
+            .store
+            .list_provisioned("")?
+            .iter()
+            .filter(|p| !reserved.iter().any(|(n, _)| *n == p.function))
+            .filter(|p| count(p))
+            .map(|p| p.requested)
+            .sum();
+        Ok(reserved_total + provisioned)
+    }
+
     /// Sets a function's reserved concurrency (0 throttles it entirely).
     pub fn put_function_concurrency(&self, name: &str, reserved: i64) -> Result<u32, NodeError> {
         self.store.get(name)?;
         let reserved = u32::try_from(reserved)
             .map_err(|_| invalid("ReservedConcurrentExecutions", "must be at least 0"))?;
-        let others: u32 = self
-            .store
-            .reserved()?
-            .into_iter()
-            .filter(|(n, _)| n != name)
-            .map(|(_, r)| r)
-            .sum();
+        // Set aside already: the other reservations, and the provisioned
+        // concurrency of the other functions without one.
+        let others = self.set_aside(|p| p.function != name, name)?;
         if others + reserved > self.reservable() {
             return Err(invalid(
                 "ReservedConcurrentExecutions",
                 format!(
-                    "Specified ReservedConcurrentExecutions for function decreases the node's UnreservedConcurrentExecution below its minimum value of [{}] ({} of {} instances are reserved by other functions)",
+                    "Specified ReservedConcurrentExecutions for function decreases the node's UnreservedConcurrentExecution below its minimum value of [{}] ({} of {} instances are set aside by other functions)",
                     self.config.unreserved_min(),
                     others,
                     self.config.max_instances
@@ -159,6 +180,22 @@ impl Node {
 
     pub fn delete_function_concurrency(&self, name: &str) -> Result<(), NodeError> {
         self.store.get(name)?;
+        // Its provisioned concurrency then comes out of the unreserved share.
+        let own: u32 = self
+            .store
+            .list_provisioned(name)?
+            .iter()
+            .map(|p| p.requested)
+            .sum();
+        if own > 0 && self.set_aside(|_| true, name)? + own > self.reservable() {
+            return Err(invalid(
+                "ReservedConcurrentExecutions",
+                format!(
+                    "removing it would take the function's provisioned concurrency ({own}) out of the node's unreserved share, below its minimum value of [{}]",
+                    self.config.unreserved_min()
+                ),
+            ));
+        }
         self.store.set_reserved(name, None)?;
         self.pool.set_reserved(name, None);
         Ok(())
@@ -200,33 +237,35 @@ impl Node {
             .filter(|n| *n >= 1)
             .ok_or_else(|| invalid("ProvisionedConcurrentExecutions", "must be at least 1"))?;
         let all = self.store.list_provisioned("")?;
-        let others = |same_function: bool| -> u32 {
-            all.iter()
-                .filter(|p| !(p.function == function && p.qualifier == qualifier))
-                .filter(|p| !same_function || p.function == function)
-                .map(|p| p.requested)
-                .sum()
-        };
+        let same_function: u32 = all
+            .iter()
+            .filter(|p| p.function == function && p.qualifier != qualifier)
+            .map(|p| p.requested)
+            .sum();
         if let Some(reserved) = self.get_function_concurrency(function)? {
-            if others(true) + requested > reserved {
+            if same_function + requested > reserved {
                 return Err(invalid(
                     "ProvisionedConcurrentExecutions",
                     format!(
                         "the function's provisioned concurrency ({}) cannot exceed its reserved concurrency ({reserved})",
-                        others(true) + requested
+                        same_function + requested
                     ),
                 ));
             }
-        }
-        if others(false) + requested > self.reservable() {
-            return Err(invalid(
-                "ProvisionedConcurrentExecutions",
-                format!(
-                    "the node's provisioned concurrency ({}) cannot exceed {} (max_instances less the unreserved minimum)",
-                    others(false) + requested,
-                    self.reservable()
-                ),
-            ));
+        } else {
+            // Without a reservation it comes out of the unreserved share.
+            let key = format!("{function}:{qualifier}");
+            let aside = self.set_aside(|p| p.key() != key, "")?;
+            if aside + requested > self.reservable() {
+                return Err(invalid(
+                    "ProvisionedConcurrentExecutions",
+                    format!(
+                        "Specified ProvisionedConcurrentExecutions decreases the node's UnreservedConcurrentExecution below its minimum value of [{}] ({aside} of {} instances are set aside)",
+                        self.config.unreserved_min(),
+                        self.config.max_instances
+                    ),
+                ));
+            }
         }
         let config = ProvisionedConfig {
             function: function.to_string(),

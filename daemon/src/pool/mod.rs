@@ -321,13 +321,29 @@ impl Pool {
             None => {
                 let reserved_total: u32 = b.reserved.values().sum();
                 let share = self.settings.max_instances.saturating_sub(reserved_total);
-                let unreserved_running: u32 = b
+                // What the functions without a reservation hold of their
+                // share: their provisioned instances, and their invocations
+                // running on other instances.
+                let (mut provisioned, mut on_provisioned, mut idle_own) = (0u32, 0u32, false);
+                for m in b.members.values() {
+                    if m.provisioned.is_none() || b.reserved.contains_key(&m.function) {
+                        continue;
+                    }
+                    provisioned += 1;
+                    if m.busy && m.ready {
+                        on_provisioned += 1;
+                    }
+                    idle_own |= m.function == function && !m.busy && m.ready;
+                }
+                let running: u32 = b
                     .running
                     .iter()
                     .filter(|(f, _)| !b.reserved.contains_key(*f))
                     .map(|(_, n)| n)
                     .sum();
-                if unreserved_running >= share {
+                let held = provisioned + running.saturating_sub(on_provisioned);
+                // On a free provisioned instance it takes nothing more.
+                if held + u32::from(!idle_own) > share {
                     return Err(PoolError::Throttled {
                         reason: Throttle::Node,
                         detail: format!("the node's unreserved concurrency of {share} is in use"),
@@ -917,6 +933,18 @@ mod tests {
         let _r3 = p.admit("r").unwrap();
         assert_eq!(p.capacity().running, 4);
         assert_eq!(p.capacity().reserved_total, 2);
+    }
+
+    #[test]
+    fn provisioned_instances_hold_their_share_of_the_unreserved_concurrency() {
+        let p = pool(3, 100_000);
+        idle(&p, "p1", "a", 10, true);
+        idle(&p, "p2", "a", 20, true);
+        // Two of three held by a's provisioned instances: one more for b.
+        let _b = p.admit("b").unwrap();
+        assert_eq!(reason(p.admit("c")), Throttle::Node);
+        // a still has free provisioned instances: admitted.
+        let _a = p.admit("a").unwrap();
     }
 
     #[tokio::test]
