@@ -111,16 +111,7 @@ pub trait Vm: Send + Sync {
     /// Proportional set size of the VMM process, in KiB: its share of
     /// memory pages that clones share.
     fn pss_kb(&self) -> u64 {
-        let pid = self.stats().pid;
-        std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Pss:"))
-                    .and_then(|v| v.split_whitespace().next())
-                    .and_then(|n| n.parse().ok())
-            })
-            .unwrap_or(0)
+        process_pss_kb(self.stats().pid)
     }
     /// The last lines of the guest console, for diagnostics.
     fn console_tail(&self, max_bytes: usize) -> String;
@@ -159,6 +150,20 @@ pub fn reap_leftovers(run_dir: &std::path::Path) -> usize {
 }
 
 /// Resident memory of a process, in KiB (0 if it is gone).
+/// Proportional set size of a process, in KiB (0 if it is gone). Reading it
+/// walks the process's page tables: not for a hot path.
+pub fn process_pss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 pub fn process_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()

@@ -695,7 +695,7 @@ impl Node {
             .into());
         }
         self.store.get(function)?;
-        Ok(self.pool.retire(function).await)
+        Ok(self.pool.stop_function(function).await)
     }
 
     /// Stops instances idle for longer than the configured idle timeout.

@@ -277,6 +277,11 @@ impl Instance {
         self.vm.snapshot(state).await.map_err(PoolError::from)
     }
 
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.vm.stats().pid
+    }
+
     pub fn pss_kb(&self) -> u64 {
         self.vm.pss_kb()
     }

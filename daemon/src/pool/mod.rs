@@ -135,8 +135,13 @@ struct Member {
     /// What it counts against the memory budget: its full size while busy
     /// or starting, the host memory it was measured to use while idle.
     charge_mb: u64,
+    /// What it was measured to use when last idle, and when.
+    idle_mb: Option<(u64, Instant)>,
     cell: Cell,
 }
+
+/// How long a measurement of an idle instance's memory stands.
+const MEASURE_EVERY: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 struct Books {
@@ -480,6 +485,7 @@ impl Pool {
                 last_used: Instant::now(),
                 memory_mb: need,
                 charge_mb: need,
+                idle_mb: None,
                 cell,
             },
         );
@@ -497,7 +503,7 @@ impl Pool {
         let Some(guard) = lease.guard.take() else {
             return;
         };
-        let cell = {
+        let (cell, measure) = {
             let mut b = lock(&self.books);
             let Some(m) = b.members.get_mut(&lease.id) else {
                 // Stopped meanwhile (its function was deleted).
@@ -510,7 +516,14 @@ impl Pool {
             };
             m.busy = false;
             m.last_used = Instant::now();
-            m.cell.clone()
+            let measure = match m.idle_mb {
+                Some((mb, at)) if at.elapsed() < MEASURE_EVERY => {
+                    m.charge_mb = mb;
+                    false
+                }
+                _ => true,
+            };
+            (m.cell.clone(), measure)
         };
         drop(guard);
         let (books, id, freeze) = (
@@ -547,10 +560,23 @@ impl Pool {
                     return;
                 }
             }
-            let used = mb(inst.pss_kb());
+            if !measure {
+                return;
+            }
+            // Measured without holding the instance: reading PSS walks the
+            // VMM's page tables, and the next invocation must not wait.
+            let pid = inst.pid();
+            drop(slot);
+            let Ok(used) =
+                tokio::task::spawn_blocking(move || mb(crate::engine::process_pss_kb(pid)).max(1))
+                    .await
+            else {
+                return;
+            };
             if let Some(m) = lock(&books).members.get_mut(&id) {
+                m.idle_mb = Some((used, Instant::now()));
                 if !m.busy {
-                    m.charge_mb = used.max(1);
+                    m.charge_mb = used;
                 }
             }
         });
@@ -668,9 +694,15 @@ impl Pool {
 
     /// Stops every instance of a function (each after its running
     /// invocation). Returns the ids stopped.
+    pub async fn stop_function(&self, function: &str) -> Vec<String> {
+        self.stop_where(|_, m| m.function == function).await
+    }
+
+    /// Stops every instance of a deleted function, and the QEMU processes
+    /// started ahead for its snapshots. Returns the ids stopped.
     pub async fn retire(&self, function: &str) -> Vec<String> {
         self.drop_spares(function).await;
-        self.stop_where(|_, m| m.function == function).await
+        self.stop_function(function).await
     }
 
     /// Stops every instance.
@@ -891,6 +923,7 @@ mod tests {
                 last_used: Instant::now() - Duration::from_millis(age_ms),
                 memory_mb: 128,
                 charge_mb: 40,
+                idle_mb: None,
                 cell: Default::default(),
             },
         );
