@@ -433,6 +433,7 @@ impl Pool {
             self.settings.max_instances as usize,
             self.settings.memory_budget_mb,
         );
+        let spares = self.spares_mb();
         let mut b = lock(&self.books);
         let mut candidates: Vec<(&String, &Member)> = b
             .members
@@ -440,7 +441,7 @@ impl Pool {
             .filter(|(_, m)| !m.busy && m.provisioned.is_none())
             .collect();
         candidates.sort_by_key(|(_, m)| m.last_used);
-        let (mut count, mut charged) = (b.members.len(), b.charged_mb());
+        let (mut count, mut charged) = (b.members.len(), b.charged_mb() + spares);
         let mut victims = Vec::new();
         let mut candidates = candidates.into_iter();
         while count >= max || charged + need > budget {
@@ -820,13 +821,32 @@ impl Pool {
         }
     }
 
+    /// Host memory of the QEMU processes started ahead (RSS: cheap to read,
+    /// and they share little).
+    fn spares_mb(&self) -> u64 {
+        let spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let kb: u64 = spares
+            .values()
+            .flat_map(|l| l.vms.iter())
+            .map(|vm| vm.stats().rss_kb)
+            .sum();
+        mb(kb)
+    }
+
+    /// Whether the memory budget has room for `mb` more.
+    fn has_room(&self, mb: u64) -> bool {
+        let spares = self.spares_mb();
+        lock(&self.books).charged_mb() + spares + mb <= self.settings.memory_budget_mb
+    }
+
     /// The node's capacity and its use.
     pub fn capacity(&self) -> Capacity {
+        let spares = self.spares_mb();
         let b = lock(&self.books);
         Capacity {
             max_instances: self.settings.max_instances,
             memory_budget_mb: self.settings.memory_budget_mb,
-            charged_mb: b.charged_mb(),
+            charged_mb: b.charged_mb() + spares,
             reserved_total: b.reserved.values().sum(),
             unreserved_min: self.settings.unreserved_min,
             running: b.running.values().sum(),

@@ -17,6 +17,10 @@ use crate::functions::{Function, LATEST};
 use crate::logs::LogStream;
 use crate::snapshot::{file_identity, key_of, Snapshot, SnapshotKind};
 
+/// Host memory a QEMU process started ahead takes (measured: RSS 37 MB,
+/// PSS 26 MB with TCG and a 128 MB guest).
+const SPARE_MB: u64 = 40;
+
 /// A function snapshot, or the init failure that prevented it.
 enum FunctionSnapshot {
     Ready(Snapshot),
@@ -529,7 +533,9 @@ impl Pool {
     /// Starts a QEMU process ahead for the next clone of `snap`, so that
     /// process start is off the critical path.
     fn refill_spare(&self, f: &Function, snap: &Snapshot, disks: &Disks) {
-        if !self.settings.spare_vms {
+        // A spare counts against the memory budget like an instance; where
+        // there is no room for one, restores start their own process.
+        if !self.settings.spare_vms || !self.has_room(SPARE_MB) {
             return;
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
