@@ -245,18 +245,6 @@ async fn reserved_concurrency_zero_throttles_and_the_rules_are_checked() {
     assert_eq!(json(&r)["id"], 2);
 }
 
-async fn publish(name: &str) -> pb::FunctionConfiguration {
-    client()
-        .await
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn provisioned(name: &str, qualifier: &str) -> pb::ProvisionedConcurrencyConfig {
     client()
         .await
@@ -284,6 +272,21 @@ async fn wait_status(
             return p;
         }
         assert!(Instant::now() < deadline, "still {p:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls a function's provisioned instances until `done` holds of them or
+/// the time is up.
+async fn wait_provisioned(name: &str, what: &str, done: impl Fn(&[&pb::InstanceInfo]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = instances(name).await;
+        let prov: Vec<_> = list.iter().filter(|i| i.provisioned).collect();
+        if done(&prov) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {list:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -376,16 +379,10 @@ async fn provisioned_instances_answer_without_init_are_replaced_and_spill_over()
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let list = instances(&name).await;
-        let prov: Vec<_> = list.iter().filter(|i| i.provisioned).collect();
-        if prov.len() == 2 && prov.iter().all(|i| i.id != victim) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not replaced: {list:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_provisioned(&name, "not replaced", |prov| {
+        prov.len() == 2 && prov.iter().all(|i| i.id != victim)
+    })
+    .await;
     wait_status(&name, "live", "READY", 2).await;
 
     // Lowered: the surplus goes.
@@ -414,16 +411,10 @@ async fn provisioned_instances_answer_without_init_are_replaced_and_spill_over()
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let list = instances(&name).await;
-        let prov: Vec<_> = list.iter().filter(|i| i.provisioned).collect();
-        if prov.len() == 1 && prov[0].function_version == v2.version && prov[0].state == "Frozen" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not moved: {list:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_provisioned(&name, "not moved", |prov| {
+        prov.len() == 1 && prov[0].function_version == v2.version && prov[0].state == "Frozen"
+    })
+    .await;
     wait_status(&name, "live", "READY", 1).await;
 
     // Deleted: its instances go.

@@ -112,6 +112,19 @@ pub async fn node_client() -> flint_proto::node::v1::node_client::NodeClient<Cha
     )
 }
 
+/// Publishes `$LATEST` as a version (without a description).
+pub async fn publish(name: &str) -> pb::FunctionConfiguration {
+    client()
+        .await
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("publish version")
+        .into_inner()
+}
+
 pub async fn client() -> FunctionsClient<Channel> {
     flint_daemon::client::functions(&node().endpoint)
         .await

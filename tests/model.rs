@@ -170,26 +170,10 @@ async fn versions_are_immutable_and_an_alias_splits_traffic_by_weight() {
         })
         .await
         .unwrap();
-    let v2 = client()
-        .await
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let v2 = publish(&name).await;
     assert_eq!(v2.version, "2");
     // Unchanged code and configuration: the existing version comes back.
-    let again = client()
-        .await
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = publish(&name).await;
     assert_eq!(again.version, "2");
     let versions: Vec<String> = client()
         .await

@@ -65,14 +65,7 @@ async fn published_versions_restore_a_function_snapshot_and_clones_are_unique() 
     )
     .await
     .unwrap();
-    client()
-        .await
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    publish(&name).await;
 
     let r1 = invoke_v(&name, "1").await;
     assert_eq!(
@@ -143,14 +136,7 @@ async fn a_failing_after_restore_hook_is_an_unhandled_error() {
         })
         .await
         .unwrap();
-    client()
-        .await
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    publish(&name).await;
     let r = invoke_v(&name, "1").await;
     assert_eq!(r.function_error, "Unhandled");
     let v = json(&r);
@@ -172,14 +158,7 @@ async fn bash_runtime_versions_restore_without_hooks() {
     )
     .await
     .unwrap();
-    client()
-        .await
-        .publish_version(pb::PublishVersionRequest {
-            function_name: name.clone(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
+    publish(&name).await;
     for _ in 0..2 {
         let r = client()
             .await

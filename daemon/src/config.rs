@@ -163,17 +163,18 @@ pub struct FileLogs {
     pub retention_days: Option<u64>,
 }
 
+/// A field of `/proc/meminfo` (`"MemTotal:"`, ...) in KiB, if it can be read.
+pub fn meminfo_kb(key: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    })
+}
+
 /// The host's memory in MB (4096 when it cannot be read).
 pub fn host_memory_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(4096)
+    meminfo_kb("MemTotal:").map(|kb| kb / 1024).unwrap_or(4096)
 }
 
 /// The default unix socket, shared by flintd and flintctl.

@@ -515,15 +515,7 @@ fn provisioned_pb(v: crate::node::ProvisionedView) -> pb::ProvisionedConcurrency
 }
 
 fn meminfo_mb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(0)
+    crate::config::meminfo_kb(key).unwrap_or(0) / 1024
 }
 
 fn record_pb(r: LogRecord) -> pb::LogLine {

@@ -12,7 +12,7 @@ use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError,
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
 use crate::pool::{
-    exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
+    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
     Started as InstanceStart,
 };
 
@@ -99,12 +99,6 @@ enum Outcome {
         destroy: bool,
         status: Option<&'static str>,
     },
-}
-
-fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
-    serde_json::json!({"errorType": error_type, "errorMessage": message})
-        .to_string()
-        .into_bytes()
 }
 
 fn ms(d: Duration) -> f64 {

@@ -255,7 +255,8 @@ pub struct Pool {
     spares: Arc<Spares>,
 }
 
-fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
+/// Lambda's error document: `{"errorType": ..., "errorMessage": ...}`.
+pub fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
     serde_json::json!({"errorType": error_type, "errorMessage": message})
         .to_string()
         .into_bytes()
@@ -640,8 +641,7 @@ impl Pool {
         };
         let mut stopped = Vec::new();
         for (id, cell) in ids {
-            if let Some(inst) = cell.lock().await.take() {
-                inst.stop().await;
+            if stop_cell(cell).await {
                 stopped.push(id);
             }
         }
@@ -855,10 +855,13 @@ impl Pool {
 }
 
 /// Stops the instance in a cell (after the invocation or freeze holding it).
-async fn stop_cell(cell: Cell) {
-    if let Some(inst) = cell.lock().await.take() {
-        inst.stop().await;
-    }
+/// Returns whether there was one.
+async fn stop_cell(cell: Cell) -> bool {
+    let Some(inst) = cell.lock().await.take() else {
+        return false;
+    };
+    inst.stop().await;
+    true
 }
 
 /// Lambda's wording of a process end: `exit status 1` or `signal: killed`.

@@ -188,14 +188,7 @@ impl Served {
 }
 
 fn meminfo_kb(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    flint_daemon::config::meminfo_kb(key).unwrap_or(0)
 }
 
 fn main() -> anyhow::Result<()> {
