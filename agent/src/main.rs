@@ -9,12 +9,14 @@ mod channel;
 mod init;
 mod runtime;
 mod runtime_api;
+mod snapshot;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flint_proto::agent::v1::{
     agent_message::Kind, host_message, AgentMessage, Configure, Ready, Resumed, RuntimeExit,
+    SnapshotPrepared,
 };
 use nix::mount::MsFlags;
 use tokio::signal::unix::{signal, SignalKind};
@@ -131,6 +133,20 @@ async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(),
                         set_identity(&r.instance_id);
                         sink.send(AgentMessage { kind: Some(Kind::Resumed(Resumed {})) });
                         api.resume();
+                    }
+                    Some(host_message::Kind::PrepareSnapshot(_)) => {
+                        // In this thread, blocking the loop: the instance is
+                        // idle, and a helper thread would still be exiting
+                        // when the snapshot is taken, in every clone.
+                        let started = std::time::Instant::now();
+                        let p = snapshot::prepare();
+                        sink.send(AgentMessage {
+                            kind: Some(Kind::SnapshotPrepared(SnapshotPrepared {
+                                files: p.files,
+                                bytes: p.bytes,
+                                duration_us: started.elapsed().as_micros() as u64,
+                            })),
+                        });
                     }
                     Some(host_message::Kind::Shutdown(_)) => return Ok(()),
                     None => {}

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flint_proto::agent::v1::{agent_message, host_message, AgentMessage, HostMessage};
+use flint_proto::agent::v1::{
+    agent_message, host_message, AgentMessage, HostMessage, PrepareSnapshot,
+};
 use flint_proto::frame::{self, FrameBuffer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -53,6 +55,12 @@ pub enum AgentEvent {
     RestoreError {
         error_type: String,
         payload: Vec<u8>,
+    },
+    /// The agent did what clones would otherwise repeat (`PrepareSnapshot`).
+    SnapshotPrepared {
+        files: u32,
+        bytes: u64,
+        duration: Duration,
     },
     /// The channel closed: the VM is gone.
     Closed,
@@ -272,8 +280,38 @@ impl Instance {
         self.vm.restore(state).await.map_err(PoolError::from)
     }
 
-    /// Pauses the VM and writes its state (a snapshot template).
-    pub async fn snapshot(&self, state: &std::path::Path) -> Result<(), PoolError> {
+    /// Has the agent prepare the guest (`PrepareSnapshot`: the files its
+    /// processes map read into the page cache, the kernel's clocksource
+    /// settled), then pauses the VM and writes its state (a snapshot
+    /// template).
+    pub async fn snapshot(&mut self, state: &std::path::Path) -> Result<(), PoolError> {
+        self.send(host_message::Kind::PrepareSnapshot(PrepareSnapshot {}))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match self.next_event(deadline).await {
+                Some(AgentEvent::SnapshotPrepared {
+                    files,
+                    bytes,
+                    duration,
+                }) => {
+                    tracing::debug!(instance = %self.id, files, bytes,
+                        ms = duration.as_millis() as u64, "guest prepared for its snapshot");
+                    break;
+                }
+                Some(AgentEvent::Closed) | Some(AgentEvent::RuntimeExit { .. }) => {
+                    return Err(PoolError::Snapshot(format!(
+                        "the guest stopped while preparing its snapshot: {}",
+                        self.console_tail()
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(PoolError::Snapshot(
+                        "the agent did not prepare the snapshot in 15 s".into(),
+                    ))
+                }
+            }
+        }
         self.vm.snapshot(state).await.map_err(PoolError::from)
     }
 
@@ -340,6 +378,11 @@ fn dispatch(msg: AgentMessage, log: &LogStream) -> Option<AgentEvent> {
         Kind::RestoreError(e) => AgentEvent::RestoreError {
             error_type: e.error_type,
             payload: e.payload,
+        },
+        Kind::SnapshotPrepared(p) => AgentEvent::SnapshotPrepared {
+            files: p.files,
+            bytes: p.bytes,
+            duration: Duration::from_micros(p.duration_us),
         },
         Kind::Log(l) => {
             log.line(&l.request_id, &l.line);

@@ -355,7 +355,7 @@ impl Pool {
                 .configure_and_init(inst, f, disks.has_layers, true)
                 .await?
             {
-                Started::Ready(inst) => {
+                Started::Ready(mut inst) => {
                     let r = inst.snapshot(&staging.join("state")).await;
                     inst.stop().await;
                     r.map(|_| None)
