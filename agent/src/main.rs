@@ -7,6 +7,7 @@
 
 mod channel;
 mod init;
+mod memory;
 mod runtime;
 mod runtime_api;
 mod snapshot;

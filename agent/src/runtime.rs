@@ -1,5 +1,5 @@
 //! The function's runtime process: its environment, its output captured line
-//! by line, and the memory it used.
+//! by line.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
@@ -200,37 +200,6 @@ fn forward_lines<R: Read + AsRawFd + Send + 'static>(
     });
 }
 
-/// Peak resident memory of every user process but PID 1, in KiB: the memory
-/// the function used, as Lambda's `Max Memory Used` reports it.
-pub fn max_memory_used_kb() -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut total = 0;
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == 1 {
-            continue;
-        }
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            total += parse_hwm_kb(&status);
-        }
-    }
-    total
-}
-
-fn parse_hwm_kb(status: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,14 +240,5 @@ mod tests {
         assert_eq!(env["AWS_LAMBDA_RUNTIME_API"], "127.0.0.1:9001");
         assert_eq!(env["GREETING"], "hi");
         assert_eq!(env["TZ"], "Europe/Paris");
-    }
-
-    #[test]
-    fn hwm_is_parsed_from_proc_status() {
-        assert_eq!(
-            parse_hwm_kb("Name:\tx\nVmHWM:\t   1234 kB\nVmRSS:\t 1 kB\n"),
-            1234
-        );
-        assert_eq!(parse_hwm_kb("Name:\tkthread\n"), 0);
     }
 }

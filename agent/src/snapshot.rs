@@ -9,6 +9,7 @@
 //!   of their pages for the first time then maps a page already in memory
 //!   instead of reading it from its disk and decompressing it (the runtime
 //!   images are LZ4-compressed EROFS);
+//! - the memory meter learns the processes (`memory.rs`);
 //! - about a second after boot the kernel replaces its early TSC
 //!   clocksource with the calibrated one (a `stop_machine`, a log line); a
 //!   runtime snapshot taken before that made every clone do it.
@@ -32,6 +33,9 @@ pub fn prepare() -> Prepared {
     // must not crowd out its function.
     let budget = meminfo_kb("MemAvailable:").map_or(64 << 20, |kb| kb * 1024 / 4);
     let prepared = read_mapped_files(&mapped_files(), budget);
+    // The memory meter lists the processes now, so that a clone's first
+    // invocation only reads the status of the ones it knows.
+    crate::memory::max_used_kb();
     wait_for_calibrated_clocksource(Duration::from_secs(3));
     // Deferred kernel work queued by init (RCU callbacks, work items) runs
     // now rather than in every clone.

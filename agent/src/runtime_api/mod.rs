@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::channel::HostSink;
-use crate::runtime::{max_memory_used_kb, CurrentRequest};
+use crate::memory::max_used_kb as max_memory_used_kb;
+use crate::runtime::CurrentRequest;
 use state::{Event, Next, OnResume, RuntimeState, StateError, MAX_RESPONSE};
 
 #[derive(Debug, thiserror::Error)]
