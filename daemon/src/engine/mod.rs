@@ -103,6 +103,9 @@ pub trait Vm: Send + Sync {
     async fn snapshot(&self, state: &std::path::Path) -> Result<(), EngineError>;
     /// Loads `state` into a VM started with `incoming` and runs it.
     async fn restore(&self, state: &std::path::Path) -> Result<(), EngineError>;
+    /// Loads `state` into a VM started with `incoming`; it stays paused
+    /// until [`Vm::resume`]. The guest runs no instruction in between.
+    async fn load(&self, state: &std::path::Path) -> Result<(), EngineError>;
     /// Ends the VM and frees its resources. Idempotent.
     async fn stop(&mut self) -> Result<(), EngineError>;
     /// Whether the VMM process has exited.

@@ -280,6 +280,11 @@ impl Instance {
         self.vm.restore(state).await.map_err(PoolError::from)
     }
 
+    /// Runs a VM whose snapshot state was loaded ahead ([`Vm::load`]).
+    pub async fn run_loaded(&self) -> Result<(), PoolError> {
+        self.vm.resume().await.map_err(PoolError::from)
+    }
+
     /// Has the agent prepare the guest (`PrepareSnapshot`: the files its
     /// processes map read into the page cache, the kernel's clocksource
     /// settled), then pauses the VM and writes its state (a snapshot

@@ -42,6 +42,16 @@ fn entropy() -> Vec<u8> {
     e
 }
 
+/// Sends `Resume`: the wall clock, fresh entropy and the instance's
+/// identity, applied by the agent before anything else.
+fn send_resume(inst: &Instance) -> Result<(), PoolError> {
+    inst.send(host_message::Kind::Resume(Resume {
+        wall_clock_unix_ms: unix_ms(SystemTime::now()),
+        entropy: entropy(),
+        instance_id: inst.id.clone(),
+    }))
+}
+
 fn vcpus(memory_mb: u32) -> u32 {
     // Lambda gives a full vCPU at 1769 MB.
     memory_mb.div_ceil(1769).clamp(1, 6)
@@ -158,7 +168,7 @@ impl Pool {
                     .await;
                 match restored {
                     Ok(mut inst) => {
-                        self.resume(&mut inst).await?;
+                        self.resumed(&mut inst).await?;
                         self.configure_and_init(inst, f, disks.has_layers, false)
                             .await
                     }
@@ -350,7 +360,7 @@ impl Pool {
                     None,
                 )
                 .await?;
-            self.resume(&mut inst).await?;
+            self.resumed(&mut inst).await?;
             match self
                 .configure_and_init(inst, f, disks.has_layers, true)
                 .await?
@@ -397,7 +407,8 @@ impl Pool {
         }
     }
 
-    /// A VM restored from `snap` (a spare started ahead when there is one).
+    /// A VM restored from `snap`: a spare (its process started and the
+    /// snapshot's state loaded ahead) resumed when there is one.
     #[allow(clippy::too_many_arguments)]
     async fn restore_vm(
         &self,
@@ -411,29 +422,36 @@ impl Pool {
         spare: Option<Box<dyn Vm>>,
     ) -> Result<Instance, PoolError> {
         // A spare keeps its own directory; the instance takes the new id.
-        let vm = match spare {
-            Some(vm) => vm,
-            None => {
+        let (vm, loaded) = match spare {
+            Some(vm) => (vm, true),
+            None => (
                 self.engine
                     .boot(self.vm_spec(f, &id, memory, disks))
-                    .await?
-            }
+                    .await?,
+                false,
+            ),
         };
         let inst = Instance::attach(f, id, vm, log, self.registry.clone(), kind)?;
-        if let Err(e) = inst.restore(&snap.state()).await {
+        // `Resume` waits in the channel before the guest runs its first
+        // instruction: the agent reads it at once.
+        if let Err(e) = send_resume(&inst) {
+            inst.stop().await;
+            return Err(e);
+        }
+        let restored = if loaded {
+            inst.run_loaded().await
+        } else {
+            inst.restore(&snap.state()).await
+        };
+        if let Err(e) = restored {
             inst.stop().await;
             return Err(e);
         }
         Ok(inst)
     }
 
-    /// Sends `Resume` and waits for the agent's answer.
-    async fn resume(&self, inst: &mut Instance) -> Result<(), PoolError> {
-        inst.send(host_message::Kind::Resume(Resume {
-            wall_clock_unix_ms: unix_ms(SystemTime::now()),
-            entropy: entropy(),
-            instance_id: inst.id.clone(),
-        }))?;
+    /// Waits for the agent's answer to `Resume` (sent by `restore_vm`).
+    async fn resumed(&self, inst: &mut Instance) -> Result<(), PoolError> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match inst.next_event(deadline).await {
@@ -473,7 +491,7 @@ impl Pool {
             .await?;
         let restored = started.elapsed();
         self.refill_spare(f, snap, disks);
-        self.resume(&mut inst).await?;
+        self.resumed(&mut inst).await?;
         let resumed = started.elapsed();
         let deadline = Instant::now() + self.settings.init_timeout;
         loop {
@@ -530,8 +548,10 @@ impl Pool {
         None
     }
 
-    /// Starts a QEMU process ahead for the next clone of `snap`, so that
-    /// process start is off the critical path.
+    /// Starts a QEMU process ahead for the next clone of `snap` and loads
+    /// the snapshot's state into it (the guest stays paused: it runs its
+    /// first instruction when the clone is taken, after `Resume` is on its
+    /// way), so that neither is on the critical path.
     fn refill_spare(&self, f: &Function, snap: &Snapshot, disks: &Disks) {
         // A spare counts against the memory budget like an instance; where
         // there is no room for one, restores start their own process.
@@ -544,8 +564,19 @@ impl Pool {
         let spares = self.spares.clone();
         let key = snap.key.clone();
         let function = f.name.clone();
+        let state = snap.state();
         tokio::spawn(async move {
-            match engine.boot(spec).await {
+            let spare = match engine.boot(spec).await {
+                Ok(mut vm) => match vm.load(&state).await {
+                    Ok(()) => Ok(vm),
+                    Err(e) => {
+                        let _ = vm.stop().await;
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match spare {
                 Ok(vm) => {
                     let extra = {
                         let mut map = spares.lock().unwrap_or_else(|p| p.into_inner());
