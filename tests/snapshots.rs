@@ -111,6 +111,25 @@ async fn published_versions_restore_a_function_snapshot_and_clones_are_unique() 
         restore_ms < 1000,
         "a restored invocation took {restore_ms} ms"
     );
+    // A third clone from a VMM that was started, and had the snapshot's
+    // state loaded, seconds before: paused until this invocation, its
+    // clock, entropy and identity are still fresh.
+    stop_all(&name).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let r3 = invoke_v(&name, "1").await;
+    let v3 = json(&r3);
+    assert!(report(&r3).contains("Restore Duration: "));
+    assert_eq!(v1["init_random"], v3["init_random"]);
+    for v in [&v1, &v2] {
+        assert_ne!(v["random"], v3["random"]);
+        assert_ne!(v["uuid"], v3["uuid"]);
+        assert_ne!(v["hostname"], v3["hostname"]);
+    }
+    assert!(
+        (v3["now"].as_f64().unwrap() - now_s()).abs() < 1.0,
+        "guest clock of a clone from a spare loaded 3 s earlier: {}",
+        v3["now"]
+    );
     let warm = invoke_v(&name, "1").await;
     assert!(!report(&warm).contains("Duration: ") || !report(&warm).contains("Restore Duration"));
 
