@@ -160,13 +160,35 @@ const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 /// `_IO(0x12, 97)`: flush a block device's buffers.
 const BLKFLSBUF: libc::c_ulong = 0x1261;
 
+/// `/dev/urandom`, opened once at boot: a restored clone reseeds with two
+/// ioctls, without walking a path (under TCG, a clone pays for every kernel
+/// path it runs for the first time).
+static URANDOM: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+
+fn urandom() -> Option<&'static std::fs::File> {
+    URANDOM
+        .get_or_init(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/urandom")
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Opens what the agent keeps open for restores; called before the first
+/// snapshot can be taken.
+pub fn open_for_restores() {
+    urandom();
+}
+
 /// Credits host entropy to the kernel's pool and reseeds the CRNG, so that
 /// clones of one snapshot draw different random numbers from now on.
 pub fn reseed_rng(entropy: &[u8]) {
     if entropy.is_empty() {
         return;
     }
-    let Ok(f) = std::fs::OpenOptions::new().write(true).open("/dev/urandom") else {
+    let Some(f) = urandom() else {
         return;
     };
     let n = entropy.len().min(512);
@@ -182,7 +204,7 @@ pub fn reseed_rng(entropy: &[u8]) {
     if added < 0 {
         // Without CAP_SYS_ADMIN or support: mix in without credit.
         use std::io::Write;
-        let _ = (&f).write_all(&entropy[..n]);
+        let _ = (&*f).write_all(&entropy[..n]);
     }
     // SAFETY: RNDRESEEDCRNG takes no argument.
     let _ = unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) };

@@ -71,6 +71,7 @@ fn main() {
 fn run() -> Result<(), AgentError> {
     init::mount_boot_filesystems()?;
     init::loopback_up()?;
+    init::open_for_restores();
     let cmdline = init::flint_cmdline()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
