@@ -114,8 +114,16 @@ struct SpareList {
     vms: Vec<Box<dyn crate::engine::Vm>>,
 }
 
-/// Spares by snapshot key.
-type Spares = Mutex<HashMap<String, SpareList>>;
+/// Spares by snapshot key, and how many times a function's spares were
+/// dropped: a spare whose start began before a drop is not kept (its
+/// function may be gone).
+#[derive(Default)]
+struct SpareBook {
+    lists: HashMap<String, SpareList>,
+    drops: u64,
+}
+
+type Spares = Mutex<SpareBook>;
 
 /// The place of one instance; empty while it starts, and after it stopped.
 type Cell = Arc<tokio::sync::Mutex<Option<Instance>>>;
@@ -281,7 +289,7 @@ impl Pool {
             snapshots,
             template_logs,
             building: Mutex::new(HashMap::new()),
-            spares: Arc::new(Mutex::new(HashMap::new())),
+            spares: Arc::new(Mutex::new(SpareBook::default())),
         }
     }
 
@@ -669,14 +677,16 @@ impl Pool {
     /// (they are started again by its next restore).
     async fn drop_spares(&self, function: &str) {
         let vms: Vec<_> = {
-            let mut map = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<String> = map
+            let mut book = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            book.drops += 1;
+            let keys: Vec<String> = book
+                .lists
                 .iter()
                 .filter(|(_, l)| l.function == function)
                 .map(|(k, _)| k.clone())
                 .collect();
             keys.into_iter()
-                .filter_map(|k| map.remove(&k))
+                .filter_map(|k| book.lists.remove(&k))
                 .flat_map(|l| l.vms)
                 .collect()
         };
@@ -713,6 +723,7 @@ impl Pool {
             .spares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .lists
             .drain()
             .flat_map(|(_, l)| l.vms)
             .collect();
@@ -826,6 +837,7 @@ impl Pool {
     fn spares_mb(&self) -> u64 {
         let spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
         let kb: u64 = spares
+            .lists
             .values()
             .flat_map(|l| l.vms.iter())
             .map(|vm| vm.stats().rss_kb)

@@ -539,7 +539,7 @@ impl Pool {
 
     fn take_spare(&self, key: &str) -> Option<Box<dyn Vm>> {
         let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-        let list = spares.get_mut(key)?;
+        let list = spares.lists.get_mut(key)?;
         while let Some(vm) = list.vms.pop() {
             if !vm.has_exited() {
                 return Some(vm);
@@ -565,6 +565,7 @@ impl Pool {
         let key = snap.key.clone();
         let function = f.name.clone();
         let state = snap.state();
+        let drops = self.spares.lock().unwrap_or_else(|p| p.into_inner()).drops;
         tokio::spawn(async move {
             let spare = match engine.boot(spec).await {
                 Ok(mut vm) => match vm.load(&state).await {
@@ -579,14 +580,20 @@ impl Pool {
             match spare {
                 Ok(vm) => {
                     let extra = {
-                        let mut map = spares.lock().unwrap_or_else(|p| p.into_inner());
-                        let list = map.entry(key).or_default();
-                        list.function = function;
-                        if list.vms.is_empty() {
-                            list.vms.push(vm);
-                            None
-                        } else {
+                        let mut book = spares.lock().unwrap_or_else(|p| p.into_inner());
+                        if book.drops != drops {
+                            // Spares were dropped meanwhile (perhaps this
+                            // function's): the next restore starts another.
                             Some(vm)
+                        } else {
+                            let list = book.lists.entry(key).or_default();
+                            list.function = function;
+                            if list.vms.is_empty() {
+                                list.vms.push(vm);
+                                None
+                            } else {
+                                Some(vm)
+                            }
                         }
                     };
                     if let Some(mut vm) = extra {
