@@ -22,6 +22,21 @@ fn worker_zip() -> Vec<u8> {
     zip_files(&[("app.py", WORKER, 0o644)])
 }
 
+/// Creates the worker function on a node driven in-process.
+async fn create_worker(node: &flint_daemon::node::Node, name: &str) {
+    node.create_function(
+        flint_daemon::functions::FunctionSpec {
+            name: name.into(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            ..Default::default()
+        },
+        worker_zip(),
+    )
+    .await
+    .unwrap();
+}
+
 async fn instances(name: &str) -> Vec<pb::InstanceInfo> {
     node_client()
         .await
@@ -32,24 +47,6 @@ async fn instances(name: &str) -> Vec<pb::InstanceInfo> {
         .unwrap()
         .into_inner()
         .instances
-}
-
-async fn invoke_q(
-    name: &str,
-    qualifier: &str,
-    payload: String,
-) -> Result<pb::InvokeResponse, tonic::Status> {
-    client()
-        .await
-        .invoke(pb::InvokeRequest {
-            function_name: name.into(),
-            qualifier: qualifier.into(),
-            payload: payload.into_bytes(),
-            log_type: pb::LogType::Tail as i32,
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner())
 }
 
 /// Every log line of a function so far.
@@ -84,10 +81,10 @@ async fn burst(
         let (name, qualifier) = (name.to_string(), qualifier.to_string());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let r = invoke_q(
+            let r = invoke_at(
                 &name,
                 &qualifier,
-                format!(r#"{{"id": {id}, "sleep": {sleep_s}}}"#),
+                &format!(r#"{{"id": {id}, "sleep": {sleep_s}}}"#),
             )
             .await;
             (id, r, t.elapsed())
@@ -348,7 +345,7 @@ async fn provisioned_instances_answer_without_init_are_replaced_and_spill_over()
 
     // Invocations go to them, and show neither init nor restore.
     for id in 0..3 {
-        let r = invoke_q(&name, "live", format!(r#"{{"id": {id}}}"#))
+        let r = invoke_at(&name, "live", &format!(r#"{{"id": {id}}}"#))
             .await
             .unwrap();
         let t = tail(&r);
@@ -706,7 +703,6 @@ async fn flintctl_sets_reserved_and_provisioned_concurrency() {
 #[tokio::test]
 async fn reservations_and_provisioned_configs_survive_a_restart() {
     use flint_daemon::config::Config;
-    use flint_daemon::functions::FunctionSpec;
     use flint_daemon::node::{Node, ProvisionedStatus};
 
     let dir = tempfile::tempdir().unwrap();
@@ -732,17 +728,7 @@ async fn reservations_and_provisioned_configs_survive_a_restart() {
     }
     {
         let node = Node::open(config()).unwrap();
-        node.create_function(
-            FunctionSpec {
-                name: "p".into(),
-                runtime: "python3.11".into(),
-                handler: "app.handler".into(),
-                ..Default::default()
-            },
-            worker_zip(),
-        )
-        .await
-        .unwrap();
+        create_worker(&node, "p").await;
         node.publish_version("p", "").unwrap();
         node.put_function_concurrency("p", 4).unwrap();
         node.put_provisioned_concurrency("p", "1", 1).unwrap();
@@ -765,7 +751,6 @@ async fn reservations_and_provisioned_configs_survive_a_restart() {
 #[tokio::test]
 async fn reservations_and_provisioned_concurrency_leave_the_unreserved_minimum() {
     use flint_daemon::config::Config;
-    use flint_daemon::functions::FunctionSpec;
     use flint_daemon::node::Node;
 
     let dir = tempfile::tempdir().unwrap();
@@ -779,17 +764,7 @@ async fn reservations_and_provisioned_concurrency_leave_the_unreserved_minimum()
     })
     .unwrap();
     for f in ["a", "b"] {
-        node.create_function(
-            FunctionSpec {
-                name: f.into(),
-                runtime: "python3.11".into(),
-                handler: "app.handler".into(),
-                ..Default::default()
-            },
-            worker_zip(),
-        )
-        .await
-        .unwrap();
+        create_worker(&node, f).await;
         node.publish_version(f, "").unwrap();
     }
     let refused = |r: Result<(), flint_daemon::node::NodeError>| {

@@ -201,11 +201,22 @@ pub async fn create(
         .map(|r| r.into_inner())
 }
 
+/// Invokes `$LATEST`, asking for the log tail.
 pub async fn invoke(name: &str, payload: &str) -> Result<pb::InvokeResponse, tonic::Status> {
+    invoke_at(name, "", payload).await
+}
+
+/// Invokes a version or alias (`""`: `$LATEST`), asking for the log tail.
+pub async fn invoke_at(
+    name: &str,
+    qualifier: &str,
+    payload: &str,
+) -> Result<pb::InvokeResponse, tonic::Status> {
     client()
         .await
         .invoke(pb::InvokeRequest {
             function_name: name.into(),
+            qualifier: qualifier.into(),
             payload: payload.as_bytes().to_vec(),
             log_type: pb::LogType::Tail as i32,
             ..Default::default()

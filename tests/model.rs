@@ -12,17 +12,7 @@ fn py(body: &str) -> Vec<u8> {
 }
 
 async fn invoke_q(name: &str, qualifier: &str) -> pb::InvokeResponse {
-    client()
-        .await
-        .invoke(pb::InvokeRequest {
-            function_name: name.into(),
-            qualifier: qualifier.into(),
-            payload: b"{}".to_vec(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    invoke_at(name, qualifier, "{}").await.unwrap()
 }
 
 fn text(r: &pb::InvokeResponse) -> String {

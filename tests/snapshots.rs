@@ -7,35 +7,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flint_e2e::*;
 use flint_proto::node::v1 as pb;
-use flint_proto::node::v1::node_client::NodeClient;
 
 async fn stop_all(name: &str) {
-    NodeClient::new(
-        flint_daemon::client::channel(&node().endpoint)
-            .await
-            .unwrap(),
-    )
-    .stop_instances(pb::StopInstancesRequest {
-        function_name: name.into(),
-        instance_id: String::new(),
-    })
-    .await
-    .unwrap();
+    node_client()
+        .await
+        .stop_instances(pb::StopInstancesRequest {
+            function_name: name.into(),
+            instance_id: String::new(),
+        })
+        .await
+        .unwrap();
 }
 
 async fn invoke_v(name: &str, q: &str) -> pb::InvokeResponse {
-    client()
-        .await
-        .invoke(pb::InvokeRequest {
-            function_name: name.into(),
-            qualifier: q.into(),
-            payload: b"{}".to_vec(),
-            log_type: pb::LogType::Tail as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    invoke_at(name, q, "{}").await.unwrap()
 }
 
 fn now_s() -> f64 {
@@ -179,18 +164,7 @@ async fn bash_runtime_versions_restore_without_hooks() {
     .unwrap();
     publish(&name).await;
     for _ in 0..2 {
-        let r = client()
-            .await
-            .invoke(pb::InvokeRequest {
-                function_name: name.clone(),
-                qualifier: "1".into(),
-                payload: br#"{"k":"v"}"#.to_vec(),
-                log_type: pb::LogType::Tail as i32,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let r = invoke_at(&name, "1", r#"{"k":"v"}"#).await.unwrap();
         assert_eq!(
             String::from_utf8_lossy(&r.payload),
             r#"Echoing request: '{"k":"v"}'"#

@@ -144,12 +144,16 @@ impl<P: Processes> Meter<P> {
 }
 
 fn parse_hwm_kb(status: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+    kb_field(status, "VmHWM:").unwrap_or(0)
+}
+
+/// The number after `key` in a `/proc` listing of `Key:   123 kB` lines
+/// (`status`, `meminfo`).
+pub fn kb_field(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -110,11 +110,7 @@ fn wait_for_calibrated_clocksource(limit: Duration) {
 }
 
 fn meminfo_kb(key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    crate::memory::kb_field(&std::fs::read_to_string("/proc/meminfo").ok()?, key)
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ pub struct VmSpec {
     pub memory_mb: u32,
     pub vcpus: u32,
     pub memory: Memory,
-    /// Start paused, waiting for [`Vm::restore`] instead of booting.
+    /// Start paused, waiting for [`Vm::load`] instead of booting.
     pub incoming: bool,
 }
 
@@ -101,10 +101,9 @@ pub trait Vm: Send + Sync {
     /// Pauses the VM and writes its device state to `state` (RAM stays in
     /// the template's memory file). The VM stays paused.
     async fn snapshot(&self, state: &std::path::Path) -> Result<(), EngineError>;
-    /// Loads `state` into a VM started with `incoming` and runs it.
-    async fn restore(&self, state: &std::path::Path) -> Result<(), EngineError>;
     /// Loads `state` into a VM started with `incoming`; it stays paused
-    /// until [`Vm::resume`]. The guest runs no instruction in between.
+    /// until [`Vm::resume`] (a restore is the two). The guest runs no
+    /// instruction in between.
     async fn load(&self, state: &std::path::Path) -> Result<(), EngineError>;
     /// Ends the VM and frees its resources. Idempotent.
     async fn stop(&mut self) -> Result<(), EngineError>;

@@ -368,14 +368,6 @@ impl Vm for QemuVm {
         }
     }
 
-    async fn restore(&self, state: &Path) -> Result<(), EngineError> {
-        self.load(state).await?;
-        self.execute(qmp::cont {})
-            .await
-            .map_err(|e| EngineError::Restore(e.to_string()))?;
-        Ok(())
-    }
-
     async fn load(&self, state: &Path) -> Result<(), EngineError> {
         let fail = |e: EngineError| EngineError::Restore(e.to_string());
         let data = tokio::fs::read(state)

@@ -275,12 +275,12 @@ impl Instance {
         info.last_used.unwrap_or(info.created)
     }
 
-    /// Loads a snapshot's state into this (incoming) VM and runs it.
-    pub async fn restore(&self, state: &std::path::Path) -> Result<(), PoolError> {
-        self.vm.restore(state).await.map_err(PoolError::from)
+    /// Loads a snapshot's state into this (incoming) VM; it stays paused.
+    pub async fn load(&self, state: &std::path::Path) -> Result<(), PoolError> {
+        self.vm.load(state).await.map_err(PoolError::from)
     }
 
-    /// Runs a VM whose snapshot state was loaded ahead ([`Vm::load`]).
+    /// Runs a VM whose snapshot state is loaded ([`Vm::load`]).
     pub async fn run_loaded(&self) -> Result<(), PoolError> {
         self.vm.resume().await.map_err(PoolError::from)
     }

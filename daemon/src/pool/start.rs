@@ -438,12 +438,13 @@ impl Pool {
             inst.stop().await;
             return Err(e);
         }
-        let restored = if loaded {
+        let restored = async {
+            if !loaded {
+                inst.load(&snap.state()).await?;
+            }
             inst.run_loaded().await
-        } else {
-            inst.restore(&snap.state()).await
         };
-        if let Err(e) = restored {
+        if let Err(e) = restored.await {
             inst.stop().await;
             return Err(e);
         }
