@@ -432,16 +432,15 @@ impl Pool {
             ),
         };
         let inst = Instance::attach(f, id, vm, log, self.registry.clone(), kind)?;
-        // `Resume` waits in the channel before the guest runs its first
-        // instruction: the agent reads it at once.
-        if let Err(e) = send_resume(&inst) {
-            inst.stop().await;
-            return Err(e);
-        }
         let restored = async {
             if !loaded {
                 inst.load(&snap.state()).await?;
             }
+            // `Resume` waits in the channel before the guest runs its first
+            // instruction: the agent reads it at once. Only once the state
+            // is loaded: QEMU's main loop runs during a load, and a message
+            // handed to the half-loaded serial device could be lost.
+            send_resume(&inst)?;
             inst.run_loaded().await
         };
         if let Err(e) = restored.await {
