@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use flint_proto::agent::v1::{
     agent_message::Kind, host_message, AgentMessage, Configure, Ready, Resumed, RuntimeExit,
-    SnapshotPrepared,
+    SnapshotPrepared, Warmed,
 };
 use nix::mount::MsFlags;
 use tokio::signal::unix::{signal, SignalKind};
@@ -130,11 +130,23 @@ async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(),
                     }
                     Some(host_message::Kind::Resume(r)) => {
                         // Uniqueness first: clock, entropy, then the answer.
-                        set_clock(r.wall_clock_unix_ms);
-                        init::reseed_rng(&r.entropy);
-                        set_identity(&r.instance_id);
+                        apply_uniqueness(r.wall_clock_unix_ms, &r.entropy, &r.instance_id);
                         sink.send(AgentMessage { kind: Some(Kind::Resumed(Resumed {})) });
                         api.resume();
+                    }
+                    Some(host_message::Kind::Warm(w)) => {
+                        // A spare: the steps of a Resume and of the runtime's
+                        // first requests after it, run once ahead; the runtime
+                        // stays parked.
+                        let started = std::time::Instant::now();
+                        apply_uniqueness(w.wall_clock_unix_ms, &w.entropy, &w.instance_id);
+                        runtime_api::warm_up().await;
+                        memory::max_used_kb();
+                        sink.send(AgentMessage {
+                            kind: Some(Kind::Warmed(Warmed {
+                                duration_us: started.elapsed().as_micros() as u64,
+                            })),
+                        });
                     }
                     Some(host_message::Kind::PrepareSnapshot(_)) => {
                         // In this thread, blocking the loop: the instance is
@@ -190,6 +202,14 @@ fn correct_clock(host_unix_ms: u64) {
     }
 }
 
+/// What makes a restored clone unique: the host's wall clock, fresh
+/// entropy for the kernel's RNG, its own host name.
+fn apply_uniqueness(wall_clock_unix_ms: u64, entropy: &[u8], instance_id: &str) {
+    set_clock(wall_clock_unix_ms);
+    init::reseed_rng(entropy);
+    set_identity(instance_id);
+}
+
 /// The instance's identity inside the guest: its host name.
 fn set_identity(instance_id: &str) {
     if !instance_id.is_empty() {
@@ -208,11 +228,7 @@ fn set_clock(unix_ms: u64) {
 
 /// Applies the host's settings: clock, entropy, /var/task, /tmp.
 fn configure(cfg: &Configure) -> Result<(), AgentError> {
-    if cfg.wall_clock_unix_ms > 0 {
-        set_clock(cfg.wall_clock_unix_ms);
-    }
-    init::reseed_rng(&cfg.entropy);
-    set_identity(&cfg.instance_id);
+    apply_uniqueness(cfg.wall_clock_unix_ms, &cfg.entropy, &cfg.instance_id);
     if !cfg.code_device.is_empty() {
         // A restored runtime snapshot saw a placeholder at this device.
         init::flush_block_device(&cfg.code_device);

@@ -413,6 +413,39 @@ impl RuntimeApi {
     }
 }
 
+/// One request of the agent to its own Runtime API, on a new connection,
+/// as a runtime's first request after a restore comes (a spare's warm-up,
+/// `Warm`). The path is none of the API's: the answer is a 404 and no state
+/// changes. Bounded: a spare that cannot do it is still a spare.
+pub async fn warm_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(crate::runtime::RUNTIME_API).await?;
+        stream.set_nodelay(true)?;
+        stream
+            .write_all(
+                format!(
+                    "GET {PREFIX}/warm-up HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    crate::runtime::RUNTIME_API
+                )
+                .as_bytes(),
+            )
+            .await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), exchange).await {
+        Ok(Ok(answer)) if answer.starts_with(b"HTTP/1.1 404") => {}
+        Ok(Ok(answer)) => eprintln!(
+            "flint-agent: warm-up: unexpected answer {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(40)])
+        ),
+        Ok(Err(e)) => eprintln!("flint-agent: warm-up: {e}"),
+        Err(_) => eprintln!("flint-agent: warm-up: no answer within 2 s"),
+    }
+}
+
 fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.headers()
         .get(name)

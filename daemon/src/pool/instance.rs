@@ -10,6 +10,7 @@ use flint_proto::agent::v1::{
 };
 use flint_proto::frame::{self, FrameBuffer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::engine::Vm;
@@ -117,12 +118,37 @@ pub struct Instance {
     registry: Registry,
 }
 
+/// The host end of an agent channel, with what was read from it and not
+/// yet handled.
+pub struct AgentChannel {
+    pub stream: UnixStream,
+    pub received: FrameBuffer,
+}
+
 impl Instance {
     /// Wires the agent channel of a freshly booted VM.
     pub fn attach(
         f: &Function,
         id: String,
         mut vm: Box<dyn Vm>,
+        log: LogStream,
+        registry: Registry,
+        start_kind: &'static str,
+    ) -> Result<Self, PoolError> {
+        let stream = vm.take_channel().ok_or(PoolError::NoChannel)?;
+        let channel = AgentChannel {
+            stream,
+            received: FrameBuffer::default(),
+        };
+        Self::attach_channel(f, id, vm, channel, log, registry, start_kind)
+    }
+
+    /// Wires an agent channel already in use (a spare's).
+    pub fn attach_channel(
+        f: &Function,
+        id: String,
+        vm: Box<dyn Vm>,
+        channel: AgentChannel,
         log: LogStream,
         registry: Registry,
         start_kind: &'static str,
@@ -145,8 +171,11 @@ impl Instance {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.clone(), info.clone());
-        let channel = vm.take_channel().ok_or(PoolError::NoChannel)?;
-        let (mut rd, mut wr) = channel.into_split();
+        let AgentChannel {
+            stream,
+            received: mut fb,
+        } = channel;
+        let (mut rd, mut wr) = stream.into_split();
         let (to_agent, mut outbox) = mpsc::unbounded_channel::<HostMessage>();
         tokio::spawn(async move {
             while let Some(msg) = outbox.recv().await {
@@ -158,13 +187,10 @@ impl Instance {
         let (ev_tx, events) = mpsc::unbounded_channel();
         let reader_log = log.clone();
         tokio::spawn(async move {
-            let mut fb = FrameBuffer::default();
             let mut buf = vec![0u8; 64 * 1024];
+            // Frames already received (by a spare's warm-up) come first.
+            let mut n = 0;
             loop {
-                let n = match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
                 fb.extend(&buf[..n]);
                 loop {
                     match fb.next_frame::<AgentMessage>() {
@@ -181,6 +207,10 @@ impl Instance {
                         }
                     }
                 }
+                n = match rd.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
             }
             let _ = ev_tx.send(AgentEvent::Closed);
         });
@@ -393,6 +423,8 @@ fn dispatch(msg: AgentMessage, log: &LogStream) -> Option<AgentEvent> {
             log.line(&l.request_id, &l.line);
             return None;
         }
+        // Only a spare's warm-up asks for it (and reads it itself).
+        Kind::Warmed(_) => return None,
     })
 }
 

@@ -11,6 +11,7 @@
 //! when the node has room (after evicting idle instances if it must).
 
 mod instance;
+mod spare;
 mod start;
 
 use std::collections::HashMap;
@@ -43,6 +44,8 @@ pub enum PoolError {
     Snapshot(String),
     #[error("the restored guest did not answer: {0}")]
     ResumeFailed(String),
+    #[error("a spare's guest did not warm up: {0}")]
+    WarmUpFailed(String),
     #[error("Rate Exceeded: {detail}")]
     Throttled { reason: Throttle, detail: String },
 }
@@ -111,7 +114,7 @@ pub enum Started {
 #[derive(Default)]
 struct SpareList {
     function: String,
-    vms: Vec<Box<dyn crate::engine::Vm>>,
+    vms: Vec<spare::Spare>,
 }
 
 /// Spares by snapshot key, and how many times a function's spares were
@@ -690,8 +693,8 @@ impl Pool {
                 .flat_map(|l| l.vms)
                 .collect()
         };
-        for mut vm in vms {
-            let _ = vm.stop().await;
+        for mut spare in vms {
+            let _ = spare.vm.stop().await;
         }
     }
 
@@ -727,8 +730,8 @@ impl Pool {
             .drain()
             .flat_map(|(_, l)| l.vms)
             .collect();
-        for mut vm in spares {
-            let _ = vm.stop().await;
+        for mut spare in spares {
+            let _ = spare.vm.stop().await;
         }
     }
 
@@ -840,7 +843,7 @@ impl Pool {
             .lists
             .values()
             .flat_map(|l| l.vms.iter())
-            .map(|vm| vm.stats().rss_kb)
+            .map(|spare| spare.vm.stats().rss_kb)
             .sum();
         mb(kb)
     }

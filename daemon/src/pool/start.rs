@@ -9,10 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flint_proto::agent::v1::{host_message, Configure, Resume};
 
+use super::spare::Spare;
 use super::{
     error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
 };
-use crate::engine::{Memory, Vm, VmSpec};
+use crate::engine::{Memory, VmSpec};
 use crate::functions::{Function, LATEST};
 use crate::logs::LogStream;
 use crate::snapshot::{file_identity, key_of, Snapshot, SnapshotKind};
@@ -419,19 +420,33 @@ impl Pool {
         id: String,
         log: LogStream,
         kind: &'static str,
-        spare: Option<Box<dyn Vm>>,
+        spare: Option<Spare>,
     ) -> Result<Instance, PoolError> {
         // A spare keeps its own directory; the instance takes the new id.
-        let (vm, loaded) = match spare {
-            Some(vm) => (vm, true),
-            None => (
-                self.engine
-                    .boot(self.vm_spec(f, &id, memory, disks))
-                    .await?,
-                false,
+        let (inst, loaded) = match spare {
+            Some(spare) => (
+                Instance::attach_channel(
+                    f,
+                    id,
+                    spare.vm,
+                    spare.channel,
+                    log,
+                    self.registry.clone(),
+                    kind,
+                )?,
+                true,
             ),
+            None => {
+                let vm = self
+                    .engine
+                    .boot(self.vm_spec(f, &id, memory, disks))
+                    .await?;
+                (
+                    Instance::attach(f, id, vm, log, self.registry.clone(), kind)?,
+                    false,
+                )
+            }
         };
-        let inst = Instance::attach(f, id, vm, log, self.registry.clone(), kind)?;
         let restored = async {
             if !loaded {
                 inst.load(&snap.state()).await?;
@@ -537,21 +552,20 @@ impl Pool {
         }
     }
 
-    fn take_spare(&self, key: &str) -> Option<Box<dyn Vm>> {
+    fn take_spare(&self, key: &str) -> Option<Spare> {
         let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
         let list = spares.lists.get_mut(key)?;
-        while let Some(vm) = list.vms.pop() {
-            if !vm.has_exited() {
-                return Some(vm);
+        while let Some(spare) = list.vms.pop() {
+            if !spare.vm.has_exited() {
+                return Some(spare);
             }
         }
         None
     }
 
-    /// Starts a QEMU process ahead for the next clone of `snap` and loads
-    /// the snapshot's state into it (the guest stays paused: it runs its
-    /// first instruction when the clone is taken, after `Resume` is on its
-    /// way), so that neither is on the critical path.
+    /// Starts a spare for the next clone of `snap` ([`Spare`]: its QEMU
+    /// process started, the state loaded, the guest warmed up and paused),
+    /// so that none of it is on the critical path.
     fn refill_spare(&self, f: &Function, snap: &Snapshot, disks: &Disks) {
         // A spare counts against the memory budget like an instance; where
         // there is no room for one, restores start their own process.
@@ -567,17 +581,7 @@ impl Pool {
         let state = snap.state();
         let drops = self.spares.lock().unwrap_or_else(|p| p.into_inner()).drops;
         tokio::spawn(async move {
-            let spare = match engine.boot(spec).await {
-                Ok(mut vm) => match vm.load(&state).await {
-                    Ok(()) => Ok(vm),
-                    Err(e) => {
-                        let _ = vm.stop().await;
-                        Err(e)
-                    }
-                },
-                Err(e) => Err(e),
-            };
-            match spare {
+            match Spare::start(engine.as_ref(), spec, &state, entropy()).await {
                 Ok(vm) => {
                     let extra = {
                         let mut book = spares.lock().unwrap_or_else(|p| p.into_inner());
@@ -596,8 +600,8 @@ impl Pool {
                             }
                         }
                     };
-                    if let Some(mut vm) = extra {
-                        let _ = vm.stop().await;
+                    if let Some(mut spare) = extra {
+                        let _ = spare.vm.stop().await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "starting a spare VMM failed"),

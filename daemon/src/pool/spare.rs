@@ -1,0 +1,107 @@
+//! Spares: QEMU processes started ahead for a function snapshot. A spare's
+//! process is started, the snapshot's state loaded, and the guest run once
+//! through what a restore will run (`Warm`: the agent applies a clock,
+//! entropy and a host name and sends itself a request on the Runtime API's
+//! port), then paused. Its runtime stays parked, and the clone has no
+//! identity of its own until it is taken: the restore then sends `Resume`
+//! with fresh values and runs it.
+//!
+//! Under TCG a first run of guest code is translated, and QEMU empties its
+//! translation cache when it loads a state: the warm-up moves those first
+//! runs of the kernel's interrupt, timekeeping and TCP paths and of the
+//! agent's out of the restore.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use flint_proto::agent::v1::{agent_message, host_message, AgentMessage, HostMessage, Warm};
+use flint_proto::frame::{self, FrameBuffer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::instance::{unix_ms, AgentChannel};
+use super::PoolError;
+use crate::engine::{Engine, Vm, VmSpec};
+
+/// How long a spare's guest may take to answer `Warm`.
+const WARM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A paused clone of a function snapshot that has not been given its
+/// identity yet.
+pub struct Spare {
+    pub vm: Box<dyn Vm>,
+    pub channel: AgentChannel,
+}
+
+impl Spare {
+    /// Starts a spare for the snapshot whose state is `state`.
+    pub async fn start(
+        engine: &dyn Engine,
+        spec: VmSpec,
+        state: &Path,
+        entropy: Vec<u8>,
+    ) -> Result<Spare, PoolError> {
+        let id = spec.id.clone();
+        let mut vm = engine.boot(spec).await?;
+        match warm(vm.as_mut(), state, &id, entropy).await {
+            Ok(channel) => Ok(Spare { vm, channel }),
+            Err(e) => {
+                let _ = vm.stop().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn warm(
+    vm: &mut dyn Vm,
+    state: &Path,
+    id: &str,
+    entropy: Vec<u8>,
+) -> Result<AgentChannel, PoolError> {
+    let mut stream = vm.take_channel().ok_or(PoolError::NoChannel)?;
+    vm.load(state).await?;
+    vm.resume().await?;
+    let msg = HostMessage {
+        kind: Some(host_message::Kind::Warm(Warm {
+            wall_clock_unix_ms: unix_ms(SystemTime::now()),
+            entropy,
+            instance_id: id.to_string(),
+        })),
+    };
+    stream
+        .write_all(&frame::encode(&msg))
+        .await
+        .map_err(|_| PoolError::ChannelClosed)?;
+    let mut received = FrameBuffer::default();
+    let answer = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            // Nothing else is expected; anything else (a log line of a
+            // runtime that prints while parked) is dropped.
+            while let Some(m) = received
+                .next_frame::<AgentMessage>()
+                .map_err(|e| PoolError::WarmUpFailed(e.to_string()))?
+            {
+                if let Some(agent_message::Kind::Warmed(w)) = m.kind {
+                    return Ok(Duration::from_micros(w.duration_us));
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Err(PoolError::ChannelClosed),
+                Ok(n) => received.extend(&buf[..n]),
+            }
+        }
+    };
+    let took = match tokio::time::timeout(WARM_TIMEOUT, answer).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(PoolError::WarmUpFailed(format!(
+                "no answer within {WARM_TIMEOUT:?}; console: {}",
+                vm.console_tail(2048)
+            )))
+        }
+    };
+    vm.pause().await?;
+    tracing::debug!(spare = %id, agent_ms = took.as_millis() as u64, "spare warmed");
+    Ok(AgentChannel { stream, received })
+}
