@@ -8,6 +8,51 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flint_e2e::*;
 use flint_proto::node::v1 as pb;
 
+const SCHED_OTHER: u32 = 0;
+const SCHED_IDLE: u32 = 5;
+
+/// The distinct scheduling policies of a process's threads.
+fn scheduling_policies(pid: i32) -> Vec<u32> {
+    let mut policies: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+        .map(|stat| {
+            // Field 41 of stat(5); the fields after the command name start at 3.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+        })
+        .collect();
+    policies.sort();
+    policies.dedup();
+    policies
+}
+
+fn cmdline(pid: i32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .replace('\0', " ")
+}
+
+/// The other VMMs that map the same snapshot memory as `pid`.
+fn vmms_of_same_snapshot(pid: i32) -> Vec<i32> {
+    let own = cmdline(pid);
+    let memory = own
+        .split([' ', ','])
+        .find(|a| a.starts_with("mem-path="))
+        .unwrap()
+        .to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != pid)
+        .filter(|&p| {
+            let c = cmdline(p);
+            c.contains("qemu-system") && c.contains(&memory)
+        })
+        .collect()
+}
+
 async fn stop_all(name: &str) {
     node_client()
         .await
@@ -115,6 +160,32 @@ async fn published_versions_restore_a_function_snapshot_and_clones_are_unique() 
         "guest clock of a clone from a spare loaded 3 s earlier: {}",
         v3["now"]
     );
+    // The clone took its own identity, not its spare's, and runs at the
+    // normal CPU priority; the spare started for the next clone waits at the
+    // lowest.
+    let listed = node_client()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(v3["hostname"], listed[0].id.as_str());
+    let clone = listed[0].vmm_pid as i32;
+    assert_eq!(scheduling_policies(clone), [SCHED_OTHER]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let spare = loop {
+        if let Some(&pid) = vmms_of_same_snapshot(clone).first() {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no spare started");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(scheduling_policies(spare), [SCHED_IDLE]);
+
     let warm = invoke_v(&name, "1").await;
     assert!(!report(&warm).contains("Duration: ") || !report(&warm).contains("Restore Duration"));
 

@@ -499,6 +499,7 @@ fn instance_pb(i: &InstanceInfo) -> pb::InstanceInfo {
         last_used: i.last_used.map(crate::time::rfc3339).unwrap_or_default(),
         start_kind: i.start_kind.into(),
         provisioned: i.provisioned,
+        vmm_pid: i.pid,
     }
 }
 

@@ -334,6 +334,7 @@ pub fn instance_json(i: &pb::InstanceInfo) -> Value {
         "LastUsed": i.last_used,
         "StartKind": i.start_kind,
         "Provisioned": i.provisioned,
+        "VmmPid": i.vmm_pid,
     })
 }
 

@@ -39,6 +39,8 @@ pub enum EngineError {
     Snapshot(String),
     #[error("restore failed: {0}")]
     Restore(String),
+    #[error("setting the scheduling policy of VMM thread {0} failed")]
+    Priority(i32, #[source] std::io::Error),
 }
 
 /// How guest RAM is backed.
@@ -70,6 +72,10 @@ pub struct VmSpec {
     pub memory: Memory,
     /// Start paused, waiting for [`Vm::load`] instead of booting.
     pub incoming: bool,
+    /// Run the VMM at the lowest CPU priority (`SCHED_IDLE`) until
+    /// [`Vm::foreground`]: work done ahead (a spare's start) then takes only
+    /// CPU time that nothing else wants.
+    pub background: bool,
 }
 
 /// Host-side resource use of one VM.
@@ -107,6 +113,8 @@ pub trait Vm: Send + Sync {
     async fn load(&self, state: &std::path::Path) -> Result<(), EngineError>;
     /// Ends the VM and frees its resources. Idempotent.
     async fn stop(&mut self) -> Result<(), EngineError>;
+    /// Gives a VM started in the background the normal CPU priority.
+    fn foreground(&self) -> Result<(), EngineError>;
     /// Whether the VMM process has exited.
     fn has_exited(&self) -> bool;
     fn stats(&self) -> VmStats;

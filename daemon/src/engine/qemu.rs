@@ -180,12 +180,18 @@ impl Engine for QemuEngine {
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(false);
+        let background = spec.background;
         // SAFETY: the closure runs in the child between fork and exec and only
-        // calls prctl(2), which is async-signal-safe.
+        // makes system calls (prctl(2), sched_setscheduler(2)); no
+        // allocation, no lock.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // QEMU dies with flintd rather than outliving it.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if background {
+                    // Inherited by every thread QEMU starts.
+                    set_idle_priority();
+                }
                 Ok(())
             });
         }
@@ -273,6 +279,46 @@ fn ignore_shared() -> qmp::migrate_set_capabilities {
             state: true,
         }],
     }
+}
+
+/// Puts the calling thread under `SCHED_IDLE`: it runs only when no other
+/// thread wants the CPU. Best effort (called between fork and exec).
+fn set_idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the sched_param through a valid
+    // pointer to a local; pid 0 is the calling thread.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+}
+
+/// Puts every thread of process `pid` under the normal scheduling policy
+/// (`SCHED_OTHER`). Twice over the thread list: a thread started meanwhile
+/// by one still at the lowest priority is caught by the second pass.
+fn set_normal_priority(pid: u32) -> Result<(), EngineError> {
+    if pid == 0 {
+        return Ok(());
+    }
+    for _ in 0..2 {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Ok(()); // the process is gone: nothing to lift
+        };
+        for tid in tasks.flatten() {
+            let Some(tid) = tid.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+                continue;
+            };
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sched_setscheduler reads the sched_param through a
+            // valid pointer to a local; tid is a thread id (a stale one only
+            // makes the call fail with ESRCH).
+            let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(EngineError::Priority(tid, e));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn kill(pid: u32) {
@@ -468,6 +514,10 @@ impl Vm for QemuVm {
         self.exited.borrow().is_some()
     }
 
+    fn foreground(&self) -> Result<(), EngineError> {
+        set_normal_priority(self.pid)
+    }
+
     fn stats(&self) -> VmStats {
         let rss_kb = super::process_rss_kb(self.pid);
         VmStats {
@@ -488,5 +538,45 @@ impl Drop for QemuVm {
         if !self.stopped && !self.has_exited() {
             kill(self.pid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    fn policies(pid: u32) -> Vec<i32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .map(|t| {
+                let tid: i32 = t.file_name().to_str().unwrap().parse().unwrap();
+                // SAFETY: sched_getscheduler takes a thread id and nothing else.
+                unsafe { libc::sched_getscheduler(tid) }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_background_process_is_brought_to_the_normal_policy() {
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: the closure only makes a system call.
+        unsafe {
+            cmd.pre_exec(|| {
+                set_idle_priority();
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = child.id();
+        assert_eq!(policies(pid), [libc::SCHED_IDLE]);
+        set_normal_priority(pid).unwrap();
+        assert_eq!(policies(pid), [libc::SCHED_OTHER]);
+        let _ = child.kill();
+        let _ = child.wait();
+        // A process that is gone has nothing to lift.
+        set_normal_priority(pid).unwrap();
     }
 }

@@ -272,6 +272,7 @@ impl Pool {
             vcpus: vcpus(f.memory_mb),
             memory: Memory::Template(staging.join("memory")),
             incoming: false,
+            background: false,
         };
         let built = async {
             let vm = self.engine.boot(spec).await?;
@@ -405,6 +406,7 @@ impl Pool {
             vcpus: vcpus(f.memory_mb),
             memory,
             incoming: true,
+            background: false,
         }
     }
 
@@ -424,18 +426,23 @@ impl Pool {
     ) -> Result<Instance, PoolError> {
         // A spare keeps its own directory; the instance takes the new id.
         let (inst, loaded) = match spare {
-            Some(spare) => (
-                Instance::attach_channel(
-                    f,
-                    id,
-                    spare.vm,
-                    spare.channel,
-                    log,
-                    self.registry.clone(),
-                    kind,
-                )?,
-                true,
-            ),
+            Some(spare) => {
+                if let Err(e) = spare.vm.foreground() {
+                    tracing::warn!(error = %e, "a spare keeps the lowest CPU priority");
+                }
+                (
+                    Instance::attach_channel(
+                        f,
+                        id,
+                        spare.vm,
+                        spare.channel,
+                        log,
+                        self.registry.clone(),
+                        kind,
+                    )?,
+                    true,
+                )
+            }
             None => {
                 let vm = self
                     .engine
@@ -573,7 +580,10 @@ impl Pool {
             return;
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
-        let spec = self.vm_spec(f, &id, Memory::Clone(snap.memory()), disks);
+        let spec = VmSpec {
+            background: true,
+            ..self.vm_spec(f, &id, Memory::Clone(snap.memory()), disks)
+        };
         let engine = self.engine.clone();
         let spares = self.spares.clone();
         let key = snap.key.clone();
@@ -630,6 +640,7 @@ impl Pool {
             vcpus: vcpus(f.memory_mb),
             memory: Memory::Anonymous,
             incoming: false,
+            background: false,
         };
         let boot_started = Instant::now();
         let vm = self.engine.boot(spec).await?;
