@@ -140,7 +140,9 @@ impl Instance {
             stream,
             received: FrameBuffer::default(),
         };
-        Self::attach_channel(f, id, vm, channel, log, registry, start_kind)
+        Ok(Self::attach_channel(
+            f, id, vm, channel, log, registry, start_kind,
+        ))
     }
 
     /// Wires an agent channel already in use (a spare's).
@@ -152,7 +154,7 @@ impl Instance {
         log: LogStream,
         registry: Registry,
         start_kind: &'static str,
-    ) -> Result<Self, PoolError> {
+    ) -> Self {
         let (revision, code_sha256) = (f.revision, f.code_sha256_hex.clone());
         let info = Arc::new(Mutex::new(InstanceInfo {
             id: id.clone(),
@@ -214,7 +216,7 @@ impl Instance {
             }
             let _ = ev_tx.send(AgentEvent::Closed);
         });
-        Ok(Self {
+        Self {
             id,
             revision,
             code_sha256,
@@ -229,7 +231,7 @@ impl Instance {
             events,
             info,
             registry,
-        })
+        }
     }
 
     /// Records a state change (and, for `Idle` after `Busy`, a served invocation).

@@ -440,7 +440,7 @@ impl Pool {
                         log,
                         self.registry.clone(),
                         kind,
-                    )?,
+                    ),
                     true,
                 )
             }
