@@ -37,18 +37,6 @@ async fn create_worker(node: &flint_daemon::node::Node, name: &str) {
     .unwrap();
 }
 
-async fn instances(name: &str) -> Vec<pb::InstanceInfo> {
-    node_client()
-        .await
-        .list_instances(pb::ListInstancesRequest {
-            function_name: name.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .instances
-}
-
 /// Every log line of a function so far.
 async fn log_lines(name: &str) -> Vec<String> {
     use tokio_stream::StreamExt;

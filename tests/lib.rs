@@ -87,6 +87,19 @@ pub fn node() -> &'static TestNode {
     })
 }
 
+/// The instances of a function, as `ListInstances` gives them.
+pub async fn instances(name: &str) -> Vec<pb::InstanceInfo> {
+    node_client()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances
+}
+
 /// The VMM process of an instance (its files live in `run/<id>/`).
 pub fn vmm_pid(id: &str) -> i32 {
     let needle = format!("/run/{id}/");

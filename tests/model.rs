@@ -36,15 +36,7 @@ async fn updated_code_and_configuration_are_served_by_a_new_instance() {
     .await
     .unwrap();
     assert_eq!(text(&invoke_q(&name, "").await), "one hello");
-    let first = node_client()
-        .await
-        .list_instances(pb::ListInstancesRequest {
-            function_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .instances;
+    let first = instances(&name).await;
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].invocations, 1);
     // Between invocations an instance is idle, and frozen (its vCPUs
@@ -84,15 +76,7 @@ async fn updated_code_and_configuration_are_served_by_a_new_instance() {
     assert_eq!(f.memory_size, 256);
     assert_eq!(f.handler, "app.handler");
     assert_eq!(text(&invoke_q(&name, "").await), "two bonjour");
-    let now = node_client()
-        .await
-        .list_instances(pb::ListInstancesRequest {
-            function_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .instances;
+    let now = instances(&name).await;
     assert_eq!(now.len(), 1, "old instances are retired");
     assert_ne!(now[0].id, first[0].id);
     assert_eq!(now[0].memory_size, 256);
@@ -509,15 +493,7 @@ async fn node_info_and_instances_describe_the_node() {
     assert!(info.runtime_images.iter().all(|r| r.size > 0));
     assert!(info.cpus > 0 && info.memory_total_mb > 0);
     assert!(info.instances >= 1);
-    let list = node_client()
-        .await
-        .list_instances(pb::ListInstancesRequest {
-            function_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .instances;
+    let list = instances(&name).await;
     assert_eq!(list.len(), 1);
     let i = &list[0];
     assert_eq!(
@@ -537,15 +513,7 @@ async fn node_info_and_instances_describe_the_node() {
         .into_inner()
         .stopped;
     assert_eq!(stopped, vec![i.id.clone()]);
-    let list = node_client()
-        .await
-        .list_instances(pb::ListInstancesRequest {
-            function_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .instances;
+    let list = instances(&name).await;
     assert!(list.is_empty());
     let e = node_client()
         .await

@@ -163,15 +163,7 @@ async fn published_versions_restore_a_function_snapshot_and_clones_are_unique() 
     // The clone took its own identity, not its spare's, and runs at the
     // normal CPU priority; the spare started for the next clone waits at the
     // lowest.
-    let listed = node_client()
-        .await
-        .list_instances(pb::ListInstancesRequest {
-            function_name: name.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .instances;
+    let listed = instances(&name).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(v3["hostname"], listed[0].id.as_str());
     let clone = listed[0].vmm_pid as i32;
