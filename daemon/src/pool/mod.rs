@@ -117,16 +117,37 @@ struct SpareList {
     vms: Vec<spare::Spare>,
 }
 
-/// Spares by snapshot key, and how many times a function's spares were
-/// dropped: a spare whose start began before a drop is not kept (its
-/// function may be gone).
+/// A spare being started (its task stops it when cancelled, or when its
+/// entry is gone from the book by the time it is ready).
+struct StartingSpare {
+    id: String,
+    function: String,
+    cancel: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Spares by snapshot key, and the spares being started.
 #[derive(Default)]
 struct SpareBook {
     lists: HashMap<String, SpareList>,
-    drops: u64,
+    starting: Vec<StartingSpare>,
 }
 
 type Spares = Mutex<SpareBook>;
+
+/// Stops spares, and the starts of spares in flight (each is cancelled,
+/// and its task stops what it started before it ends).
+async fn stop_spares(spares: Vec<spare::Spare>, starting: Vec<StartingSpare>) {
+    for s in &starting {
+        let _ = s.cancel.send(true);
+    }
+    for s in starting {
+        let _ = s.task.await;
+    }
+    for mut spare in spares {
+        let _ = spare.vm.stop().await;
+    }
+}
 
 /// The place of one instance; empty while it starts, and after it stopped.
 type Cell = Arc<tokio::sync::Mutex<Option<Instance>>>;
@@ -679,23 +700,26 @@ impl Pool {
     /// Stops the QEMU processes started ahead for a function's snapshots
     /// (they are started again by its next restore).
     async fn drop_spares(&self, function: &str) {
-        let vms: Vec<_> = {
+        let (spares, starting): (Vec<_>, Vec<_>) = {
             let mut book = self.spares.lock().unwrap_or_else(|p| p.into_inner());
-            book.drops += 1;
             let keys: Vec<String> = book
                 .lists
                 .iter()
                 .filter(|(_, l)| l.function == function)
                 .map(|(k, _)| k.clone())
                 .collect();
-            keys.into_iter()
+            let spares = keys
+                .into_iter()
                 .filter_map(|k| book.lists.remove(&k))
                 .flat_map(|l| l.vms)
-                .collect()
+                .collect();
+            let (starting, others) = std::mem::take(&mut book.starting)
+                .into_iter()
+                .partition(|s| s.function == function);
+            book.starting = others;
+            (spares, starting)
         };
-        for mut spare in vms {
-            let _ = spare.vm.stop().await;
-        }
+        stop_spares(spares, starting).await;
     }
 
     /// Stops the instances of one function version, each after its running
@@ -722,17 +746,12 @@ impl Pool {
     /// Stops every instance.
     pub async fn shutdown(&self) {
         self.stop_where(|_, _| true).await;
-        let spares: Vec<_> = self
-            .spares
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .lists
-            .drain()
-            .flat_map(|(_, l)| l.vms)
-            .collect();
-        for mut spare in spares {
-            let _ = spare.vm.stop().await;
-        }
+        let (spares, starting) = {
+            let mut book = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+            let spares = book.lists.drain().flat_map(|(_, l)| l.vms).collect();
+            (spares, std::mem::take(&mut book.starting))
+        };
+        stop_spares(spares, starting).await;
     }
 
     // ------------------------------------------------------------ provisioned

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use flint_proto::agent::v1::{agent_message, host_message, AgentMessage, HostMessage, Warm};
 use flint_proto::frame::{self, FrameBuffer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use super::instance::{unix_ms, AgentChannel};
 use super::PoolError;
@@ -33,20 +34,31 @@ pub struct Spare {
 }
 
 impl Spare {
-    /// Starts a spare for the snapshot whose state is `state`.
+    /// Starts a spare for the snapshot whose state is `state`. `None` when
+    /// `cancelled` turns true (or its sender is gone) first: what was
+    /// started is stopped.
     pub async fn start(
         engine: &dyn Engine,
         spec: VmSpec,
         state: &Path,
         entropy: Vec<u8>,
-    ) -> Result<Spare, PoolError> {
+        mut cancelled: watch::Receiver<bool>,
+    ) -> Result<Option<Spare>, PoolError> {
         let id = spec.id.clone();
         let mut vm = engine.boot(spec).await?;
-        match warm(vm.as_mut(), state, &id, entropy).await {
-            Ok(channel) => Ok(Spare { vm, channel }),
-            Err(e) => {
+        let warmed = tokio::select! {
+            r = warm(vm.as_mut(), state, &id, entropy) => Some(r),
+            _ = cancelled.wait_for(|c| *c) => None,
+        };
+        match warmed {
+            Some(Ok(channel)) => Ok(Some(Spare { vm, channel })),
+            Some(Err(e)) => {
                 let _ = vm.stop().await;
                 Err(e)
+            }
+            None => {
+                let _ = vm.stop().await;
+                Ok(None)
             }
         }
     }

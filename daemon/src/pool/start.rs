@@ -12,6 +12,7 @@ use flint_proto::agent::v1::{host_message, Configure, Resume};
 use super::spare::Spare;
 use super::{
     error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
+    StartingSpare,
 };
 use crate::engine::{Memory, VmSpec};
 use crate::functions::{Function, LATEST};
@@ -590,33 +591,52 @@ impl Pool {
         let key = snap.key.clone();
         let function = f.name.clone();
         let state = snap.state();
-        let drops = self.spares.lock().unwrap_or_else(|p| p.into_inner()).drops;
-        tokio::spawn(async move {
-            match Spare::start(engine.as_ref(), spec, &state, entropy()).await {
-                Ok(vm) => {
-                    let extra = {
-                        let mut book = spares.lock().unwrap_or_else(|p| p.into_inner());
-                        if book.drops != drops {
-                            // Spares were dropped meanwhile (perhaps this
-                            // function's): the next restore starts another.
-                            Some(vm)
-                        } else {
+        let (cancel, cancelled) = tokio::sync::watch::channel(false);
+        let mut book = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let task = tokio::spawn({
+            let (id, function) = (id.clone(), function.clone());
+            async move {
+                let started =
+                    Spare::start(engine.as_ref(), spec, &state, entropy(), cancelled).await;
+                let extra = {
+                    let mut book = spares.lock().unwrap_or_else(|p| p.into_inner());
+                    // Gone from the book: its function's spares were dropped.
+                    let wanted = match book.starting.iter().position(|s| s.id == id) {
+                        Some(i) => {
+                            book.starting.swap_remove(i);
+                            true
+                        }
+                        None => false,
+                    };
+                    match started {
+                        Ok(Some(spare)) if wanted => {
                             let list = book.lists.entry(key).or_default();
-                            list.function = function;
                             if list.vms.is_empty() {
-                                list.vms.push(vm);
+                                list.function = function;
+                                list.vms.push(spare);
                                 None
                             } else {
-                                Some(vm)
+                                Some(spare)
                             }
                         }
-                    };
-                    if let Some(mut spare) = extra {
-                        let _ = spare.vm.stop().await;
+                        Ok(Some(spare)) => Some(spare),
+                        Ok(None) => None, // cancelled, and stopped
+                        Err(e) => {
+                            tracing::warn!(error = %e, "starting a spare VMM failed");
+                            None
+                        }
                     }
+                };
+                if let Some(mut spare) = extra {
+                    let _ = spare.vm.stop().await;
                 }
-                Err(e) => tracing::warn!(error = %e, "starting a spare VMM failed"),
             }
+        });
+        book.starting.push(StartingSpare {
+            id,
+            function,
+            cancel,
+            task,
         });
     }
 
