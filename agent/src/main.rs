@@ -135,9 +135,9 @@ async fn serve(cmdline: std::collections::HashMap<String, String>) -> Result<(),
                         api.resume();
                     }
                     Some(host_message::Kind::Warm(w)) => {
-                        // A spare: the steps of a Resume and of the runtime's
-                        // first requests after it, run once ahead; the runtime
-                        // stays parked.
+                        // A spare: the steps of a Resume, of the runtime's
+                        // first request after it and of the memory meter's
+                        // reading, run once ahead; the runtime stays parked.
                         let started = std::time::Instant::now();
                         apply_uniqueness(w.wall_clock_unix_ms, &w.entropy, &w.instance_id);
                         runtime_api::warm_up().await;

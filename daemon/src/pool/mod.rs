@@ -697,8 +697,9 @@ impl Pool {
         !self.stop_where(|mid, _| mid == id).await.is_empty()
     }
 
-    /// Stops the QEMU processes started ahead for a function's snapshots
-    /// (they are started again by its next restore).
+    /// Stops the spares of a function's snapshots, and cancels those being
+    /// started; returns once none is left (its next restore starts one
+    /// again).
     async fn drop_spares(&self, function: &str) {
         let (spares, starting): (Vec<_>, Vec<_>) = {
             let mut book = self.spares.lock().unwrap_or_else(|p| p.into_inner());
