@@ -100,21 +100,32 @@ pub async fn instances(name: &str) -> Vec<pb::InstanceInfo> {
         .instances
 }
 
+/// A process's command line, its arguments joined by spaces ("" once it is
+/// gone).
+pub fn cmdline(pid: i32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .replace('\0', " ")
+}
+
+/// The QEMU processes whose command line contains `needle`.
+pub fn vmm_pids(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            let c = cmdline(pid);
+            c.contains("qemu-system") && c.contains(needle)
+        })
+        .collect()
+}
+
 /// The VMM process of an instance (its files live in `run/<id>/`).
 pub fn vmm_pid(id: &str) -> i32 {
-    let needle = format!("/run/{id}/");
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        if let Ok(c) = std::fs::read(e.path().join("cmdline")) {
-            let c = String::from_utf8_lossy(&c);
-            if c.contains("qemu-system") && c.contains(&needle) {
-                return pid;
-            }
-        }
+    match vmm_pids(&format!("/run/{id}/")).first() {
+        Some(&pid) => pid,
+        None => panic!("no VMM for instance {id}"),
     }
-    panic!("no VMM for instance {id}");
 }
 
 pub async fn node_client() -> flint_proto::node::v1::node_client::NodeClient<Channel> {

@@ -95,19 +95,7 @@ impl Drop for Flintd {
 
 /// QEMU processes whose files live under `dir`.
 fn qemus_under(dir: &Path) -> usize {
-    let needle = dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .map(|c| {
-                    let s = String::from_utf8_lossy(&c);
-                    s.contains("qemu-system") && s.contains(&needle)
-                })
-                .unwrap_or(false)
-        })
-        .count()
+    vmm_pids(&dir.display().to_string()).len()
 }
 
 #[tokio::test]

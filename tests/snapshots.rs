@@ -28,29 +28,14 @@ fn scheduling_policies(pid: i32) -> Vec<u32> {
     policies
 }
 
-fn cmdline(pid: i32) -> String {
-    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
-        .replace('\0', " ")
-}
-
 /// The other VMMs that map the same snapshot memory as `pid`.
 fn vmms_of_same_snapshot(pid: i32) -> Vec<i32> {
     let own = cmdline(pid);
     let memory = own
         .split([' ', ','])
         .find(|a| a.starts_with("mem-path="))
-        .unwrap()
-        .to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&p| p != pid)
-        .filter(|&p| {
-            let c = cmdline(p);
-            c.contains("qemu-system") && c.contains(&memory)
-        })
-        .collect()
+        .unwrap();
+    vmm_pids(memory).into_iter().filter(|&p| p != pid).collect()
 }
 
 async fn stop_all(name: &str) {
@@ -336,21 +321,7 @@ async fn snapshots_survive_a_restart_and_damaged_ones_are_rebuilt_never_restored
 
     // Deleting the function collects its snapshots and stops its VMMs: the
     // clone's and the one started ahead for the next clone.
-    let spares = || {
-        let needle = data.join("snapshots").display().to_string();
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .map(|c| {
-                        let c = String::from_utf8_lossy(&c);
-                        c.contains("qemu-system") && c.contains(&needle)
-                    })
-                    .unwrap_or(false)
-            })
-            .count()
-    };
+    let spares = || vmm_pids(&data.join("snapshots").display().to_string()).len();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(
         spares(),
