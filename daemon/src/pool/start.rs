@@ -412,8 +412,8 @@ impl Pool {
         }
     }
 
-    /// A VM restored from `snap`: a spare (its process started and the
-    /// snapshot's state loaded ahead) resumed when there is one.
+    /// A VM restored from `snap`: a spare ([`Spare`]: started, loaded and
+    /// warmed up ahead, then paused) resumed when there is one.
     #[allow(clippy::too_many_arguments)]
     async fn restore_vm(
         &self,
@@ -460,8 +460,8 @@ impl Pool {
             if !loaded {
                 inst.load(&snap.state()).await?;
             }
-            // `Resume` waits in the channel before the guest runs its first
-            // instruction: the agent reads it at once. Only once the state
+            // `Resume` waits in the channel before the guest runs (again,
+            // for a spare): the agent reads it at once. Only once the state
             // is loaded: QEMU's main loop runs during a load, and a message
             // handed to the half-loaded serial device could be lost.
             send_resume(&inst)?;
