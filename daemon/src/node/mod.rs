@@ -132,7 +132,7 @@ impl Node {
             region: config.region.clone(),
             account_id: config.account_id.clone(),
         });
-        Ok(Self {
+        let node = Self {
             config,
             store,
             code,
@@ -141,7 +141,15 @@ impl Node {
             invoker,
             provisioning: Default::default(),
             started: SystemTime::now(),
-        })
+        };
+        // What a crash left: half-written files, and packages stored but
+        // never recorded by a function or layer.
+        let partial = node.code.remove_partial_files();
+        if partial > 0 {
+            tracing::info!(files = partial, "half-written package files removed");
+        }
+        node.collect_garbage();
+        Ok(node)
     }
 
     pub fn config(&self) -> &Config {

@@ -65,6 +65,8 @@ pub struct Entry {
 
 const S_IFMT: u32 = 0o170000;
 const S_IFLNK: u32 = 0o120000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
 
 fn bad(name: &str, reason: &str) -> PackageError {
     PackageError::BadEntry {
@@ -125,6 +127,7 @@ pub fn validate(zip: &[u8], rules: &PackageRules) -> Result<Vec<Entry>, PackageE
     let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip))
         .map_err(|e| PackageError::NotZip(e.to_string()))?;
     let mut entries = Vec::with_capacity(archive.len());
+    let mut seen = std::collections::HashSet::new();
     let mut total: u64 = 0;
     for index in 0..archive.len() {
         let (name, is_dir, mode, size) = {
@@ -143,6 +146,19 @@ pub fn validate(zip: &[u8], rules: &PackageRules) -> Result<Vec<Entry>, PackageE
             continue;
         }
         let path = comps.join("/");
+        if !seen.insert(path.clone()) {
+            return Err(bad(&name, "the package has two entries of this name"));
+        }
+        // Only files, folders and links: no device nodes, FIFOs or sockets
+        // (a ZIP has no hard links; a type it does not name is refused).
+        if let Some(kind) = mode.map(|m| m & S_IFMT) {
+            if ![0, S_IFREG, S_IFDIR, S_IFLNK].contains(&kind) {
+                return Err(bad(
+                    &name,
+                    "only files, folders and links are allowed (a device node, FIFO or socket)",
+                ));
+            }
+        }
         let kind = if is_dir {
             EntryKind::Dir
         } else if mode.map(|m| m & S_IFMT == S_IFLNK).unwrap_or(false) {
@@ -314,6 +330,53 @@ mod tests {
         let z = w.finish().unwrap().into_inner();
         let e = validate(&z, &provided()).unwrap_err();
         assert!(e.to_string().contains("outside the package"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        // The check used to read the first, extraction kept the last.
+        for (a, b) in [("app.py", "./app.py"), ("lib/x", "lib//x"), ("d", "d/")] {
+            let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            let o = SimpleFileOptions::default();
+            w.start_file("app.py", o).unwrap();
+            w.start_file(format!("z/{a}"), o).unwrap();
+            if b.ends_with('/') {
+                w.add_directory(format!("z/{b}"), o).unwrap();
+            } else {
+                w.start_file(format!("z/{b}"), o).unwrap();
+            }
+            let z = w.finish().unwrap().into_inner();
+            let e = validate(&z, &python("app.handler")).unwrap_err();
+            assert!(e.to_string().contains("two entries"), "{a} {b}: {e}");
+        }
+    }
+
+    /// Sets the Unix mode of entry `name` in the central directory (the
+    /// writer keeps only permission bits).
+    fn with_mode(mut z: Vec<u8>, name: &str, mode: u32) -> Vec<u8> {
+        let mut i = 0;
+        while i + 46 <= z.len() {
+            if z[i..i + 4] == [0x50, 0x4b, 0x01, 0x02] {
+                let len = u16::from_le_bytes([z[i + 28], z[i + 29]]) as usize;
+                if &z[i + 46..i + 46 + len] == name.as_bytes() {
+                    z[i + 5] = 3; // made by: Unix
+                    z[i + 38..i + 42].copy_from_slice(&(mode << 16).to_le_bytes());
+                    return z;
+                }
+            }
+            i += 1;
+        }
+        panic!("no entry {name}");
+    }
+
+    #[test]
+    fn devices_fifos_and_sockets_are_refused() {
+        for kind in [0o020000u32, 0o060000, 0o010000, 0o140000] {
+            let z = build(&[("app.py", b"", 0o644), ("node", b"", 0o644)]);
+            let z = with_mode(z, "node", kind | 0o644);
+            let e = validate(&z, &python("app.handler")).unwrap_err();
+            assert!(e.to_string().contains("only files"), "{kind:o}: {e}");
+        }
     }
 
     #[test]
