@@ -53,6 +53,7 @@ async fn updated_code_and_configuration_are_served_by_a_new_instance() {
             function_name: name.clone(),
             zip_file: py("import os\ndef handler(e, c):\n    return 'two ' + os.environ.get('GREETING', '')\n"),
             publish: false,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -141,6 +142,7 @@ async fn versions_are_immutable_and_an_alias_splits_traffic_by_weight() {
             function_name: name.clone(),
             zip_file: py("def handler(e, c):\n    return 'v2'\n"),
             publish: false,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -231,11 +231,14 @@ impl RuntimeApi {
 
     /// `POST /runtime/restore/error`: the after-restore hooks failed.
     async fn restore_error(&self, req: Request<Incoming>) -> Reply {
+        let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return e.reply(),
+        };
         if let Err(e) = self.inner.lock().expect("lock").state.restore_error() {
             return rejected(&e);
         }
-        let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
-        let body = read_body(req).await.unwrap_or_default();
         let (error_type, payload) = error_document(error_type, &body);
         crate::runtime::drain_output().await;
         self.sink.send(AgentMessage {
@@ -252,6 +255,10 @@ impl RuntimeApi {
         let (milestones, ready, restore_started) = {
             let mut inner = self.inner.lock().expect("lock");
             let started = inner.restore_started;
+            if inner.waiter.as_ref().is_some_and(|tx| tx.is_closed()) {
+                inner.waiter = None;
+                inner.state.abandon_wait();
+            }
             match inner.state.next() {
                 Err(e) => return rejected(&e),
                 Ok((m, Next::Event(ev))) => (m, Ok(ev), started),
@@ -330,7 +337,10 @@ impl RuntimeApi {
                 let len = b.len();
                 (b, len)
             }
-            Err(BodyTooLarge) => (Bytes::new(), MAX_RESPONSE + 1),
+            Err(BodyError::TooLarge) => (Bytes::new(), MAX_RESPONSE + 1),
+            // Nothing was received: the invocation stays open for the
+            // runtime to answer again (or time out).
+            Err(e @ BodyError::Unreadable(_)) => return e.reply(),
         };
         let result = self.inner.lock().expect("lock").state.respond(id, len);
         crate::runtime::drain_output().await;
@@ -375,7 +385,10 @@ impl RuntimeApi {
             }
         }
         let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
-        let body = read_body(req).await.unwrap_or_default();
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return e.reply(),
+        };
         if let Err(e) = self.inner.lock().expect("lock").state.error(id) {
             return rejected(&e);
         }
@@ -395,11 +408,14 @@ impl RuntimeApi {
 
     /// `POST /runtime/init/error`.
     async fn init_error(&self, req: Request<Incoming>) -> Reply {
+        let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
+        let body = match read_body(req).await {
+            Ok(b) => b,
+            Err(e) => return e.reply(),
+        };
         if let Err(e) = self.inner.lock().expect("lock").state.init_error() {
             return rejected(&e);
         }
-        let error_type = header(&req, "Lambda-Runtime-Function-Error-Type");
-        let body = read_body(req).await.unwrap_or_default();
         let (error_type, payload) = error_document(error_type, &body);
         crate::runtime::drain_output().await;
         self.sink.send(AgentMessage {
@@ -453,12 +469,34 @@ fn header(req: &Request<Incoming>, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-struct BodyTooLarge;
+/// Why a request's body could not be taken.
+enum BodyError {
+    /// Over [`MAX_RESPONSE`]: 413, as AWS answers.
+    TooLarge,
+    /// The connection broke or the framing was bad: 500, as AWS answers.
+    Unreadable(String),
+}
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyTooLarge> {
+impl BodyError {
+    fn reply(&self) -> Reply {
+        match self {
+            BodyError::TooLarge => rejected(&StateError::PayloadTooLarge),
+            BodyError::Unreadable(why) => json(
+                500,
+                serde_json::json!({
+                    "errorMessage": format!("Failed to read the request body: {why}"),
+                    "errorType": "InternalServerError",
+                }),
+            ),
+        }
+    }
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, BodyError> {
     match Limited::new(req.into_body(), MAX_RESPONSE).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(_) => Err(BodyTooLarge),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Unreadable(e.to_string())),
     }
 }
 

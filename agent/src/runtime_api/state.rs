@@ -147,13 +147,22 @@ impl RuntimeState {
                 ends_init: false,
                 ends_restore: true,
             },
-            other @ (Phase::InitFailed | Phase::RestoreWait) => {
+            // While an invocation is in flight the runtime owes its
+            // answer; a second `next` beside a parked one is refused too
+            // (the parked one keeps waiting).
+            other @ (Phase::InitFailed | Phase::RestoreWait | Phase::Busy(_)) => {
                 return Err(StateError::InvalidStateTransition {
                     from: phase_name(other),
                     to: "READY",
                 })
             }
-            Phase::Idle | Phase::Busy(_) => Milestones::default(),
+            Phase::Idle if self.parked => {
+                return Err(StateError::InvalidStateTransition {
+                    from: "READY",
+                    to: "READY",
+                })
+            }
+            Phase::Idle => Milestones::default(),
         };
         match self.queue.pop_front() {
             Some(ev) => {
@@ -222,6 +231,12 @@ impl RuntimeState {
             self.queue.push_back(ev);
             None
         }
+    }
+
+    /// The parked `next` call went away (its connection closed) before an
+    /// event came: a new one may park.
+    pub fn abandon_wait(&mut self) {
+        self.parked = false;
     }
 
     /// An event handed to a parked `next` that had gone away: it goes back
@@ -386,6 +401,31 @@ mod tests {
         let e = s.init_error().unwrap_err();
         assert_eq!(e.status(), 403);
         assert_eq!(e.error_type(), "InvalidStateTransition");
+    }
+
+    #[test]
+    fn next_during_an_invocation_or_beside_a_parked_one_is_403() {
+        let mut s = RuntimeState::default();
+        s.next().unwrap();
+        // A second parked `next`.
+        let e = s.next().unwrap_err();
+        assert_eq!(
+            (e.status(), e.error_type()),
+            (403, "InvalidStateTransition")
+        );
+        // Once the first one is gone, another may park.
+        s.abandon_wait();
+        assert_eq!(s.next().unwrap().1, Next::Wait);
+        s.deliver(ev("a"));
+        // The invocation is in flight: `next` does not drop it.
+        let e = s.next().unwrap_err();
+        assert_eq!(
+            (e.status(), e.error_type()),
+            (403, "InvalidStateTransition")
+        );
+        assert_eq!(s.phase(), &Phase::Busy("a".into()));
+        s.respond("a", 1).unwrap();
+        s.next().unwrap();
     }
 
     #[test]

@@ -67,11 +67,7 @@ impl FunctionsService {
                 })
                 .collect(),
             ephemeral_storage: f.ephemeral_mb,
-            revision_id: format!(
-                "{}-{}",
-                f.revision,
-                &f.code_sha256_hex[..12.min(f.code_sha256_hex.len())]
-            ),
+            revision_id: f.revision_id(),
         }
     }
 
@@ -174,7 +170,12 @@ impl Functions for FunctionsService {
         let r = request.into_inner();
         let f = self
             .node
-            .update_function_code(&r.function_name, r.zip_file, r.publish)
+            .update_function_code(
+                &r.function_name,
+                r.zip_file,
+                r.publish,
+                non_empty(r.revision_id),
+            )
             .await?;
         Ok(Response::new(self.to_pb(&f)))
     }
@@ -193,6 +194,7 @@ impl Functions for FunctionsService {
             layers: r.layers.map(|l| l.arns),
             ephemeral_mb: r.ephemeral_storage,
             description: r.description,
+            revision_id: non_empty(r.revision_id),
         };
         let f = self
             .node
@@ -630,8 +632,13 @@ impl NodeApi for NodeService {
     ) -> Result<Response<Self::TailLogsStream>, Status> {
         let r = request.into_inner();
         self.node.get_function(&r.function_name, "")?;
-        let since =
-            (r.since_seconds > 0).then(|| SystemTime::now() - Duration::from_secs(r.since_seconds));
+        // A `since` before the epoch means "everything", never a panic.
+        let since = (r.since_seconds > 0).then(|| {
+            SystemTime::now()
+                .checked_sub(Duration::from_secs(r.since_seconds))
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+                .max(SystemTime::UNIX_EPOCH)
+        });
         let logs = self.node.logs().clone();
         // Subscribe first so nothing written meanwhile is missed.
         let live = r.follow.then(|| logs.subscribe());
@@ -676,4 +683,9 @@ impl NodeApi for NodeService {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// An empty proto string as "not given".
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }

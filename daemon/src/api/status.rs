@@ -30,6 +30,10 @@ fn functions(e: &FunctionsError) -> Status {
         FunctionsError::Invalid { .. } => {
             status(Code::InvalidArgument, "InvalidParameterValueException", e)
         }
+        FunctionsError::PreconditionFailed { .. } => {
+            status(Code::FailedPrecondition, "PreconditionFailedException", e)
+        }
+        FunctionsError::UpdateConflict(_) => status(Code::Aborted, "ResourceConflictException", e),
         FunctionsError::Store(_) | FunctionsError::Corrupt(..) => {
             status(Code::Internal, "ServiceException", chain(e))
         }
@@ -58,6 +62,9 @@ fn invoke(e: &InvokeError) -> Status {
             status(Code::InvalidArgument, "RequestTooLargeException", e)
         }
         InvokeError::Layers(_) => status(Code::Unavailable, "ServiceException", e),
+        InvokeError::ClientContext(_) => {
+            status(Code::InvalidArgument, "InvalidParameterValueException", e)
+        }
         InvokeError::EventUnsupported => {
             status(Code::Unimplemented, "InvalidParameterValueException", e)
         }

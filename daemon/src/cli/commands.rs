@@ -83,6 +83,9 @@ pub enum Command {
         /// Also publish a version.
         #[arg(long)]
         publish: bool,
+        /// Update only if the function's RevisionId is still this one.
+        #[arg(long)]
+        revision_id: Option<String>,
     },
     /// Changes a function's configuration; only the given settings change.
     UpdateFunctionConfiguration {
@@ -108,6 +111,9 @@ pub enum Command {
         ephemeral_storage: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Update only if the function's RevisionId is still this one.
+        #[arg(long)]
+        revision_id: Option<String>,
     },
     /// Invokes a function; writes the response payload to OUTFILE.
     Invoke {
@@ -467,12 +473,14 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(),
             function_name,
             zip_file,
             publish,
+            revision_id,
         } => {
             let f = c
                 .update_function_code(pb::UpdateFunctionCodeRequest {
                     function_name,
                     zip_file: read_file_arg(&zip_file)?,
                     publish,
+                    revision_id: revision_id.unwrap_or_default(),
                 })
                 .await
                 .map_err(svc("UpdateFunctionCode"))?
@@ -490,6 +498,7 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(),
             no_layers,
             ephemeral_storage,
             description,
+            revision_id,
         } => {
             let layers = if no_layers { Some(Vec::new()) } else { layers };
             let f = c
@@ -507,6 +516,7 @@ pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(),
                         .map(|e| parse_ephemeral(&e))
                         .transpose()?,
                     description,
+                    revision_id: revision_id.unwrap_or_default(),
                 })
                 .await
                 .map_err(svc("UpdateFunctionConfiguration"))?

@@ -42,6 +42,10 @@ pub enum FunctionsError {
     ProvisionedNotFound(String),
     #[error("{field}: {rule}")]
     Invalid { field: &'static str, rule: String },
+    #[error("The Revision Id provided does not match the latest Revision Id ({current}); call GetFunction to get the latest Revision Id")]
+    PreconditionFailed { current: String },
+    #[error("The operation cannot be performed at this time: function {0} is being updated by another call; try again")]
+    UpdateConflict(String),
     #[error("metadata store failed")]
     Store(#[from] rusqlite::Error),
     #[error("stored function {0} is corrupt: {1}")]
@@ -96,6 +100,8 @@ pub struct ConfigUpdate {
     pub layers: Option<Vec<String>>,
     pub ephemeral_mb: Option<u32>,
     pub description: Option<String>,
+    /// Apply only if `$LATEST` is still at this `RevisionId`.
+    pub revision_id: Option<String>,
 }
 
 /// A layer version as a function refers to it. The function keeps the
@@ -132,6 +138,25 @@ pub struct Function {
 }
 
 impl Function {
+    /// Lambda's `RevisionId`: changes with every update of `$LATEST`.
+    pub fn revision_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.revision,
+            &self.code_sha256_hex[..12.min(self.code_sha256_hex.len())]
+        )
+    }
+
+    /// Checks a caller's `RevisionId` precondition against this function.
+    pub fn check_revision(&self, expected: Option<&str>) -> Result<(), FunctionsError> {
+        match expected {
+            Some(r) if r != self.revision_id() => Err(FunctionsError::PreconditionFailed {
+                current: self.revision_id(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// A function with default settings and no code, to compute keys from.
     pub fn placeholder() -> Self {
         Function {
@@ -491,6 +516,12 @@ pub fn validate_environment(env: &BTreeMap<String, String>) -> Result<(), Functi
             return Err(invalid(
                 "Environment",
                 format!("{k} is reserved by the runtime and cannot be set"),
+            ));
+        }
+        if v.contains('\0') {
+            return Err(invalid(
+                "Environment",
+                format!("the value of {k} contains a NUL byte"),
             ));
         }
         total += k.len() + v.len();

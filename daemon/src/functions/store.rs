@@ -111,6 +111,22 @@ impl FunctionStore {
         Ok(())
     }
 
+    /// Replaces `$LATEST` only if it is still at revision `expected`: the
+    /// write half of a read-modify-write. `Ok(false)` when another update
+    /// came between.
+    pub fn update_if(&self, f: &Function, expected: u64) -> Result<bool, FunctionsError> {
+        let n = self.conn().execute(
+            "UPDATE fn_latest SET record = ?2 WHERE name = ?1 \
+             AND json_extract(record, '$.revision') = ?3",
+            params![f.name, to_json(&f.name, f)?, expected as i64],
+        )?;
+        if n == 0 {
+            self.get(&f.name)?;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
     /// A function's `$LATEST`.
     pub fn get(&self, name: &str) -> Result<Function, FunctionsError> {
         let rec: Option<String> = self

@@ -29,6 +29,8 @@ pub enum InvokeError {
     PayloadTooLarge { size: usize, limit: usize },
     #[error("preparing the layers failed: {0}")]
     Layers(String),
+    #[error("ClientContext: {0}")]
+    ClientContext(String),
     #[error("InvocationType: Event invocations are not supported by this node yet")]
     EventUnsupported,
     #[error("the instance could not be started")]
@@ -160,7 +162,7 @@ impl Invoker {
         Ok(self.pool.start(f, image, opt, instance_id, log).await?)
     }
 
-    pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, InvokeError> {
+    pub async fn invoke(&self, mut req: InvokeRequest) -> Result<InvokeResult, InvokeError> {
         let f = self.resolve(&req.function_name, &req.qualifier)?;
         if req.payload.len() > MAX_SYNC_PAYLOAD {
             return Err(InvokeError::PayloadTooLarge {
@@ -168,6 +170,7 @@ impl Invoker {
                 limit: MAX_SYNC_PAYLOAD,
             });
         }
+        req.client_context = decode_client_context(&req.client_context)?;
         let request_id = uuid::Uuid::new_v4().to_string();
         match req.invocation_type {
             InvocationType::DryRun => {
@@ -296,7 +299,7 @@ impl Invoker {
         );
         log.line(
             &request_id,
-            &format!("START RequestId: {request_id} Version: $LATEST"),
+            &format!("START RequestId: {request_id} Version: {}", f.version),
         );
         log.line(&request_id, &format!("END RequestId: {request_id}"));
         log.line(
@@ -500,9 +503,58 @@ pub fn report_line(
     line
 }
 
+/// Lambda's limit on `ClientContext`: 3,583 bytes of base64.
+pub const MAX_CLIENT_CONTEXT: usize = 3583;
+
+/// Checks an invocation's `ClientContext` (base64 of a JSON object, at most
+/// [`MAX_CLIENT_CONTEXT`] bytes) and returns the JSON the runtime receives
+/// in `Lambda-Runtime-Client-Context`, as AWS's runtime clients expect.
+pub fn decode_client_context(b64: &str) -> Result<String, InvokeError> {
+    if b64.is_empty() {
+        return Ok(String::new());
+    }
+    if b64.len() > MAX_CLIENT_CONTEXT {
+        return Err(InvokeError::ClientContext(format!(
+            "must be at most {MAX_CLIENT_CONTEXT} bytes of base64 (got {})",
+            b64.len()
+        )));
+    }
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| InvokeError::ClientContext(format!("is not valid base64: {e}")))?;
+    match serde_json::from_slice::<serde_json::Value>(&raw) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v.to_string()),
+        Ok(_) => Err(InvokeError::ClientContext(
+            "must be base64 of a JSON object".into(),
+        )),
+        Err(e) => Err(InvokeError::ClientContext(format!(
+            "is not base64 of JSON: {e}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_context_is_base64_of_a_json_object_within_the_limit() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        assert_eq!(decode_client_context("").unwrap(), "");
+        let ok = decode_client_context(&b64(r#"{"custom": {"k": "v"}}"#)).unwrap();
+        assert_eq!(ok, r#"{"custom":{"k":"v"}}"#);
+        for bad in [
+            "not base64!".to_string(),
+            b64("[1, 2]"),
+            b64("not json"),
+            b64(&format!(r#"{{"k": "{}"}}"#, "x".repeat(3000))),
+        ] {
+            let e = decode_client_context(&bad).unwrap_err();
+            assert!(matches!(e, InvokeError::ClientContext(_)), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn report_line_has_lambda_fields() {

@@ -364,8 +364,10 @@ impl Node {
         name: &str,
         zip: Vec<u8>,
         publish: bool,
+        revision_id: Option<String>,
     ) -> Result<Function, NodeError> {
-        let mut f = self.store.get(name)?;
+        let f = self.store.get(name)?;
+        f.check_revision(revision_id.as_deref())?;
         if zip.is_empty() {
             return Err(FunctionsError::Invalid {
                 field: "ZipFile",
@@ -387,14 +389,22 @@ impl Node {
             }
             .into());
         }
-        f.code_sha256_hex = image.sha256_hex;
-        f.code_sha256_b64 = image.sha256_b64;
-        f.code_size = image.zip_size;
-        f.unzipped_size = image.unzipped_size;
-        f.revision += 1;
-        f.last_modified = crate::time::lambda_timestamp(SystemTime::now());
-        self.store.update(&f)?;
+        let f = self.read_modify_write(name, revision_id.as_deref(), |old| {
+            if (old.runtime, &old.handler, &old.layers) != (f.runtime, &f.handler, &f.layers) {
+                // The package was checked against other settings.
+                return Err(FunctionsError::UpdateConflict(name.to_string()).into());
+            }
+            Ok(Function {
+                code_sha256_hex: image.sha256_hex.clone(),
+                code_sha256_b64: image.sha256_b64.clone(),
+                code_size: image.zip_size,
+                unzipped_size: image.unzipped_size,
+                ..old.clone()
+            })
+        });
+        drop(image);
         self.collect_garbage();
+        let f = f?;
         tracing::info!(function = %name, revision = f.revision, "function code updated");
         self.retire_latest(name);
         if publish {
@@ -408,22 +418,23 @@ impl Node {
         name: &str,
         u: ConfigUpdate,
     ) -> Result<Function, NodeError> {
+        // AWS rejects a zero; it is not "the default" in an update.
+        for (field, v) in [
+            ("MemorySize", u.memory_mb),
+            ("Timeout", u.timeout_s),
+            ("EphemeralStorage", u.ephemeral_mb),
+        ] {
+            if v == Some(0) {
+                return Err(FunctionsError::Invalid {
+                    field,
+                    rule: "must be given as a positive number (got 0)".into(),
+                }
+                .into());
+            }
+        }
         let old = self.store.get(name)?;
-        let mut spec = FunctionSpec {
-            name: old.name.clone(),
-            runtime: u.runtime.unwrap_or_else(|| old.runtime.name().to_string()),
-            handler: u.handler.unwrap_or_else(|| old.handler.clone()),
-            memory_mb: u.memory_mb.unwrap_or(old.memory_mb),
-            timeout_s: u.timeout_s.unwrap_or(old.timeout_s),
-            environment: u.environment.unwrap_or_else(|| old.environment.clone()),
-            description: u.description.unwrap_or_else(|| old.description.clone()),
-            layers: u
-                .layers
-                .clone()
-                .unwrap_or_else(|| old.layers.iter().map(|l| l.arn.clone()).collect()),
-            ephemeral_mb: u.ephemeral_mb.unwrap_or(old.ephemeral_mb),
-        };
-        let runtime = functions::validate_spec(&mut spec)?;
+        old.check_revision(u.revision_id.as_deref())?;
+        let (spec, runtime) = Self::apply_update(&old, &u)?;
         if runtime != old.runtime || spec.handler != old.handler {
             // The stored package must still have what the runtime looks for.
             let zip = self.code.zip_bytes(&old.code_sha256_hex)?;
@@ -434,26 +445,92 @@ impl Node {
             Self::blocking(move || crate::packages::validate(&zip, &rules).map(drop)).await?;
         }
         let layers = match u.layers {
-            Some(_) => self.resolve_layers(&spec.layers, old.unzipped_size)?,
-            None => old.layers.clone(),
+            Some(_) => Some(self.resolve_layers(&spec.layers, old.unzipped_size)?),
+            None => None,
         };
-        let f = Function {
-            runtime,
-            handler: spec.handler,
-            memory_mb: spec.memory_mb,
-            timeout_s: spec.timeout_s,
-            environment: spec.environment,
-            description: spec.description,
-            layers,
-            ephemeral_mb: spec.ephemeral_mb,
-            revision: old.revision + 1,
-            last_modified: crate::time::lambda_timestamp(SystemTime::now()),
-            ..old
-        };
-        self.store.update(&f)?;
+        let checked = (old.code_sha256_hex.clone(), runtime, spec.handler.clone());
+        let f = self.read_modify_write(name, u.revision_id.as_deref(), |old| {
+            if (
+                old.code_sha256_hex.clone(),
+                old.runtime,
+                old.handler.clone(),
+            ) != checked
+            {
+                // The package changed under us: the handler check above
+                // was for another one.
+                return Err(FunctionsError::UpdateConflict(name.to_string()).into());
+            }
+            let (spec, runtime) = Self::apply_update(old, &u)?;
+            Ok(Function {
+                runtime,
+                handler: spec.handler,
+                memory_mb: spec.memory_mb,
+                timeout_s: spec.timeout_s,
+                environment: spec.environment,
+                description: spec.description,
+                layers: layers.clone().unwrap_or_else(|| old.layers.clone()),
+                ephemeral_mb: spec.ephemeral_mb,
+                ..old.clone()
+            })
+        })?;
         tracing::info!(function = %name, revision = f.revision, "function configuration updated");
         self.retire_latest(name);
         Ok(f)
+    }
+
+    /// The settings of `old` with the update's applied, validated.
+    fn apply_update(
+        old: &Function,
+        u: &ConfigUpdate,
+    ) -> Result<(FunctionSpec, Runtime), NodeError> {
+        let mut spec = FunctionSpec {
+            name: old.name.clone(),
+            runtime: u
+                .runtime
+                .clone()
+                .unwrap_or_else(|| old.runtime.name().to_string()),
+            handler: u.handler.clone().unwrap_or_else(|| old.handler.clone()),
+            memory_mb: u.memory_mb.unwrap_or(old.memory_mb),
+            timeout_s: u.timeout_s.unwrap_or(old.timeout_s),
+            environment: u
+                .environment
+                .clone()
+                .unwrap_or_else(|| old.environment.clone()),
+            description: u
+                .description
+                .clone()
+                .unwrap_or_else(|| old.description.clone()),
+            layers: u
+                .layers
+                .clone()
+                .unwrap_or_else(|| old.layers.iter().map(|l| l.arn.clone()).collect()),
+            ephemeral_mb: u.ephemeral_mb.unwrap_or(old.ephemeral_mb),
+        };
+        let runtime = functions::validate_spec(&mut spec)?;
+        Ok((spec, runtime))
+    }
+
+    /// Reads `$LATEST`, applies `change`, and writes the result only if no
+    /// other update came between (the revision is the version of the row).
+    /// Without a `RevisionId` a lost race is retried, so no update is lost;
+    /// with one, it fails its precondition as AWS does.
+    fn read_modify_write(
+        &self,
+        name: &str,
+        revision_id: Option<&str>,
+        mut change: impl FnMut(&Function) -> Result<Function, NodeError>,
+    ) -> Result<Function, NodeError> {
+        for _ in 0..64 {
+            let old = self.store.get(name)?;
+            old.check_revision(revision_id)?;
+            let mut f = change(&old)?;
+            f.revision = old.revision + 1;
+            f.last_modified = crate::time::lambda_timestamp(SystemTime::now());
+            if self.store.update_if(&f, old.revision)? {
+                return Ok(f);
+            }
+        }
+        Err(FunctionsError::UpdateConflict(name.to_string()).into())
     }
 
     /// Retires `$LATEST`'s instance in the background: it holds the old code

@@ -1,0 +1,410 @@
+//! End-to-end attacks on the node's doors: packages built to escape
+//! extraction, hostile API input, and a runtime that misuses the Runtime
+//! API. Each must get a clear, typed error while the node keeps serving.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use flint_e2e::*;
+use flint_proto::node::v1 as pb;
+use tonic::Code;
+use zip::write::SimpleFileOptions;
+
+/// The chain from the report: `a/up -> ..`, `a/e1 -> up/..`, ... each
+/// passing a textual check, then a regular file under the last link.
+fn chain_zip(depth: usize, sentinel: &str, extra: &[(&str, &[u8], u32)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = SimpleFileOptions::default();
+    for (name, data, mode) in extra {
+        w.start_file(*name, o.unix_permissions(*mode)).unwrap();
+        w.write_all(data).unwrap();
+    }
+    w.add_symlink("a/up", "..", o).unwrap();
+    let mut prev = "up".to_string();
+    for i in 1..=depth {
+        w.add_symlink(format!("a/e{i}"), format!("{prev}/.."), o)
+            .unwrap();
+        prev = format!("e{i}");
+    }
+    w.start_file(format!("a/{prev}/{sentinel}"), o).unwrap();
+    w.write_all(b"written on the host").unwrap();
+    w.finish().unwrap().into_inner()
+}
+
+/// Every folder the chain can reach from the node's staging folder.
+fn reachable(data_dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![data_dir.join("tmp"), data_dir.join("code")];
+    let mut d = Some(data_dir);
+    while let Some(p) = d {
+        out.push(p.to_path_buf());
+        d = p.parent();
+    }
+    out.push(std::env::temp_dir());
+    out
+}
+
+#[tokio::test]
+async fn packages_and_layers_built_to_escape_extraction_are_refused() {
+    let data_dir = node().data_dir.clone();
+    let sentinel = format!("flint-sentinel-{}", std::process::id());
+    let app: &[(&str, &[u8], u32)] = &[("app.py", b"def handler(e, c):\n    return 1\n", 0o644)];
+    for depth in 1..=8 {
+        let name = unique(&format!("escape{depth}"));
+        let e = create(
+            &name,
+            "python3.11",
+            "app.handler",
+            chain_zip(depth, &sentinel, app),
+            0,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("link"), "{}", e.message());
+        let e = client()
+            .await
+            .publish_layer_version(pb::PublishLayerVersionRequest {
+                layer_name: name,
+                zip_file: chain_zip(depth, &sentinel, &[]),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    // A layer whose links pass every check, then a second layer that
+    // writes under them when the two are merged into /opt.
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let o = SimpleFileOptions::default();
+    w.add_symlink("python/up", "..", o).unwrap();
+    w.add_symlink("python/e1", "up/..", o).unwrap();
+    w.add_symlink("python/e2", "e1/..", o).unwrap();
+    let links = w.finish().unwrap().into_inner();
+    let under = zip_files(&[(&format!("python/e2/{sentinel}"), b"x", 0o644)]);
+    let mut arns = Vec::new();
+    for (i, zip) in [links, under].into_iter().enumerate() {
+        let l = client()
+            .await
+            .publish_layer_version(pb::PublishLayerVersionRequest {
+                layer_name: unique(&format!("linklayer{i}")),
+                zip_file: zip,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        arns.push(l.layer_version_arn);
+    }
+    let name = unique("twolayers");
+    client()
+        .await
+        .create_function(pb::CreateFunctionRequest {
+            function_name: name.clone(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            zip_file: zip_files(app),
+            layers: arns,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = invoke(&name, "{}").await.unwrap_err();
+    assert!(e.message().contains("link"), "{e:?}");
+    // Duplicate names: the check read the first, extraction kept the last.
+    let e = create(
+        &unique("dup"),
+        "python3.11",
+        "app.handler",
+        zip_files(&[
+            ("app.py", b"def handler(e, c):\n    return 1\n", 0o644),
+            ("./app.py", b"import os; os.system('x')\n", 0o644),
+        ]),
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert!(e.message().contains("two entries"), "{e:?}");
+
+    for dir in reachable(&data_dir) {
+        assert!(
+            !dir.join(&sentinel).exists(),
+            "{} was written",
+            dir.join(&sentinel).display()
+        );
+    }
+    // The node keeps serving.
+    let ok = unique("afterescape");
+    create(&ok, "python3.11", "app.handler", zip_files(app), 0)
+        .await
+        .unwrap();
+    assert_eq!(json(&invoke(&ok, "{}").await.unwrap()), 1);
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[tokio::test]
+async fn bad_api_input_gets_typed_errors_and_updates_are_not_lost() {
+    let name = unique("badinput");
+    let handler = "def handler(e, c):\n    cc = c.client_context\n    return {'custom': cc.custom if cc else None}\n";
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        zip_files(&[("app.py", handler.as_bytes(), 0o644)]),
+        0,
+    )
+    .await
+    .unwrap();
+
+    // ClientContext: base64 of a JSON object of at most 3,583 bytes; the
+    // runtime gets the decoded JSON.
+    let invoke_cc = |cc: String| {
+        let name = name.clone();
+        async move {
+            client()
+                .await
+                .invoke(pb::InvokeRequest {
+                    function_name: name,
+                    payload: b"{}".to_vec(),
+                    client_context: cc,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let r = invoke_cc(b64(r#"{"custom": {"tenant": "t1"}}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(json(&r)["custom"]["tenant"], "t1", "{r:?}");
+    for bad in [
+        "%%%".to_string(),
+        b64("[]"),
+        b64(&format!(
+            r#"{{"custom": {{"k": "{}"}}}}"#,
+            "x".repeat(1 << 20)
+        )),
+    ] {
+        let e = invoke_cc(bad).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message()
+                .starts_with("InvalidParameterValueException: ClientContext"),
+            "{}",
+            e.message()
+        );
+    }
+
+    // Zeros in an update are refused, not silently reset to defaults.
+    for u in [
+        pb::UpdateFunctionConfigurationRequest {
+            memory_size: Some(0),
+            ..Default::default()
+        },
+        pb::UpdateFunctionConfigurationRequest {
+            timeout: Some(0),
+            ..Default::default()
+        },
+        pb::UpdateFunctionConfigurationRequest {
+            environment: Some(pb::Environment {
+                variables: [("K".to_string(), "a\0b".to_string())].into(),
+            }),
+            ..Default::default()
+        },
+    ] {
+        let e = client()
+            .await
+            .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+                function_name: name.clone(),
+                ..u
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    let f = client()
+        .await
+        .get_function(pb::GetFunctionRequest {
+            function_name: name.clone(),
+            qualifier: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .configuration
+        .unwrap();
+    assert_eq!((f.memory_size, f.timeout), (128, 3));
+
+    // RevisionId: a stale one fails its precondition; the current one works.
+    let e = client()
+        .await
+        .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+            function_name: name.clone(),
+            description: Some("stale".into()),
+            revision_id: "0-stale".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().starts_with("PreconditionFailedException"));
+    let g = client()
+        .await
+        .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+            function_name: name.clone(),
+            description: Some("current".into()),
+            revision_id: f.revision_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(g.revision_id, f.revision_id);
+
+    // Concurrent updates of different settings: none is lost.
+    let updates = [
+        pb::UpdateFunctionConfigurationRequest {
+            memory_size: Some(256),
+            ..Default::default()
+        },
+        pb::UpdateFunctionConfigurationRequest {
+            timeout: Some(30),
+            ..Default::default()
+        },
+        pb::UpdateFunctionConfigurationRequest {
+            description: Some("both".into()),
+            ..Default::default()
+        },
+        pb::UpdateFunctionConfigurationRequest {
+            ephemeral_storage: Some(1024),
+            ..Default::default()
+        },
+    ];
+    let tasks: Vec<_> = updates
+        .into_iter()
+        .map(|u| {
+            let name = name.clone();
+            tokio::spawn(async move {
+                client()
+                    .await
+                    .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
+                        function_name: name,
+                        ..u
+                    })
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let f = client()
+        .await
+        .get_function(pb::GetFunctionRequest {
+            function_name: name.clone(),
+            qualifier: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .configuration
+        .unwrap();
+    assert_eq!(
+        (
+            f.memory_size,
+            f.timeout,
+            f.description.as_str(),
+            f.ephemeral_storage
+        ),
+        (256, 30, "both", 1024)
+    );
+
+    // A `since` far in the past is "everything", not a panic.
+    let mut logs = node_client()
+        .await
+        .tail_logs(pb::TailLogsRequest {
+            function_name: name.clone(),
+            since_seconds: u64::MAX,
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut lines = 0;
+    while let Some(l) = tokio_stream::StreamExt::next(&mut logs).await {
+        l.unwrap();
+        lines += 1;
+    }
+    assert!(lines > 0);
+
+    // The START line names the version that ran.
+    let v = publish(&name).await.version;
+    let r = invoke_at(&name, &v, "{}").await.unwrap();
+    assert!(
+        tail(&r).contains(&format!("Version: {v}\n")),
+        "{}",
+        tail(&r)
+    );
+    let r = invoke_at(&name, "", "{}").await.unwrap();
+    assert!(tail(&r).contains("Version: $LATEST\n"), "{}", tail(&r));
+}
+
+/// A runtime that misuses the Runtime API: two parked `next` calls, a
+/// `next` during its invocation, a response body that cannot be read. It
+/// reports what the agent answered each time.
+const MISUSING_BOOTSTRAP: &str = r#"#!/bin/bash
+API=http://$AWS_LAMBDA_RUNTIME_API/2018-06-01/runtime
+cd /tmp
+curl -s -D h1 -o b1 -w '%{http_code}' $API/invocation/next > c1 &
+curl -s -D h2 -o b2 -w '%{http_code}' $API/invocation/next > c2 &
+wait
+if [ "$(cat c1)" = 200 ]; then ev=1; other=2; else ev=2; other=1; fi
+id=$(grep -i '^lambda-runtime-aws-request-id' h$ev | tr -d '\r' | cut -d' ' -f2)
+third=$(curl -s -o b3 -w '%{http_code}' $API/invocation/next)
+exec 3<>/dev/tcp/127.0.0.1/9001
+printf 'POST /2018-06-01/runtime/invocation/%s/response HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n' "$id" >&3
+read -r _ bad _ <&3
+exec 3>&-
+printf '{"second": %s, "second_body": %s, "during": %s, "during_body": %s, "bad_body": %s}' \
+  "$(cat c$other)" "$(cat b$other)" "$third" "$(cat b3)" "$bad" > resp
+curl -s -o /dev/null -X POST --data-binary @resp $API/invocation/$id/response
+while true; do
+  curl -s -D h -o ev $API/invocation/next
+  id=$(grep -i '^lambda-runtime-aws-request-id' h | tr -d '\r' | cut -d' ' -f2)
+  curl -s -o /dev/null -X POST -d '"again"' $API/invocation/$id/response
+done
+"#;
+
+#[tokio::test]
+async fn runtime_api_misuse_gets_aws_status_codes() {
+    let name = unique("misuse");
+    create(
+        &name,
+        "provided",
+        "unused",
+        zip_files(&[("bootstrap", MISUSING_BOOTSTRAP.as_bytes(), 0o755)]),
+        30,
+    )
+    .await
+    .unwrap();
+    let r = invoke(&name, "{}").await.unwrap();
+    assert!(r.function_error.is_empty(), "{r:?} {}", tail(&r));
+    let v = json(&r);
+    assert_eq!(v["second"], 403, "{v}");
+    assert_eq!(
+        v["second_body"]["errorType"], "InvalidStateTransition",
+        "{v}"
+    );
+    assert_eq!(v["during"], 403, "{v}");
+    assert_eq!(
+        v["during_body"]["errorType"], "InvalidStateTransition",
+        "{v}"
+    );
+    assert_eq!(v["bad_body"], 500, "{v}");
+    // The instance is still in order: the next invocation is answered.
+    assert_eq!(json(&invoke(&name, "{}").await.unwrap()), "again");
+}
