@@ -140,6 +140,14 @@ async fn packages_and_layers_built_to_escape_extraction_are_refused() {
     assert_eq!(json(&invoke(&ok, "{}").await.unwrap()), 1);
 }
 
+#[test]
+fn the_unix_socket_is_0660() {
+    use std::os::unix::fs::PermissionsExt;
+    let sock = node().endpoint.strip_prefix("unix:").unwrap().to_string();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+}
+
 fn b64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)

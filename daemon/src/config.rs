@@ -81,6 +81,8 @@ pub struct Config {
     /// Metadata, code, logs and per-instance files.
     pub data_dir: PathBuf,
     pub listen: Vec<Listen>,
+    /// The group that may use the unix sockets (mode 0660, owner root).
+    pub socket_group: String,
     /// Guest kernel (`vmlinux`) and runtime images (`<runtime>.erofs`), as
     /// `scripts/setup` leaves them.
     pub artifacts_dir: PathBuf,
@@ -124,6 +126,7 @@ pub struct Config {
 pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub listen: Option<Vec<String>>,
+    pub socket_group: Option<String>,
     pub artifacts_dir: Option<PathBuf>,
     pub qemu: Option<PathBuf>,
     pub accel: Option<String>,
@@ -190,6 +193,7 @@ impl Default for Config {
                 Listen::Unix(PathBuf::from(DEFAULT_SOCKET)),
                 DEFAULT_TCP.parse().expect("valid default"),
             ],
+            socket_group: "flint".into(),
             artifacts_dir: PathBuf::from("/var/cache/flint/current"),
             qemu: PathBuf::from("qemu-system-x86_64"),
             accel: AccelChoice::Auto,
@@ -232,6 +236,9 @@ impl Config {
         }
         if let Some(v) = f.listen {
             c.listen = v.iter().map(|s| s.parse()).collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = f.socket_group {
+            c.socket_group = v;
         }
         if let Some(v) = f.artifacts_dir {
             c.artifacts_dir = v;

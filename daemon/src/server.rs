@@ -25,6 +25,7 @@ pub enum ServerError {
 /// Opens the node, serves until `shutdown` resolves, then stops every VM.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     let listen = config.listen.clone();
+    let socket_group = config.socket_group.clone();
     let node = Arc::new(Node::open(config)?);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -61,12 +62,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         };
         match l {
             Listen::Unix(path) => {
-                if let Some(dir) = path.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
-                let _ = std::fs::remove_file(path);
-                let ul =
-                    UnixListener::bind(path).map_err(|e| ServerError::Bind(l.to_string(), e))?;
+                let ul = bind_unix(path, &socket_group)
+                    .map_err(|e| ServerError::Bind(l.to_string(), e))?;
                 let incoming = UnixListenerStream::new(ul);
                 servers.spawn(
                     tonic::transport::Server::builder()
@@ -164,6 +161,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     tracing::info!("flintd stopped");
     Ok(())
+}
+
+/// Binds a unix socket of mode 0660, owned by root and `group`, whatever
+/// the umask: it is bound under a private name, given its mode and group,
+/// then renamed into place, so it is never reachable with other rights.
+/// Without the group (not created by `scripts/setup`), root's group owns it.
+fn bind_unix(path: &std::path::Path, group: &str) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let gid = match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Some(g.gid),
+        _ => {
+            tracing::warn!(
+                group,
+                "socket group not found: only root may use the socket"
+            );
+            None
+        }
+    };
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let ul = UnixListener::bind(&tmp)?;
+    let placed = (|| {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+        nix::unistd::chown(&tmp, None, gid).map_err(std::io::Error::from)?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(ul)
 }
 
 /// Tells systemd (`Type=notify`) about readiness and stopping, when run by it.
