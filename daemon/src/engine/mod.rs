@@ -2,6 +2,7 @@
 //! sees [`Vm`] handles and a small set of operations.
 
 mod accel;
+mod console;
 mod qemu;
 
 use std::path::PathBuf;

@@ -106,7 +106,7 @@ impl QemuEngine {
             a.push("-incoming".into());
             a.push("defer".into());
         }
-        let console = spec.dir.join("console.log");
+        let console = super::console::path(&spec.dir);
         a.push("-smp".into());
         a.push(spec.vcpus.max(1).to_string());
         a.push("-m".into());
@@ -125,8 +125,14 @@ impl QemuEngine {
             ));
         }
         a.push(cmdline);
+        // Appended, so that the console keeper can empty it under QEMU.
+        a.push("-chardev".into());
+        a.push(format!(
+            "file,id=console,path={},append=on",
+            console.display()
+        ));
         a.push("-serial".into());
-        a.push(format!("file:{}", console.display()));
+        a.push("chardev:console".into());
         let drives = std::iter::once(&spec.rootfs).chain(spec.drives.iter());
         for (i, d) in drives.enumerate() {
             a.push("-drive".into());
@@ -256,6 +262,7 @@ impl Engine for QemuEngine {
             message: e.to_string(),
         })??;
 
+        super::console::keep(spec.dir.clone(), exit_rx.clone());
         Ok(Box::new(QemuVm {
             id: spec.id,
             dir: spec.dir,
@@ -527,9 +534,7 @@ impl Vm for QemuVm {
     }
 
     fn console_tail(&self, max_bytes: usize) -> String {
-        let text = std::fs::read(self.dir.join("console.log")).unwrap_or_default();
-        let start = text.len().saturating_sub(max_bytes);
-        String::from_utf8_lossy(&text[start..]).into_owned()
+        super::console::tail(&self.dir, max_bytes)
     }
 }
 

@@ -2,6 +2,7 @@
 //! and its log stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -114,6 +115,8 @@ pub struct Instance {
     vm: Box<dyn Vm>,
     to_agent: mpsc::UnboundedSender<HostMessage>,
     events: mpsc::UnboundedReceiver<AgentEvent>,
+    /// What `events` holds, bounded.
+    queued: Arc<QueuedEvents>,
     info: Arc<Mutex<InstanceInfo>>,
     registry: Registry,
 }
@@ -187,6 +190,8 @@ impl Instance {
             }
         });
         let (ev_tx, events) = mpsc::unbounded_channel();
+        let queued = Arc::new(QueuedEvents::default());
+        let reader_queued = queued.clone();
         let reader_log = log.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
@@ -198,6 +203,16 @@ impl Instance {
                     match fb.next_frame::<AgentMessage>() {
                         Ok(Some(msg)) => {
                             if let Some(ev) = dispatch(msg, &reader_log) {
+                                if !reader_queued.admit(&ev) {
+                                    // Nobody asked for these: a guest that
+                                    // floods its channel is closed, and no
+                                    // more is read from it.
+                                    tracing::warn!(
+                                        "agent sent more events than the host reads; closing instance"
+                                    );
+                                    let _ = ev_tx.send(AgentEvent::Closed);
+                                    return;
+                                }
                                 let _ = ev_tx.send(ev);
                             }
                         }
@@ -229,6 +244,7 @@ impl Instance {
             vm,
             to_agent,
             events,
+            queued,
             info,
             registry,
         }
@@ -257,7 +273,10 @@ impl Instance {
     pub async fn next_event(&mut self, deadline: Instant) -> Option<AgentEvent> {
         let d = tokio::time::Instant::from_std(deadline);
         match tokio::time::timeout_at(d, self.events.recv()).await {
-            Ok(Some(ev)) => Some(ev),
+            Ok(Some(ev)) => {
+                self.queued.taken(&ev);
+                Some(ev)
+            }
             Ok(None) => Some(AgentEvent::Closed),
             Err(_) => None,
         }
@@ -268,6 +287,7 @@ impl Instance {
     /// while idle are consumed here).
     pub fn is_alive(&mut self) -> bool {
         while let Ok(ev) = self.events.try_recv() {
+            self.queued.taken(&ev);
             if matches!(ev, AgentEvent::RuntimeExit { .. } | AgentEvent::Closed) {
                 return false;
             }
@@ -380,6 +400,49 @@ impl Instance {
     }
 }
 
+/// At most this many agent events wait for the host to read them. A
+/// well-behaved agent has one or two outstanding (init, then a response).
+pub const MAX_QUEUED_EVENTS: usize = 64;
+/// At most this many payload bytes wait in them: two whole frames.
+pub const MAX_QUEUED_BYTES: usize = 2 * flint_proto::frame::MAX_FRAME;
+
+/// The count and payload bytes of the events waiting in an instance's
+/// queue: what a guest can make flintd hold.
+#[derive(Debug, Default)]
+pub struct QueuedEvents {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl QueuedEvents {
+    fn weight(ev: &AgentEvent) -> usize {
+        match ev {
+            AgentEvent::InitError { payload, .. }
+            | AgentEvent::Response { payload, .. }
+            | AgentEvent::Error { payload, .. }
+            | AgentEvent::RestoreError { payload, .. } => payload.len(),
+            _ => 0,
+        }
+    }
+
+    /// Counts `ev` in if it fits; `false` when the guest is over a bound.
+    pub fn admit(&self, ev: &AgentEvent) -> bool {
+        let w = Self::weight(ev);
+        let count = self.count.fetch_add(1, Ordering::AcqRel) + 1;
+        let bytes = self.bytes.fetch_add(w, Ordering::AcqRel) + w;
+        count <= MAX_QUEUED_EVENTS && bytes <= MAX_QUEUED_BYTES
+    }
+
+    /// Counts `ev` out as the host reads it.
+    pub fn taken(&self, ev: &AgentEvent) {
+        if matches!(ev, AgentEvent::Closed) {
+            return;
+        }
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(Self::weight(ev), Ordering::AcqRel);
+    }
+}
+
 fn dispatch(msg: AgentMessage, log: &LogStream) -> Option<AgentEvent> {
     use agent_message::Kind;
     Some(match msg.kind? {
@@ -434,4 +497,32 @@ pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flooding_guest_is_over_the_event_bounds() {
+        let q = QueuedEvents::default();
+        for _ in 0..MAX_QUEUED_EVENTS {
+            assert!(q.admit(&AgentEvent::Ready));
+        }
+        assert!(!q.admit(&AgentEvent::Ready), "one event too many");
+        let q = QueuedEvents::default();
+        let big = || AgentEvent::Response {
+            request_id: String::new(),
+            payload: vec![0; flint_proto::frame::MAX_FRAME],
+            max_memory_kb: 0,
+        };
+        assert!(q.admit(&big()) && q.admit(&big()));
+        assert!(!q.admit(&big()), "bytes over the bound");
+        // What the host reads makes room again.
+        let q = QueuedEvents::default();
+        for _ in 0..1000 {
+            assert!(q.admit(&big()));
+            q.taken(&big());
+        }
+    }
 }
