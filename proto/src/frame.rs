@@ -77,6 +77,12 @@ impl FrameBuffer {
         self.buf.extend_from_slice(bytes);
     }
 
+    /// Bytes held: a partial frame, at most 4 + [`MAX_FRAME`] once every
+    /// complete frame has been taken.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Takes the next complete frame, if there is one.
     pub fn next_frame<M: Message + Default>(&mut self) -> Result<Option<M>, FrameError> {
         if self.buf.len() < 4 {
@@ -147,5 +153,88 @@ mod tests {
             fb.next_frame::<AgentMessage>(),
             Err(FrameError::TooLarge(_))
         ));
+    }
+
+    /// Cases per property: 256 in the test suite; set FLINT_PROPTEST_CASES
+    /// for a longer run (docs/security.md).
+    fn cases() -> u32 {
+        std::env::var("FLINT_PROPTEST_CASES")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(256)
+    }
+
+    use crate::agent::v1::{host_message, HostMessage, Invoke};
+    use proptest::prelude::*;
+
+    fn drain<M: Message + Default>(fb: &mut FrameBuffer) -> Result<Vec<M>, FrameError> {
+        let mut out = Vec::new();
+        while let Some(m) = fb.next_frame::<M>()? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+        /// Garbage from a guest, in any chunks: decoding (host side and
+        /// agent side) never panics, and what stays buffered is bounded.
+        #[test]
+        fn garbage_never_panics_and_stays_bounded(
+            data in proptest::collection::vec(any::<u8>(), 0..4096),
+            chunk in 1usize..600,
+        ) {
+            for side in 0..2 {
+                let mut fb = FrameBuffer::default();
+                for c in data.chunks(chunk) {
+                    fb.extend(c);
+                    let r = if side == 0 {
+                        drain::<AgentMessage>(&mut fb).map(drop)
+                    } else {
+                        drain::<HostMessage>(&mut fb).map(drop)
+                    };
+                    if r.is_err() {
+                        break; // the reader closes the channel
+                    }
+                    prop_assert!(fb.buffered() <= 4 + MAX_FRAME);
+                }
+            }
+        }
+
+        /// Real messages survive any chunking and any mix, both ways.
+        #[test]
+        fn messages_round_trip_in_any_chunks(
+            lines in proptest::collection::vec(".{0,64}", 1..16),
+            payload in proptest::collection::vec(any::<u8>(), 0..2048),
+            chunk in 1usize..300,
+        ) {
+            let mut wire = Vec::new();
+            for l in &lines {
+                wire.extend(encode(&log(l)));
+            }
+            let mut fb = FrameBuffer::default();
+            let mut got = Vec::new();
+            for c in wire.chunks(chunk) {
+                fb.extend(c);
+                got.extend(drain::<AgentMessage>(&mut fb).unwrap());
+            }
+            prop_assert_eq!(got, lines.iter().map(|l| log(l)).collect::<Vec<_>>());
+            let inv = HostMessage {
+                kind: Some(host_message::Kind::Invoke(Invoke {
+                    request_id: "r".into(),
+                    payload,
+                    ..Default::default()
+                })),
+            };
+            let wire = encode(&inv);
+            let mut fb = FrameBuffer::default();
+            let mut got = Vec::new();
+            for c in wire.chunks(chunk) {
+                fb.extend(c);
+                got.extend(drain::<HostMessage>(&mut fb).unwrap());
+            }
+            prop_assert_eq!(got, vec![inv]);
+        }
     }
 }

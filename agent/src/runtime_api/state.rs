@@ -433,4 +433,94 @@ mod tests {
         let mut s = RuntimeState::default();
         assert_eq!(s.respond("x", 1).unwrap_err().status(), 403);
     }
+
+    /// One call or event, as a hostile runtime (or host) might order them.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Next,
+        Deliver(u8),
+        Respond(u8, usize),
+        Error(u8),
+        InitError,
+        RestoreNext,
+        Resume,
+        RestoreError,
+        AbandonWait,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Op::Next),
+            (0u8..4).prop_map(Op::Deliver),
+            (0u8..4, prop_oneof![Just(0usize), Just(MAX_RESPONSE + 1)])
+                .prop_map(|(i, n)| Op::Respond(i, n)),
+            (0u8..4).prop_map(Op::Error),
+            Just(Op::InitError),
+            Just(Op::RestoreNext),
+            Just(Op::Resume),
+            Just(Op::RestoreError),
+            Just(Op::AbandonWait),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("FLINT_PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
+        ))]
+        /// Any order of Runtime API calls and deliveries: no panic, every
+        /// rejection has Lambda's status and type, at most one invocation
+        /// is in flight, and no delivered event is lost or handed out twice.
+        #[test]
+        fn any_call_order_keeps_the_state_machine_sound(ops in proptest::collection::vec(op(), 0..64)) {
+            let mut s = RuntimeState::default();
+            let (mut delivered, mut handed) = (0usize, 0usize);
+            let mut in_flight: Option<String> = None;
+            let mut n = 0;
+            for o in ops {
+                let r = match o {
+                    Op::Next => s.next().map(|(_, next)| {
+                        if let Next::Event(ev) = next {
+                            handed += 1;
+                            in_flight = Some(ev.request_id);
+                        }
+                    }),
+                    Op::Deliver(_) => {
+                        n += 1;
+                        delivered += 1;
+                        if let Some(ev) = s.deliver(ev(&format!("r{n}"))) {
+                            handed += 1;
+                            in_flight = Some(ev.request_id);
+                        }
+                        Ok(())
+                    }
+                    Op::Respond(i, len) => {
+                        let id = if i == 0 { in_flight.clone().unwrap_or_default() } else { format!("r{i}") };
+                        let r = s.respond(&id, len);
+                        if matches!(r, Ok(()) | Err(StateError::PayloadTooLarge)) { in_flight = None; }
+                        r
+                    }
+                    Op::Error(i) => {
+                        let id = if i == 0 { in_flight.clone().unwrap_or_default() } else { format!("r{i}") };
+                        let r = s.error(&id);
+                        if r.is_ok() { in_flight = None; }
+                        r
+                    }
+                    Op::InitError => s.init_error(),
+                    Op::RestoreNext => s.restore_next(),
+                    Op::Resume => { s.resume(); Ok(()) }
+                    Op::RestoreError => s.restore_error(),
+                    Op::AbandonWait => { s.abandon_wait(); Ok(()) }
+                };
+                if let Err(e) = r {
+                    proptest::prop_assert!([400, 403, 413].contains(&e.status()));
+                    proptest::prop_assert!(!e.error_type().is_empty());
+                }
+                if let Phase::Busy(id) = s.phase() {
+                    proptest::prop_assert_eq!(Some(id.clone()), in_flight.clone());
+                }
+                proptest::prop_assert_eq!(delivered, handed + s.queue.len());
+            }
+        }
+    }
 }
