@@ -438,7 +438,7 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Next,
-        Deliver(u8),
+        Deliver,
         Respond(u8, usize),
         Error(u8),
         InitError,
@@ -452,7 +452,7 @@ mod tests {
         use proptest::prelude::*;
         prop_oneof![
             Just(Op::Next),
-            (0u8..4).prop_map(Op::Deliver),
+            Just(Op::Deliver),
             (0u8..4, prop_oneof![Just(0usize), Just(MAX_RESPONSE + 1)])
                 .prop_map(|(i, n)| Op::Respond(i, n)),
             (0u8..4).prop_map(Op::Error),
@@ -485,7 +485,7 @@ mod tests {
                             in_flight = Some(ev.request_id);
                         }
                     }),
-                    Op::Deliver(_) => {
+                    Op::Deliver => {
                         n += 1;
                         delivered += 1;
                         if let Some(ev) = s.deliver(ev(&format!("r{n}"))) {
