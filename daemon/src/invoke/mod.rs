@@ -339,7 +339,7 @@ async fn run(
     let log = inst.log.clone();
     log.line(
         request_id,
-        &format!("START RequestId: {request_id} Version: $LATEST"),
+        &format!("START RequestId: {request_id} Version: {}", f.version),
     );
     let timeout = Duration::from_secs(f.timeout_s as u64);
     let started = Instant::now();

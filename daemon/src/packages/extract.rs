@@ -182,9 +182,12 @@ pub(super) fn extract(zip: &[u8], stage: &Stage, entries: &[Entry]) -> Result<()
             continue;
         };
         let dir = stage.dir(entry, parents)?;
-        stage.clear(entry, &dir, name)?;
+        stage.clear(entry, &dir, name).map_err(|e| match e {
+            PackageError::BadEntry { .. } => bad(entry, "a link and a folder have the same path"),
+            e => e,
+        })?;
         nix::unistd::symlinkat(to.as_str(), &dir, *name).map_err(|e| match e {
-            Errno::EEXIST => bad(entry, "a folder of the same name is already there"),
+            Errno::EEXIST => bad(entry, "a link and a folder have the same path"),
             e => io(e),
         })?;
     }
