@@ -148,6 +148,21 @@ fn the_unix_socket_is_0660() {
     assert_eq!(mode & 0o777, 0o660, "{mode:o}");
 }
 
+/// `$LATEST`'s configuration.
+async fn configuration(name: &str) -> pb::FunctionConfiguration {
+    client()
+        .await
+        .get_function(pb::GetFunctionRequest {
+            function_name: name.into(),
+            qualifier: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .configuration
+        .unwrap()
+}
+
 fn b64(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
@@ -233,17 +248,7 @@ async fn bad_api_input_gets_typed_errors_and_updates_are_not_lost() {
             .unwrap_err();
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     }
-    let f = client()
-        .await
-        .get_function(pb::GetFunctionRequest {
-            function_name: name.clone(),
-            qualifier: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .configuration
-        .unwrap();
+    let f = configuration(&name).await;
     assert_eq!((f.memory_size, f.timeout), (128, 3));
 
     // RevisionId: a stale one fails its precondition; the current one works.
@@ -310,17 +315,7 @@ async fn bad_api_input_gets_typed_errors_and_updates_are_not_lost() {
     for t in tasks {
         t.await.unwrap();
     }
-    let f = client()
-        .await
-        .get_function(pb::GetFunctionRequest {
-            function_name: name.clone(),
-            qualifier: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .configuration
-        .unwrap();
+    let f = configuration(&name).await;
     assert_eq!(
         (
             f.memory_size,
