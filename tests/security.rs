@@ -411,3 +411,237 @@ async fn runtime_api_misuse_gets_aws_status_codes() {
     // The instance is still in order: the next invocation is answered.
     assert_eq!(json(&invoke(&name, "{}").await.unwrap()), "again");
 }
+
+/// A function that reports what it may do, or spins for `spin` seconds.
+const PROBE: &str = r#"
+import glob, json, os, time
+
+def attempt(f):
+    try:
+        f()
+        return "ok"
+    except OSError as e:
+        return e.errno
+
+def handler(event, context):
+    if event.get("spin"):
+        end, n = time.time() + event["spin"], 0
+        while time.time() < end:
+            n += 1
+        return {"n": n}
+    status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+    devices = glob.glob("/dev/vport*") + ["/dev/vda"]
+    return {
+        "uid": [os.getuid(), os.geteuid()],
+        "gid": [os.getgid(), os.getegid()],
+        "groups": os.getgroups(),
+        "nnp": status["NoNewPrivs"].strip(),
+        "cap_eff": status["CapEff"].strip(),
+        "write_task": attempt(lambda: open("/var/task/evil", "w")),
+        "write_opt": attempt(lambda: open("/opt/evil", "w")),
+        "write_tmp": attempt(lambda: open("/tmp/mine", "w").write("x")),
+        "devices": {d: attempt(lambda d=d: open(d, "rb").close()) for d in devices},
+        "setuid": attempt(lambda: os.setuid(0)),
+        "setgid": attempt(lambda: os.setgid(0)),
+    }
+"#;
+
+/// `Name:\tvalue` lines of `/proc/<pid>/status`.
+fn proc_status(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{key}:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+/// The cgroup v1 folder of `pid` for `controller`.
+fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let rel = text
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            ctrls
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_string())
+        })
+        .unwrap_or_else(|| panic!("{pid} has no {controller} cgroup: {text}"));
+    Path::new("/sys/fs/cgroup")
+        .join(controller)
+        .join(rel.trim_start_matches('/'))
+}
+
+fn read_trim(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+/// CPU time (user + system) of one thread, in clock ticks.
+fn thread_ticks(pid: u32, tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_vmm_and_the_function_are_confined() {
+    let name = unique("confined");
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        zip_files(&[("app.py", PROBE.as_bytes(), 0o644)]),
+        30,
+    )
+    .await
+    .unwrap();
+
+    // In the guest: Lambda's user, no way back to root, nothing of the host's.
+    let r = invoke(&name, "{}").await.unwrap();
+    assert!(r.function_error.is_empty(), "{r:?} {}", tail(&r));
+    let v = json(&r);
+    assert_eq!(v["uid"], serde_json::json!([993, 993]), "{v}");
+    assert_eq!(v["gid"], serde_json::json!([990, 990]), "{v}");
+    assert_eq!(v["groups"], serde_json::json!([]), "{v}");
+    assert_eq!(v["nnp"], "1", "{v}");
+    assert_eq!(v["cap_eff"], "0000000000000000", "{v}");
+    assert_ne!(v["write_task"], "ok", "{v}");
+    assert_ne!(v["write_opt"], "ok", "{v}");
+    assert_eq!(v["write_tmp"], "ok", "{v}");
+    let devices = v["devices"].as_object().unwrap();
+    assert!(devices.len() >= 2, "the agent's port is missing: {v}");
+    for (dev, result) in devices {
+        assert_eq!(result, 13, "{dev} opened by the function: {v}"); // EACCES
+    }
+    assert_eq!(v["setuid"], 1, "{v}"); // EPERM
+    assert_eq!(v["setgid"], 1, "{v}");
+
+    // On the host: the VMM.
+    let inst = instances(&name).await;
+    let pid = inst[0].vmm_pid;
+    assert!(pid > 0, "{inst:?}");
+    let uids: Vec<u64> = proc_status(pid, "Uid")
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert_eq!(uids.len(), 4);
+    assert!(
+        uids.iter().all(|&u| u != 0 && u == uids[0]),
+        "uids {uids:?}"
+    );
+    assert_ne!(proc_status(pid, "Gid").split_whitespace().next(), Some("0"));
+    assert_eq!(proc_status(pid, "Seccomp"), "2");
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    for caps in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(proc_status(pid, caps), "0000000000000000", "{caps}");
+    }
+    // Its own mount namespace, whose root holds nothing of the host's but
+    // /usr and its own files.
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    assert_ne!(ns(&pid.to_string()), ns("self"));
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    for absent in ["etc", "root", "home", "proc", "sys"] {
+        assert!(
+            !root.join(absent).exists(),
+            "/{absent} is visible to the VMM"
+        );
+    }
+    let data = node().data_dir.clone();
+    assert!(data.exists());
+    assert!(
+        !root
+            .join(data.strip_prefix("/").unwrap())
+            .join("flint.db")
+            .exists(),
+        "the database is visible to the VMM"
+    );
+    assert!(root.join("usr/bin").is_dir());
+    // Two VMMs never share a uid.
+    let other = unique("confined-other");
+    create(
+        &other,
+        "python3.11",
+        "app.handler",
+        zip_files(&[("app.py", PROBE.as_bytes(), 0o644)]),
+        30,
+    )
+    .await
+    .unwrap();
+    invoke(&other, "{}").await.unwrap();
+    let other_pid = instances(&other).await[0].vmm_pid;
+    assert_ne!(proc_status(other_pid, "Uid"), proc_status(pid, "Uid"));
+
+    // Its cgroup: memory = guest + overhead, a pids limit, and the vCPU
+    // quota of 128 MB (Lambda: 1,769 MB = one vCPU).
+    let jail = flint_daemon::engine::jail::JailSettings::default();
+    let mem = cgroup_dir(pid, "memory");
+    assert_eq!(
+        read_trim(&mem.join("memory.limit_in_bytes")),
+        (((128 + jail.overhead_mb) as u64) << 20).to_string()
+    );
+    let pids = cgroup_dir(pid, "pids");
+    assert_eq!(read_trim(&pids.join("pids.max")), jail.pids_max.to_string());
+    let cpu = cgroup_dir(pid, "cpu");
+    let vcpu = cpu.join("vcpu");
+    assert_eq!(read_trim(&vcpu.join("cpu.cfs_period_us")), "100000");
+    assert_eq!(read_trim(&vcpu.join("cpu.cfs_quota_us")), "7235");
+    let vcpu_tids: Vec<u32> = read_trim(&vcpu.join("tasks"))
+        .lines()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert!(!vcpu_tids.is_empty());
+
+    // A busy loop gets about 128/1769 of a core: measured on the vCPU
+    // threads while the handler spins.
+    let spinning = tokio::spawn({
+        let name = name.clone();
+        async move { invoke(&name, r#"{"spin": 6}"#).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let ticks = |tids: &[u32]| tids.iter().map(|&t| thread_ticks(pid, t)).sum::<u64>();
+    let t0 = std::time::Instant::now();
+    let c0 = ticks(&vcpu_tids);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let c1 = ticks(&vcpu_tids);
+    let elapsed = t0.elapsed().as_secs_f64();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let share = (c1 - c0) as f64 / hz / elapsed;
+    let r = spinning.await.unwrap().unwrap();
+    assert!(r.function_error.is_empty(), "{r:?} {}", tail(&r));
+    let expected = 128.0 / 1769.0;
+    assert!(
+        share > expected * 0.5 && share < expected * 1.5,
+        "the busy loop got {share:.3} of a core, expected about {expected:.3}"
+    );
+
+    // Deleting the functions ends their VMMs; their cgroups go with them.
+    for f in [&name, &other] {
+        client()
+            .await
+            .delete_function(pb::DeleteFunctionRequest {
+                function_name: f.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while (mem.exists() || vcpu.exists()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !mem.exists() && !vcpu.exists(),
+        "the VMM's cgroups are left"
+    );
+}

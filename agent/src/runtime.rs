@@ -27,6 +27,12 @@ const MAX_LINE: usize = 256 * 1024;
 
 pub const RUNTIME_API: &str = "127.0.0.1:9001";
 
+/// The user and group the function's code runs as: Lambda's
+/// (`sbx_user1051`, uid 993, gid 990). Not root: it cannot write
+/// `/var/task` or `/opt`, open the agent's port, or load modules.
+pub const FUNCTION_UID: u32 = 993;
+pub const FUNCTION_GID: u32 = 990;
+
 /// Lambda's environment for the runtime, then the function's own variables
 /// (which the host has checked do not override reserved ones).
 pub fn environment(cfg: &Configure) -> Vec<(String, String)> {
@@ -79,7 +85,24 @@ pub fn spawn(
     sink: &HostSink,
     current: &CurrentRequest,
 ) -> Result<i32, RuntimeError> {
-    let mut child = Command::new(&cfg.runtime_entry)
+    let mut cmd = Command::new(&cfg.runtime_entry);
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes one system call (prctl(2)).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            // No set-uid program can make the function root again.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // `uid` and `gid` also drop the supplementary groups (std calls
+    // setgroups(0) when it changes the uid as root).
+    std::os::unix::process::CommandExt::uid(&mut cmd, FUNCTION_UID);
+    std::os::unix::process::CommandExt::gid(&mut cmd, FUNCTION_GID);
+    let mut child = cmd
         .current_dir("/var/task")
         .env_clear()
         .envs(environment(cfg))

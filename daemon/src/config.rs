@@ -13,6 +13,8 @@ pub enum ConfigError {
     Read(PathBuf, #[source] std::io::Error),
     #[error("configuration file {0}: {1}")]
     Parse(PathBuf, String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 /// Where the gRPC API listens.
@@ -117,6 +119,8 @@ pub struct Config {
     /// Concurrency kept for functions without a reservation (default: a
     /// tenth of `max_instances`, at least 1).
     pub unreserved_min: Option<u32>,
+    /// How each VMM process is confined (uid, namespace, cgroup, seccomp).
+    pub vmm: crate::engine::jail::JailSettings,
 }
 
 /// The TOML configuration file: every key optional, defaults as in
@@ -139,6 +143,20 @@ pub struct FileConfig {
     pub logs: Option<FileLogs>,
     pub snapshots: Option<FileSnapshots>,
     pub instances: Option<FileInstances>,
+    pub vmm: Option<FileVmm>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVmm {
+    pub confine: Option<bool>,
+    pub uid_base: Option<u32>,
+    pub uid_count: Option<u32>,
+    pub gid: Option<u32>,
+    pub overhead_mb: Option<u32>,
+    pub mb_per_vcpu: Option<u32>,
+    pub pids_max: Option<u32>,
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -212,6 +230,7 @@ impl Default for Config {
             max_instances: 256,
             memory_budget_mb: host_memory_mb() * 3 / 4,
             unreserved_min: None,
+            vmm: crate::engine::jail::JailSettings::default(),
         }
     }
 }
@@ -293,6 +312,24 @@ impl Config {
             }
             if i.unreserved_min.is_some() {
                 c.unreserved_min = i.unreserved_min;
+            }
+        }
+        if let Some(v) = f.vmm {
+            let j = &mut c.vmm;
+            j.enabled = v.confine.unwrap_or(j.enabled);
+            j.uid_base = v.uid_base.unwrap_or(j.uid_base);
+            j.uid_count = v.uid_count.unwrap_or(j.uid_count);
+            j.gid = v.gid.unwrap_or(j.gid);
+            j.overhead_mb = v.overhead_mb.unwrap_or(j.overhead_mb);
+            j.mb_per_vcpu = v.mb_per_vcpu.unwrap_or(j.mb_per_vcpu);
+            j.pids_max = v.pids_max.unwrap_or(j.pids_max);
+            if let Some(cg) = v.cgroup {
+                c.vmm.cgroup_parent = cg;
+            }
+            if c.vmm.uid_base == 0 || c.vmm.gid == 0 {
+                return Err(ConfigError::Invalid(
+                    "vmm.uid_base and vmm.gid must not be 0 (root)".into(),
+                ));
             }
         }
         if let Some(l) = f.logs {

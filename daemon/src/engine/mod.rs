@@ -3,6 +3,7 @@
 
 mod accel;
 mod console;
+pub mod jail;
 mod qemu;
 
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ pub enum EngineError {
     Snapshot(String),
     #[error("restore failed: {0}")]
     Restore(String),
+    #[error("confining the VMM failed")]
+    Jail(#[from] jail::JailError),
     #[error("setting the scheduling policy of VMM thread {0} failed")]
     Priority(i32, #[source] std::io::Error),
 }
@@ -116,6 +119,12 @@ pub trait Vm: Send + Sync {
     async fn stop(&mut self) -> Result<(), EngineError>;
     /// Gives a VM started in the background the normal CPU priority.
     fn foreground(&self) -> Result<(), EngineError>;
+    /// Puts the VMM's vCPU threads under the CPU quota of its memory size
+    /// (Lambda's share). Called when the instance first serves: booting and
+    /// init run unthrottled, as Lambda's init does.
+    fn limit_cpu(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
     /// Whether the VMM process has exited.
     fn has_exited(&self) -> bool;
     fn stats(&self) -> VmStats;

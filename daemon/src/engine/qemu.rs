@@ -14,6 +14,7 @@ use qapi::qmp;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
+use super::jail::{self, Hierarchy, JailSettings, Limits, PlanBuilder, UidPool, VmCgroup};
 use super::{Accel, AccelInfo, Engine, EngineError, Memory, Vm, VmSpec, VmStats};
 
 type QmpConn = qapi::Qmp<qapi::Stream<BufReader<StdUnixStream>, StdUnixStream>>;
@@ -28,7 +29,22 @@ pub struct QemuEngine {
     accel: AccelInfo,
     /// Host TSC frequency; under TCG the guest's TSC is the host's.
     tsc_khz: Option<u64>,
+    /// How VMMs are confined; `None`: they run as flintd does (root).
+    jail: Option<Jail>,
 }
+
+/// The confinement every VMM gets ([`jail`]).
+struct Jail {
+    settings: JailSettings,
+    uids: Arc<UidPool>,
+    cgroups: Hierarchy,
+    /// The owner group of `/dev/kvm`, given to VMMs under KVM.
+    kvm_gid: Option<u32>,
+}
+
+/// The QEMU seccomp filter: no obsolete calls, no set*id, no fork/exec, no
+/// scheduler or resource changes.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Measures the host TSC frequency against CLOCK_MONOTONIC.
 fn host_tsc_khz() -> Option<u64> {
@@ -50,7 +66,9 @@ fn host_tsc_khz() -> Option<u64> {
 }
 
 impl QemuEngine {
-    pub fn new(qemu: PathBuf, accel: AccelInfo) -> Self {
+    /// An engine whose VMMs are confined as `jail` says (or not at all,
+    /// where `jail.enabled` is false).
+    pub fn new(qemu: PathBuf, accel: AccelInfo, jail: &JailSettings) -> Result<Self, EngineError> {
         // Under TCG the guest cannot calibrate its TSC reliably (the PIT is
         // emulated too, and a busy host skews it): tell it the frequency, or
         // its clock drifts and Lambda deadlines go wrong.
@@ -58,11 +76,48 @@ impl QemuEngine {
             Accel::Tcg => host_tsc_khz(),
             Accel::Kvm => None,
         };
-        Self {
+        // The binary by its full path: the confined VMM sees no PATH.
+        let qemu = resolve(&qemu);
+        let jail = if jail.enabled {
+            let cgroups = Hierarchy::detect(Path::new("/sys/fs/cgroup"), &jail.cgroup_parent)?;
+            let kvm_gid = match accel.accel {
+                Accel::Kvm => {
+                    use std::os::unix::fs::MetadataExt;
+                    std::fs::metadata("/dev/kvm").ok().map(|m| m.gid())
+                }
+                Accel::Tcg => None,
+            };
+            tracing::info!(
+                uids = format!(
+                    "{}..{}",
+                    jail.uid_base,
+                    jail.uid_base as u64 + jail.uid_count as u64
+                ),
+                gid = jail.gid,
+                cgroup = cgroups.version(),
+                "VMMs are confined"
+            );
+            Some(Jail {
+                settings: jail.clone(),
+                uids: UidPool::new(jail.uid_base, jail.uid_count),
+                cgroups,
+                kvm_gid,
+            })
+        } else {
+            tracing::warn!("VMM confinement is off: every QEMU runs as root, unconfined");
+            None
+        };
+        Ok(Self {
             qemu,
             accel,
             tsc_khz,
-        }
+            jail,
+        })
+    }
+
+    /// The cgroup version VMMs are placed in (`None`: not confined).
+    pub fn cgroup_version(&self) -> Option<u32> {
+        self.jail.as_ref().map(|j| j.cgroups.version())
     }
 
     fn args(&self, spec: &VmSpec, agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
@@ -81,6 +136,12 @@ impl QemuEngine {
             "none",
             "-no-reboot",
         ]);
+        if self.jail.is_some() {
+            push(&["-sandbox", SANDBOX]);
+        }
+        // Named threads (`CPU 0/TCG`): the vCPUs are found by name for their
+        // CPU quota.
+        push(&["-name", "flint,debug-threads=on"]);
         match self.accel.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
             // A bounded translation cache keeps each clone's RSS small. An
@@ -159,6 +220,95 @@ impl QemuEngine {
     }
 }
 
+/// `name` looked up in `PATH` when it has no `/` (as exec would), made
+/// absolute and free of links.
+fn resolve(name: &Path) -> PathBuf {
+    let found = if name.components().count() > 1 {
+        Some(name.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+    };
+    found
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_else(|| name.to_path_buf())
+}
+
+/// What [`QemuEngine::confine`] prepares for one VMM.
+struct Confined {
+    plan: Arc<jail::Plan>,
+    cgroup: Arc<VmCgroup>,
+    lease: jail::UidLease,
+}
+
+impl QemuEngine {
+    /// Takes a uid, makes the VMM's cgroup, gives it its folder, sockets
+    /// and memory file, and plans its root.
+    fn confine(&self, j: &Jail, spec: &VmSpec, sockets: &[&Path]) -> Result<Confined, EngineError> {
+        let lease = j.uids.take()?;
+        let (uid, gid) = (lease.uid, j.settings.gid);
+        jail::give_to(&spec.dir, uid, gid)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&spec.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| EngineError::Prepare(spec.dir.clone(), e))?;
+        }
+        for s in sockets {
+            jail::give_to(s, uid, gid)?;
+        }
+        let root = spec.dir.join("root");
+        std::fs::create_dir_all(&root).map_err(|e| EngineError::Prepare(root.clone(), e))?;
+        let mut b = PlanBuilder::new(root)
+            .read_only(Path::new("/usr"))
+            .read_only(&spec.kernel)
+            .read_only(&spec.rootfs)
+            .device(Path::new("/dev/null"))
+            .device(Path::new("/dev/urandom"))
+            .writable(&spec.dir);
+        if !self.qemu.starts_with("/usr") {
+            b = b.read_only(&self.qemu);
+        }
+        for d in &spec.drives {
+            b = b.read_only(d);
+        }
+        match &spec.memory {
+            Memory::Anonymous => {}
+            Memory::Template(p) | Memory::Clone(p) => {
+                if !p.exists() {
+                    std::fs::File::create(p).map_err(|e| EngineError::Prepare(p.clone(), e))?;
+                }
+                jail::share_with_vmm(p, gid)?;
+                b = b.writable(p);
+            }
+        }
+        let mut groups = vec![gid];
+        if let Some(kvm) = j.kvm_gid {
+            b = b.device(Path::new("/dev/kvm"));
+            groups.push(kvm);
+        }
+        let cgroup = VmCgroup::create(
+            &j.cgroups,
+            &spec.id,
+            Limits::for_guest(&j.settings, spec.memory_mb),
+        )?;
+        let plan = match b.build(uid, gid, groups, cgroup.procs_files()) {
+            Ok(p) => p,
+            Err(e) => {
+                cgroup.remove();
+                return Err(e.into());
+            }
+        };
+        Ok(Confined {
+            plan: Arc::new(plan),
+            cgroup: Arc::new(cgroup),
+            lease,
+        })
+    }
+}
+
 #[async_trait]
 impl Engine for QemuEngine {
     async fn boot(&self, spec: VmSpec) -> Result<Box<dyn Vm>, EngineError> {
@@ -179,6 +329,10 @@ impl Engine for QemuEngine {
         let agent_l = UnixListener::bind(&agent_sock).map_err(prep)?;
         let qmp_l = UnixListener::bind(&qmp_sock).map_err(prep)?;
         let log = std::fs::File::create(spec.dir.join("qemu.log")).map_err(prep)?;
+        let confined = match &self.jail {
+            Some(j) => Some(self.confine(j, &spec, &[&agent_sock, &qmp_sock])?),
+            None => None,
+        };
 
         let mut cmd = tokio::process::Command::new(&self.qemu);
         cmd.args(self.args(&spec, &agent_sock, &qmp_sock))
@@ -187,26 +341,52 @@ impl Engine for QemuEngine {
             .stderr(Stdio::from(log))
             .kill_on_drop(false);
         let background = spec.background;
+        let plan = confined.as_ref().map(|c| c.plan.clone());
         // SAFETY: the closure runs in the child between fork and exec and only
-        // makes system calls (prctl(2), sched_setscheduler(2)); no
-        // allocation, no lock.
+        // makes system calls (prctl(2), sched_setscheduler(2), and those of
+        // `Plan::enter` on memory prepared before the fork); no allocation,
+        // no lock.
         unsafe {
             cmd.pre_exec(move || {
-                // QEMU dies with flintd rather than outliving it.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if background {
                     // Inherited by every thread QEMU starts.
                     set_idle_priority();
                 }
+                if let Some(plan) = &plan {
+                    plan.enter()?;
+                }
+                // QEMU dies with flintd rather than outliving it. Set after
+                // the change of uid, which clears it.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(EngineError::Spawn)?;
+        let vmm_uid = confined.as_ref().map(|c| c.lease.uid);
+        let (cgroup, lease) = match confined {
+            Some(c) => (Some(c.cgroup), Some(c.lease)),
+            None => (None, None),
+        };
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(cg) = &cgroup {
+                    cg.remove();
+                }
+                return Err(EngineError::Spawn(e));
+            }
+        };
         let pid = child.id().unwrap_or(0);
 
         let (exit_tx, exit_rx) = watch::channel(None::<String>);
+        let owned = cgroup.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            // The process is reaped: its cgroup can go, and its uid can serve
+            // another VMM.
+            if let Some(cg) = owned {
+                let _ = tokio::task::spawn_blocking(move || cg.remove()).await;
+            }
+            drop(lease);
             let _ = exit_tx.send(Some(match status {
                 Ok(s) => s.to_string(),
                 Err(e) => e.to_string(),
@@ -271,6 +451,12 @@ impl Engine for QemuEngine {
             channel: Some(agent),
             exited: exit_rx,
             stopped: false,
+            cgroup,
+            vmm: self
+                .jail
+                .as_ref()
+                .zip(vmm_uid)
+                .map(|(j, uid)| (uid, j.settings.gid)),
         }))
     }
 
@@ -345,9 +531,34 @@ pub struct QemuVm {
     channel: Option<UnixStream>,
     exited: watch::Receiver<Option<String>>,
     stopped: bool,
+    /// The VMM's cgroup, where it is confined.
+    cgroup: Option<Arc<VmCgroup>>,
+    /// The VMM's uid and group, where it is confined.
+    vmm: Option<(u32, u32)>,
 }
 
 impl QemuVm {
+    /// Waits until an outgoing migration has completed.
+    async fn await_migration(&self) -> Result<(), EngineError> {
+        let fail = |e: EngineError| EngineError::Snapshot(e.to_string());
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = self.execute(qmp::query_migrate {}).await.map_err(fail)?;
+            match info.status {
+                Some(qmp::MigrationStatus::completed) => return Ok(()),
+                Some(qmp::MigrationStatus::failed) | Some(qmp::MigrationStatus::cancelled) => {
+                    return Err(EngineError::Snapshot(
+                        info.error_desc.unwrap_or_else(|| "migration failed".into()),
+                    ))
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(EngineError::Snapshot("timed out".into()))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(2)).await,
+            }
+        }
+    }
+
     async fn execute<C>(&self, command: C) -> Result<C::Ok, EngineError>
     where
         C: qapi::Command + Send + 'static,
@@ -394,30 +605,52 @@ impl Vm for QemuVm {
         let fail = |e: EngineError| EngineError::Snapshot(e.to_string());
         self.execute(qmp::stop {}).await.map_err(fail)?;
         self.execute(ignore_shared()).await.map_err(fail)?;
+        // The state streams out through a socket flintd listens on: the
+        // sandboxed VMM may neither spawn a process nor open host files.
+        let sock = self.dir.join("outgoing.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock)
+            .map_err(|e| EngineError::Snapshot(format!("listening for the state: {e}")))?;
+        if let Some((uid, gid)) = self.vmm {
+            jail::give_to(&sock, uid, gid).map_err(|e| EngineError::Snapshot(e.to_string()))?;
+        }
         let _ = std::fs::remove_file(state);
-        self.execute(qmp::migrate {
-            uri: Some(format!("exec:cat > '{}'", state.display())),
-            channels: None,
-            detach: None,
-            resume: None,
-        })
-        .await
-        .map_err(fail)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let info = self.execute(qmp::query_migrate {}).await.map_err(fail)?;
-            match info.status {
-                Some(qmp::MigrationStatus::completed) => return Ok(()),
-                Some(qmp::MigrationStatus::failed) | Some(qmp::MigrationStatus::cancelled) => {
-                    return Err(EngineError::Snapshot(
-                        info.error_desc.unwrap_or_else(|| "migration failed".into()),
-                    ))
-                }
-                _ if std::time::Instant::now() > deadline => {
-                    return Err(EngineError::Snapshot("timed out".into()))
-                }
-                _ => tokio::time::sleep(Duration::from_millis(2)).await,
-            }
+        let out = tokio::fs::File::create(state)
+            .await
+            .map_err(|e| EngineError::Snapshot(format!("creating {}: {e}", state.display())))?;
+        let copy = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await?;
+            let mut out = out;
+            tokio::io::copy(&mut conn, &mut out).await?;
+            use tokio::io::AsyncWriteExt;
+            out.flush().await?;
+            Ok::<_, std::io::Error>(())
+        });
+        let started = self
+            .execute(qmp::migrate {
+                uri: Some(format!("unix:{}", sock.display())),
+                channels: None,
+                detach: None,
+                resume: None,
+            })
+            .await
+            .map_err(fail);
+        if let Err(e) = started {
+            copy.abort();
+            let _ = std::fs::remove_file(&sock);
+            return Err(e);
+        }
+        let result = self.await_migration().await;
+        let _ = std::fs::remove_file(&sock);
+        if result.is_err() {
+            copy.abort();
+            return result;
+        }
+        match tokio::time::timeout(Duration::from_secs(30), copy).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(EngineError::Snapshot(format!("writing the state: {e}"))),
+            Ok(Err(e)) => Err(EngineError::Snapshot(e.to_string())),
+            Err(_) => Err(EngineError::Snapshot("writing the state timed out".into())),
         }
     }
 
@@ -519,6 +752,13 @@ impl Vm for QemuVm {
 
     fn has_exited(&self) -> bool {
         self.exited.borrow().is_some()
+    }
+
+    fn limit_cpu(&self) -> Result<(), EngineError> {
+        match &self.cgroup {
+            Some(cg) => Ok(cg.limit_cpu(self.pid)?),
+            None => Ok(()),
+        }
     }
 
     fn foreground(&self) -> Result<(), EngineError> {

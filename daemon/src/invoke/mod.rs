@@ -345,6 +345,9 @@ async fn run(
     let started = Instant::now();
     let deadline = started + timeout;
     inst.set_state(InstanceState::Busy);
+    if let Err(e) = inst.limit_cpu() {
+        tracing::warn!(instance = %inst.id, error = %e, "putting the vCPUs under their quota failed");
+    }
     let sent = inst.send(host_message::Kind::Invoke(Invoke {
         request_id: request_id.to_string(),
         payload: req.payload.clone(),

@@ -88,7 +88,8 @@ impl Node {
         } else {
             tracing::info!(reason = %accel.reason, "guests run under KVM");
         }
-        let engine: Arc<dyn Engine> = Arc::new(QemuEngine::new(config.qemu.clone(), accel));
+        let engine: Arc<dyn Engine> =
+            Arc::new(QemuEngine::new(config.qemu.clone(), accel, &config.vmm)?);
         let store = Arc::new(FunctionStore::open(&config.db_path())?);
         let code = Arc::new(CodeStore::new(config.code_dir(), config.tmp_dir()));
         let snapshots = if config.snapshots {

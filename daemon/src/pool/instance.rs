@@ -112,6 +112,8 @@ pub struct Instance {
     /// Set (for a restored function snapshot) until the first invocation
     /// has reported it.
     pub pending_restore: Option<Duration>,
+    /// Whether the vCPUs are under the function's CPU quota yet.
+    cpu_limited: bool,
     vm: Box<dyn Vm>,
     to_agent: mpsc::UnboundedSender<HostMessage>,
     events: mpsc::UnboundedReceiver<AgentEvent>,
@@ -241,6 +243,7 @@ impl Instance {
             invocations: 0,
             pending_init: None,
             pending_restore: None,
+            cpu_limited: false,
             vm,
             to_agent,
             events,
@@ -261,6 +264,16 @@ impl Instance {
             info.invocations = self.invocations;
             info.last_used = Some(SystemTime::now());
         }
+    }
+
+    /// Puts the vCPUs under the function's CPU quota, once: from the first
+    /// invocation on (init ran unthrottled).
+    pub fn limit_cpu(&mut self) -> Result<(), PoolError> {
+        if !self.cpu_limited {
+            self.vm.limit_cpu()?;
+            self.cpu_limited = true;
+        }
+        Ok(())
     }
 
     pub fn send(&self, msg: host_message::Kind) -> Result<(), PoolError> {

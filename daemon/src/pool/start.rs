@@ -183,7 +183,7 @@ impl Pool {
                 }
             }
             Err(e) => {
-                tracing::warn!(function = %f.name, error = %e, "no runtime snapshot; booting");
+                tracing::warn!(function = %f.name, error = ?e, "no runtime snapshot; booting");
                 self.boot_and_init(f, code_image, opt_image, instance_id, log)
                     .await
             }

@@ -130,6 +130,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
             artifacts_dir: args.artifacts_dir.clone(),
             accel: args.accel,
             max_instances,
+            vmm: args.vmm(),
             ..Config::default()
         };
         if let Some(b) = budget_mb {

@@ -76,6 +76,24 @@ struct Args {
     /// Load suite: the memory budget filled with frozen instances, MB.
     #[arg(long, default_value_t = 4096)]
     budget_mb: u64,
+    /// Confine the VMMs (uid, mount namespace, cgroup, seccomp): `true`
+    /// as flintd does by default; `false` to measure what it costs.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    confine: bool,
+    /// Guest MB per full vCPU of CPU quota (Lambda: 1769); 0: no quota.
+    #[arg(long, default_value_t = flint_daemon::engine::jail::LAMBDA_MB_PER_VCPU)]
+    mb_per_vcpu: u32,
+}
+
+impl Args {
+    /// The VMM confinement the node under test gets.
+    fn vmm(&self) -> flint_daemon::engine::jail::JailSettings {
+        flint_daemon::engine::jail::JailSettings {
+            enabled: self.confine,
+            mb_per_vcpu: self.mb_per_vcpu,
+            ..Default::default()
+        }
+    }
 }
 
 const APP: &[u8] = b"def handler(event, context):\n    return event\n";
@@ -214,6 +232,7 @@ fn main() -> anyhow::Result<()> {
         artifacts_dir: args.artifacts_dir.clone(),
         accel: args.accel,
         snapshots,
+        vmm: args.vmm(),
         ..Config::default()
     };
     let result = rt.block_on(async {
@@ -333,6 +352,14 @@ fn main() -> anyhow::Result<()> {
         args.memory
     );
     println!("accelerator: {} ({})", accel.accel.name(), accel.reason);
+    println!(
+        "VMMs confined: {}; vCPU quota: {}",
+        args.confine,
+        match args.mb_per_vcpu {
+            0 => "none".to_string(),
+            n => format!("{n} MB per vCPU"),
+        }
+    );
     println!();
     println!(
         "{:<34} {:>6} {:>10} {:>10} {:>10} {:>10}",
@@ -390,6 +417,8 @@ fn main() -> anyhow::Result<()> {
         "accelerator_reason": accel.reason,
         "host_cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "memory_mb": args.memory,
+        "vmm_confined": args.confine,
+        "mb_per_vcpu": args.mb_per_vcpu,
         "latency": rows,
         "snapshot_build_first_invoke_ms": {"runtime": rt_build, "function": fn_build},
         "idle_clones": mem,
