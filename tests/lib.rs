@@ -51,18 +51,28 @@ pub fn node() -> &'static TestNode {
                     .try_init();
             }
         }
+        start_node(|_| {})
+    })
+}
+
+/// Starts another flintd in this process, with the defaults of [`node`]
+/// changed by `configure`. Two nodes on one host need disjoint VMM uid
+/// ranges (`vmm.uid_base`).
+pub fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
+    {
         let dir = tempfile::Builder::new()
             .prefix("flint-e2e-")
             .tempdir()
             .expect("temp dir");
         let data_dir = dir.path().join("data");
         let sock = dir.path().join("flintd.sock");
-        let config = Config {
+        let mut config = Config {
             data_dir: data_dir.clone(),
             listen: vec![Listen::Unix(sock.clone())],
             artifacts_dir: artifacts_dir(),
             ..Config::default()
         };
+        configure(&mut config);
         std::thread::spawn(move || {
             let rt = tokio::runtime::Runtime::new().expect("runtime");
             rt.block_on(async {
@@ -84,7 +94,7 @@ pub fn node() -> &'static TestNode {
             data_dir,
             _dir: dir,
         }
-    })
+    }
 }
 
 /// The instances of a function, as `ListInstances` gives them.

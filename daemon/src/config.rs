@@ -321,7 +321,9 @@ impl Config {
             j.uid_count = v.uid_count.unwrap_or(j.uid_count);
             j.gid = v.gid.unwrap_or(j.gid);
             j.overhead_mb = v.overhead_mb.unwrap_or(j.overhead_mb);
-            j.mb_per_vcpu = v.mb_per_vcpu.unwrap_or(j.mb_per_vcpu);
+            if v.mb_per_vcpu.is_some() {
+                j.mb_per_vcpu = v.mb_per_vcpu;
+            }
             j.pids_max = v.pids_max.unwrap_or(j.pids_max);
             if let Some(cg) = v.cgroup {
                 c.vmm.cgroup_parent = cg;

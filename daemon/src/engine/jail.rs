@@ -56,8 +56,10 @@ pub struct JailSettings {
     /// cache under TCG, device buffers).
     pub overhead_mb: u32,
     /// Guest memory per full vCPU of CPU time, MB (Lambda: 1,769); 0: no
-    /// CPU quota.
-    pub mb_per_vcpu: u32,
+    /// CPU quota. `None`: Lambda's under KVM, none under TCG (where every
+    /// guest instruction is emulated, and Lambda's share of a core made
+    /// the AWS tutorial's bash bootstrap time out at 3 s).
+    pub mb_per_vcpu: Option<u32>,
     /// Tasks (threads) one VMM may have.
     pub pids_max: u32,
     /// The cgroup (below each hierarchy's root) that holds one per VMM.
@@ -72,7 +74,7 @@ impl Default for JailSettings {
             uid_count: 65_536,
             gid: 0x2f00_0000,
             overhead_mb: 256,
-            mb_per_vcpu: LAMBDA_MB_PER_VCPU,
+            mb_per_vcpu: None,
             pids_max: 128,
             cgroup_parent: "flint".into(),
         }
@@ -128,6 +130,43 @@ impl Hierarchy {
         Ok(h)
     }
 
+    /// Removes the cgroups of VMMs that are gone (left by an earlier flintd
+    /// that did not stop cleanly); those with live tasks stay. Returns how
+    /// many were removed.
+    pub fn remove_leftovers(&self) -> usize {
+        let parents: Vec<&PathBuf> = match self {
+            Hierarchy::V1 { memory, cpu, pids } => vec![memory, cpu, pids],
+            Hierarchy::V2(p) => vec![p],
+        };
+        let mut n = 0;
+        for parent in parents {
+            let Ok(rd) = std::fs::read_dir(parent) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                // A cgroup made a moment ago may belong to another node on
+                // this host, about to start its VMM.
+                let young = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < std::time::Duration::from_secs(60));
+                if young {
+                    continue;
+                }
+                let _ = std::fs::remove_dir(e.path().join("vcpu"));
+                if std::fs::remove_dir(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     pub fn version(&self) -> u32 {
         match self {
             Hierarchy::V1 { .. } => 1,
@@ -158,9 +197,11 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn for_guest(s: &JailSettings, guest_mb: u32) -> Self {
-        let cpu_quota_us = (s.mb_per_vcpu > 0)
-            .then(|| (CPU_PERIOD_US * guest_mb as u64 / s.mb_per_vcpu as u64).max(1_000));
+    /// The limits of a VMM with `guest_mb` of memory, where a full vCPU
+    /// takes `mb_per_vcpu` (0: no CPU quota).
+    pub fn for_guest(s: &JailSettings, mb_per_vcpu: u32, guest_mb: u32) -> Self {
+        let cpu_quota_us = (mb_per_vcpu > 0)
+            .then(|| (CPU_PERIOD_US * guest_mb as u64 / mb_per_vcpu as u64).max(1_000));
         Self {
             memory_bytes: (guest_mb as u64 + s.overhead_mb as u64) << 20,
             pids: s.pids_max,
@@ -670,16 +711,12 @@ mod tests {
     #[test]
     fn limits_follow_lambda() {
         let s = JailSettings::default();
-        let l = Limits::for_guest(&s, 1769);
+        let l = Limits::for_guest(&s, LAMBDA_MB_PER_VCPU, 1769);
         assert_eq!(l.cpu_quota_us, Some(CPU_PERIOD_US));
-        let l = Limits::for_guest(&s, 128);
+        let l = Limits::for_guest(&s, LAMBDA_MB_PER_VCPU, 128);
         assert_eq!(l.cpu_quota_us, Some(7_235));
         assert_eq!(l.memory_bytes, (128 + 256) << 20);
-        let off = JailSettings {
-            mb_per_vcpu: 0,
-            ..s
-        };
-        assert_eq!(Limits::for_guest(&off, 128).cpu_quota_us, None);
+        assert_eq!(Limits::for_guest(&s, 0, 128).cpu_quota_us, None);
     }
 
     #[test]

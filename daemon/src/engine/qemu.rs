@@ -36,6 +36,8 @@ pub struct QemuEngine {
 /// The confinement every VMM gets ([`jail`]).
 struct Jail {
     settings: JailSettings,
+    /// Guest MB per full vCPU of quota, resolved for the accelerator.
+    mb_per_vcpu: u32,
     uids: Arc<UidPool>,
     cgroups: Hierarchy,
     /// The owner group of `/dev/kvm`, given to VMMs under KVM.
@@ -80,6 +82,13 @@ impl QemuEngine {
         let qemu = resolve(&qemu);
         let jail = if jail.enabled {
             let cgroups = Hierarchy::detect(Path::new("/sys/fs/cgroup"), &jail.cgroup_parent)?;
+            let left = cgroups.remove_leftovers();
+            if left > 0 {
+                tracing::info!(
+                    cgroups = left,
+                    "removed the cgroups of VMMs an earlier run left"
+                );
+            }
             let kvm_gid = match accel.accel {
                 Accel::Kvm => {
                     use std::os::unix::fs::MetadataExt;
@@ -87,6 +96,10 @@ impl QemuEngine {
                 }
                 Accel::Tcg => None,
             };
+            let mb_per_vcpu = jail.mb_per_vcpu.unwrap_or(match accel.accel {
+                Accel::Kvm => jail::LAMBDA_MB_PER_VCPU,
+                Accel::Tcg => 0,
+            });
             tracing::info!(
                 uids = format!(
                     "{}..{}",
@@ -95,9 +108,11 @@ impl QemuEngine {
                 ),
                 gid = jail.gid,
                 cgroup = cgroups.version(),
+                mb_per_vcpu,
                 "VMMs are confined"
             );
             Some(Jail {
+                mb_per_vcpu,
                 settings: jail.clone(),
                 uids: UidPool::new(jail.uid_base, jail.uid_count),
                 cgroups,
@@ -116,6 +131,11 @@ impl QemuEngine {
     }
 
     /// The cgroup version VMMs are placed in (`None`: not confined).
+    /// Guest MB per full vCPU of CPU quota (0: none; `None`: not confined).
+    pub fn mb_per_vcpu(&self) -> Option<u32> {
+        self.jail.as_ref().map(|j| j.mb_per_vcpu)
+    }
+
     pub fn cgroup_version(&self) -> Option<u32> {
         self.jail.as_ref().map(|j| j.cgroups.version())
     }
@@ -292,7 +312,7 @@ impl QemuEngine {
         let cgroup = VmCgroup::create(
             &j.cgroups,
             &spec.id,
-            Limits::for_guest(&j.settings, spec.memory_mb),
+            Limits::for_guest(&j.settings, j.mb_per_vcpu, spec.memory_mb),
         )?;
         let plan = match b.build(uid, gid, groups, cgroup.procs_files()) {
             Ok(p) => p,

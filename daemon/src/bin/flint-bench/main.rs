@@ -81,8 +81,9 @@ struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     confine: bool,
     /// Guest MB per full vCPU of CPU quota (Lambda: 1769); 0: no quota.
-    #[arg(long, default_value_t = flint_daemon::engine::jail::LAMBDA_MB_PER_VCPU)]
-    mb_per_vcpu: u32,
+    /// Default: flintd's (Lambda's under KVM, none under TCG).
+    #[arg(long)]
+    mb_per_vcpu: Option<u32>,
 }
 
 impl Args {
@@ -356,8 +357,9 @@ fn main() -> anyhow::Result<()> {
         "VMMs confined: {}; vCPU quota: {}",
         args.confine,
         match args.mb_per_vcpu {
-            0 => "none".to_string(),
-            n => format!("{n} MB per vCPU"),
+            None => "flintd's default for the accelerator".to_string(),
+            Some(0) => "none".to_string(),
+            Some(n) => format!("{n} MB per vCPU"),
         }
     );
     println!();
