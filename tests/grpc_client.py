@@ -3,6 +3,9 @@ generated from proto/ at run time. Calls health, reflection's service list
 and Invoke, and prints one JSON document with what it saw.
 
 usage: grpc_client.py ENDPOINT FUNCTION_NAME
+
+A TCP endpoint is reached with mutual TLS: the CA, certificate and key come
+from FLINT_TLS_CA, FLINT_TLS_CERT and FLINT_TLS_KEY.
 """
 import json
 import os
@@ -42,7 +45,18 @@ def main():
 
         # The default authority of a unix target is its path, which is not a
         # valid HTTP/2 authority; name the host instead.
-        with grpc.insecure_channel(target, options=[("grpc.default_authority", "localhost")]) as ch:
+        if endpoint.startswith("unix:"):
+            ch = grpc.insecure_channel(target, options=[("grpc.default_authority", "localhost")])
+        else:
+            def read(var):
+                with open(os.environ[var], "rb") as f:
+                    return f.read()
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=read("FLINT_TLS_CA"),
+                private_key=read("FLINT_TLS_KEY"),
+                certificate_chain=read("FLINT_TLS_CERT"))
+            ch = grpc.secure_channel(target, creds)
+        with ch:
             health = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service="flint.node.v1.Functions"), timeout=10)
             refl = reflection_pb2_grpc.ServerReflectionStub(ch)

@@ -14,6 +14,9 @@ use tonic::transport::Channel;
 
 pub struct TestNode {
     pub endpoint: String,
+    /// `127.0.0.1:PORT`, served with mutual TLS ([`TestTls`]).
+    pub tcp: String,
+    pub tls: TestTls,
     pub data_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -66,10 +69,17 @@ pub fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
             .expect("temp dir");
         let data_dir = dir.path().join("data");
         let sock = dir.path().join("flintd.sock");
+        let tls = TestTls::generate(dir.path());
+        let tcp = free_port();
         let mut config = Config {
             data_dir: data_dir.clone(),
-            listen: vec![Listen::Unix(sock.clone())],
+            listen: vec![Listen::Unix(sock.clone()), tcp.parse().unwrap()],
             artifacts_dir: artifacts_dir(),
+            tls: Some(flint_daemon::config::TlsFiles {
+                ca: tls.ca.clone(),
+                cert: tls.server_cert.clone(),
+                key: tls.server_key.clone(),
+            }),
             ..Config::default()
         };
         configure(&mut config);
@@ -91,8 +101,85 @@ pub fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
         assert!(sock.exists(), "flintd did not start");
         TestNode {
             endpoint,
+            tcp,
+            tls,
             data_dir,
             _dir: dir,
+        }
+    }
+}
+
+/// `127.0.0.1:PORT` with a port free a moment ago.
+fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// PEM files for mutual TLS: a CA, flintd's certificate from it, a client
+/// certificate from it, and a client certificate from another CA.
+pub struct TestTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub stranger_cert: PathBuf,
+    pub stranger_key: PathBuf,
+}
+
+impl TestTls {
+    pub fn generate(dir: &std::path::Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let ca = |name: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, name);
+            let cert = p.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(p, key))
+        };
+        let leaf = |issuer: &Issuer<KeyPair>, names: Vec<String>, usage| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names).unwrap();
+            p.extended_key_usages = vec![usage];
+            let cert = p.signed_by(&key, issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (ca_pem, issuer) = ca("flint test CA");
+        let (_, other) = ca("another CA");
+        let server = leaf(
+            &issuer,
+            vec!["localhost".into(), "127.0.0.1".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = leaf(
+            &issuer,
+            vec!["controller".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let stranger = leaf(
+            &other,
+            vec!["controller".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let tls = dir.join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        let write = |name: &str, pem: &str| {
+            let p = tls.join(name);
+            std::fs::write(&p, pem).unwrap();
+            p
+        };
+        TestTls {
+            ca: write("ca.pem", &ca_pem),
+            server_cert: write("flintd.pem", &server.0),
+            server_key: write("flintd.key", &server.1),
+            client_cert: write("client.pem", &client.0),
+            client_key: write("client.key", &client.1),
+            stranger_cert: write("stranger.pem", &stranger.0),
+            stranger_key: write("stranger.key", &stranger.1),
         }
     }
 }

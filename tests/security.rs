@@ -707,3 +707,95 @@ async fn cpu_follows_memory_as_lambda() {
         "the busy loop got {share:.3} of a core, expected about {expected:.3}"
     );
 }
+
+/// Runs `tests/grpc_client.py` against `endpoint` with the given client
+/// certificate and key.
+async fn grpcio(endpoint: &str, function: &str, cert: &Path, key: &Path) -> std::process::Output {
+    let python = python_with_grpcio();
+    let tls = &node().tls;
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(fixture("..").join("grpc_client.py"))
+        .arg(endpoint)
+        .arg(function)
+        .env("FLINT_TLS_CA", &tls.ca)
+        .env("FLINT_TLS_CERT", cert)
+        .env("FLINT_TLS_KEY", key);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run the grpcio client"))
+        .await
+        .unwrap()
+}
+
+/// Whether a health check over `channel` is answered.
+async fn answered(
+    channel: Result<tonic::transport::Channel, flint_daemon::client::ClientError>,
+) -> bool {
+    let Ok(ch) = channel else {
+        return false;
+    };
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn tcp_is_served_only_with_mutual_tls() {
+    use flint_daemon::client::{channel_with, ClientTls};
+    let n = node();
+    let tls = &n.tls;
+    let with = |cert: Option<&PathBuf>, key: Option<&PathBuf>| ClientTls {
+        ca: tls.ca.clone(),
+        cert: cert.cloned(),
+        key: key.cloned(),
+        domain: None,
+    };
+    // The right certificate: served.
+    let good = with(Some(&tls.client_cert), Some(&tls.client_key));
+    assert!(answered(channel_with(&n.tcp, Some(&good)).await).await);
+    // No client certificate, or one from another CA: refused.
+    let none = with(None, None);
+    assert!(!answered(channel_with(&n.tcp, Some(&none)).await).await);
+    let stranger = with(Some(&tls.stranger_cert), Some(&tls.stranger_key));
+    assert!(!answered(channel_with(&n.tcp, Some(&stranger)).await).await);
+    // Plaintext HTTP/2: refused.
+    let plain = tonic::transport::Endpoint::try_from(format!("http://{}", n.tcp))
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| flint_daemon::client::ClientError::Connect(n.tcp.clone(), e));
+    assert!(!answered(plain).await);
+    // Our client does not even try TCP without TLS.
+    assert!(matches!(
+        channel_with(&n.tcp, None).await,
+        Err(flint_daemon::client::ClientError::NoTls)
+    ));
+
+    // Python's grpcio with the right certificate: health, reflection, Invoke.
+    let name = unique("mtls");
+    create(&name, "python3.11", "app.handler", zip_fixture("python"), 0)
+        .await
+        .unwrap();
+    let out = grpcio(&n.tcp, &name, &tls.client_cert, &tls.client_key).await;
+    assert!(
+        out.status.success(),
+        "grpcio over mutual TLS failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["health"], "SERVING");
+    assert_eq!(v["status_code"], 200);
+    assert_eq!(v["payload"]["event"]["from"], "grpcio");
+    // With a certificate from another CA: refused.
+    let out = grpcio(&n.tcp, &name, &tls.stranger_cert, &tls.stranger_key).await;
+    assert!(
+        !out.status.success(),
+        "grpcio with a stranger's certificate was served"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("UNAVAILABLE"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

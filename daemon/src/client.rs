@@ -14,6 +14,48 @@ pub enum ClientError {
     Endpoint(String),
     #[error("cannot connect to flintd at {0}")]
     Connect(String, #[source] tonic::transport::Error),
+    #[error("flintd serves TCP only with mutual TLS: give the CA, certificate and key (--tls-ca, --tls-cert, --tls-key or FLINT_TLS_CA, FLINT_TLS_CERT, FLINT_TLS_KEY)")]
+    NoTls,
+    #[error("reading the TLS file {0} failed")]
+    TlsFile(PathBuf, #[source] std::io::Error),
+}
+
+/// The client side of mutual TLS: the CA flintd's certificate chains to,
+/// and this client's certificate and key.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name flintd's certificate is checked against (default: the
+    /// endpoint's host).
+    pub domain: Option<String>,
+}
+
+impl ClientTls {
+    /// From `FLINT_TLS_CA`, `FLINT_TLS_CERT` and `FLINT_TLS_KEY`.
+    pub fn from_env() -> Option<Self> {
+        let var = |k: &str| std::env::var_os(k).map(PathBuf::from);
+        Some(Self {
+            ca: var("FLINT_TLS_CA")?,
+            cert: var("FLINT_TLS_CERT"),
+            key: var("FLINT_TLS_KEY"),
+            domain: None,
+        })
+    }
+
+    fn config(&self) -> Result<tonic::transport::ClientTlsConfig, ClientError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| ClientError::TlsFile(p.clone(), e));
+        let mut c = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            c = c.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(d) = &self.domain {
+            c = c.domain_name(d.clone());
+        }
+        Ok(c)
+    }
 }
 
 /// Where flintctl looks when neither `--endpoint` nor `FLINT_ENDPOINT` is set.
@@ -21,8 +63,14 @@ pub fn default_endpoint() -> String {
     format!("unix:{DEFAULT_SOCKET}")
 }
 
-/// Opens a channel to `endpoint`: `unix:PATH`, a socket path, or host:port.
+/// Opens a channel to `endpoint`: `unix:PATH`, a socket path, or host:port
+/// (mutual TLS from [`ClientTls::from_env`]).
 pub async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
+    channel_with(endpoint, ClientTls::from_env().as_ref()).await
+}
+
+/// Opens a channel to `endpoint`; TCP needs `tls`.
+pub async fn channel_with(endpoint: &str, tls: Option<&ClientTls>) -> Result<Channel, ClientError> {
     let listen: Listen = endpoint
         .parse()
         .map_err(|_| ClientError::Endpoint(endpoint.into()))?;
@@ -42,12 +90,17 @@ pub async fn channel(endpoint: &str) -> Result<Channel, ClientError> {
                 .await
                 .map_err(|e| ClientError::Connect(endpoint.into(), e))
         }
-        Listen::Tcp(addr) => Endpoint::try_from(format!("http://{addr}"))
-            .map_err(|_| ClientError::Endpoint(endpoint.into()))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(endpoint.into(), e)),
+        Listen::Tcp(addr) => {
+            let tls = tls.ok_or(ClientError::NoTls)?.config()?;
+            Endpoint::try_from(format!("https://{addr}"))
+                .map_err(|_| ClientError::Endpoint(endpoint.into()))?
+                .tls_config(tls)
+                .map_err(|e| ClientError::Connect(endpoint.into(), e))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .map_err(|e| ClientError::Connect(endpoint.into(), e))
+        }
     }
 }
 

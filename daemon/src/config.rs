@@ -121,6 +121,19 @@ pub struct Config {
     pub unreserved_min: Option<u32>,
     /// How each VMM process is confined (uid, namespace, cgroup, seccomp).
     pub vmm: crate::engine::jail::JailSettings,
+    /// Mutual TLS for TCP listeners; without it flintd serves no TCP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files of mutual TLS on TCP (`[tls]` in flintd.toml).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA that signs the certificates of allowed clients.
+    pub ca: PathBuf,
+    /// flintd's certificate (chain) and private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The TOML configuration file: every key optional, defaults as in
@@ -144,6 +157,7 @@ pub struct FileConfig {
     pub snapshots: Option<FileSnapshots>,
     pub instances: Option<FileInstances>,
     pub vmm: Option<FileVmm>,
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -207,10 +221,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("/var/lib/flint"),
-            listen: vec![
-                Listen::Unix(PathBuf::from(DEFAULT_SOCKET)),
-                DEFAULT_TCP.parse().expect("valid default"),
-            ],
+            // TCP only where mutual TLS is configured.
+            listen: vec![Listen::Unix(PathBuf::from(DEFAULT_SOCKET))],
             socket_group: "flint".into(),
             artifacts_dir: PathBuf::from("/var/cache/flint/current"),
             qemu: PathBuf::from("qemu-system-x86_64"),
@@ -231,11 +243,23 @@ impl Default for Config {
             memory_budget_mb: host_memory_mb() * 3 / 4,
             unreserved_min: None,
             vmm: crate::engine::jail::JailSettings::default(),
+            tls: None,
         }
     }
 }
 
 impl Config {
+    /// Refuses what flintd must not serve: TCP without mutual TLS.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let tcp = self.listen.iter().find(|l| matches!(l, Listen::Tcp(_)));
+        if let (Some(l), None) = (tcp, &self.tls) {
+            return Err(ConfigError::Invalid(format!(
+                "listen {l}: TCP is served only with mutual TLS; set [tls] ca, cert and key"
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads a TOML file over the defaults.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text =
@@ -334,6 +358,8 @@ impl Config {
                 ));
             }
         }
+        c.tls = f.tls;
+        c.check()?;
         if let Some(l) = f.logs {
             if let Some(v) = l.max_stream_mb {
                 c.logs.max_stream_bytes = v * 1024 * 1024;
@@ -387,6 +413,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tcp_without_mutual_tls_is_refused() {
+        let e = Config::from_toml("listen = [\"127.0.0.1:7000\"]\n").unwrap_err();
+        assert!(e.to_string().contains("mutual TLS"), "{e}");
+        assert!(Config::from_toml("[tls]\nca = \"/c\"\ncert = \"/p\"\n").is_err());
+        // The default serves the unix socket only.
+        assert!(Config::default()
+            .listen
+            .iter()
+            .all(|l| matches!(l, Listen::Unix(_))));
+        Config::default().check().unwrap();
+    }
+
+    #[test]
     fn listen_addresses_parse() {
         assert_eq!(
             "/tmp/x.sock".parse::<Listen>().unwrap(),
@@ -411,7 +450,8 @@ mod tests {
     fn toml_overrides_defaults_and_refuses_unknown_keys() {
         let c = Config::from_toml(
             "data_dir = \"/srv/flint\"\nlisten = [\"127.0.0.1:7000\"]\naccel = \"tcg\"\n\
-             shutdown_grace_s = 5\n[logs]\nretention_days = 1\n",
+             shutdown_grace_s = 5\n[logs]\nretention_days = 1\n\
+             [tls]\nca = \"/etc/flint/ca.pem\"\ncert = \"/etc/flint/flintd.pem\"\nkey = \"/etc/flint/flintd.key\"\n",
         )
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/flint"));
@@ -429,6 +469,7 @@ mod tests {
         let example = include_str!("../../scripts/flintd.toml");
         let c = Config::from_toml(example).unwrap();
         assert_eq!(c.data_dir, Config::default().data_dir);
+        assert_eq!(c.listen, Config::default().listen);
         assert_eq!(c.code_storage_limit, Config::default().code_storage_limit);
     }
 }

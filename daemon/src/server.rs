@@ -20,12 +20,33 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("serving gRPC failed")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("reading the TLS file {0} failed")]
+    TlsFile(std::path::PathBuf, #[source] std::io::Error),
+}
+
+/// The server side of mutual TLS: flintd's identity, and the CA every
+/// client certificate must chain to (a client without one is refused).
+fn server_tls(
+    files: &crate::config::TlsFiles,
+) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServerError::TlsFile(p.to_path_buf(), e))
+    };
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?))
+        .client_ca_root(Certificate::from_pem(read(&files.ca)?))
+        .client_auth_optional(false))
 }
 
 /// Opens the node, serves until `shutdown` resolves, then stops every VM.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    config.check()?;
     let listen = config.listen.clone();
     let socket_group = config.socket_group.clone();
+    let tls = config.tls.as_ref().map(server_tls).transpose()?;
     let node = Arc::new(Node::open(config)?);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -76,8 +97,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     .await
                     .map_err(|e| ServerError::Bind(l.to_string(), e))?;
                 let incoming = TcpListenerStream::new(tl);
+                // `check` made sure there is TLS for every TCP listener.
+                let tls = tls.clone().ok_or_else(|| {
+                    crate::config::ConfigError::Invalid(format!("listen {l}: no TLS"))
+                })?;
                 servers.spawn(
                     tonic::transport::Server::builder()
+                        .tls_config(tls)?
                         .tcp_nodelay(true)
                         .add_routes(routes)
                         .serve_with_incoming_shutdown(incoming, signal),

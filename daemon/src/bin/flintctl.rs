@@ -26,7 +26,13 @@ fn main() -> ExitCode {
     let endpoint = args
         .endpoint
         .unwrap_or_else(flint_daemon::client::default_endpoint);
-    match rt.block_on(run(&endpoint, output, args.command)) {
+    let tls = args.tls_ca.map(|ca| flint_daemon::client::ClientTls {
+        ca,
+        cert: args.tls_cert,
+        key: args.tls_key,
+        domain: None,
+    });
+    match rt.block_on(run(&endpoint, tls.as_ref(), output, args.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

@@ -17,6 +17,15 @@ pub struct Args {
     /// flintd endpoint: unix:PATH, a socket path, or host:port.
     #[arg(long, env = "FLINT_ENDPOINT", global = true)]
     pub endpoint: Option<String>,
+    /// For a TCP endpoint (mutual TLS): the CA flintd's certificate chains to.
+    #[arg(long, env = "FLINT_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// For a TCP endpoint: this client's certificate (PEM).
+    #[arg(long, env = "FLINT_TLS_CERT", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// For a TCP endpoint: this client's private key (PEM).
+    #[arg(long, env = "FLINT_TLS_KEY", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Output format: json (the default of the AWS CLI's commands) or table
     /// (the default of logs, node and instances).
     #[arg(long, value_enum, global = true)]
@@ -402,8 +411,13 @@ fn environment(e: Option<String>) -> Result<Option<BTreeMap<String, String>>, Cl
 }
 
 /// Runs one command against `endpoint`.
-pub async fn run(endpoint: &str, output: Output, command: Command) -> Result<(), CliError> {
-    let channel = client::channel(endpoint).await?;
+pub async fn run(
+    endpoint: &str,
+    tls: Option<&client::ClientTls>,
+    output: Output,
+    command: Command,
+) -> Result<(), CliError> {
+    let channel = client::channel_with(endpoint, tls).await?;
     let mut c = flint_proto::node::v1::functions_client::FunctionsClient::new(channel.clone())
         .max_decoding_message_size(crate::api::MAX_MESSAGE)
         .max_encoding_message_size(crate::api::MAX_MESSAGE);
