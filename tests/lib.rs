@@ -42,20 +42,7 @@ pub fn artifacts_dir() -> PathBuf {
 /// Starts flintd once per test binary, in its own runtime thread. With
 /// `FLINT_TEST_LOG=FILE`, flintd's log goes to FILE (for diagnosing a failure).
 pub fn node() -> &'static TestNode {
-    NODE.get_or_init(|| {
-        if let Some(path) = std::env::var_os("FLINT_TEST_LOG") {
-            if let Ok(file) = std::fs::File::create(path) {
-                let _ = tracing_subscriber::fmt()
-                    .with_writer(std::sync::Mutex::new(file))
-                    .with_ansi(false)
-                    .with_env_filter(tracing_subscriber::EnvFilter::new(
-                        "info,flint_daemon=debug",
-                    ))
-                    .try_init();
-            }
-        }
-        start_node(|_| {})
-    })
+    NODE.get_or_init(|| start_node(|_| {}))
 }
 
 /// Starts another flintd in this process, with the defaults of [`node`]
@@ -63,6 +50,20 @@ pub fn node() -> &'static TestNode {
 /// ranges (`vmm.uid_base`).
 pub fn start_node(configure: impl FnOnce(&mut Config)) -> TestNode {
     {
+        static LOG: std::sync::Once = std::sync::Once::new();
+        LOG.call_once(|| {
+            if let Some(path) = std::env::var_os("FLINT_TEST_LOG") {
+                if let Ok(file) = std::fs::File::create(path) {
+                    let _ = tracing_subscriber::fmt()
+                        .with_writer(std::sync::Mutex::new(file))
+                        .with_ansi(false)
+                        .with_env_filter(tracing_subscriber::EnvFilter::new(
+                            "info,flint_daemon=debug",
+                        ))
+                        .try_init();
+                }
+            }
+        });
         let dir = tempfile::Builder::new()
             .prefix("flint-e2e-")
             .tempdir()
@@ -382,6 +383,30 @@ pub fn bin(name: &str) -> PathBuf {
 /// The `bootstrap` binary of the `rust-fn` fixture, built with AWS's
 /// `lambda_runtime`, dynamically or statically linked. Built once and cached
 /// outside the repository.
+/// The hostile guest agent (`tests/fixtures/hostile-agent`), statically
+/// linked: it is PID 1 of an image with nothing else in it.
+pub fn hostile_agent() -> PathBuf {
+    let cache = std::env::var_os("FLINT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
+    let target_dir = cache.join("fixtures").join("hostile-agent");
+    let status =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(fixture("hostile-agent"))
+            .args(["build", "--release", "--quiet"])
+            .args(["--target", "x86_64-unknown-linux-gnu"])
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("run cargo for the hostile-agent fixture");
+    assert!(
+        status.success(),
+        "building the hostile-agent fixture failed"
+    );
+    target_dir.join("x86_64-unknown-linux-gnu/release/hostile-agent")
+}
+
 pub fn rust_bootstrap(static_link: bool) -> Vec<u8> {
     let cache = std::env::var_os("FLINT_CACHE")
         .map(PathBuf::from)

@@ -196,6 +196,8 @@ pub struct FileSnapshots {
 pub struct FileLogs {
     pub max_stream_mb: Option<u64>,
     pub retention_days: Option<u64>,
+    pub max_function_mb: Option<u64>,
+    pub max_node_mb: Option<u64>,
 }
 
 /// A field of `/proc/meminfo` (`"MemTotal:"`, ...) in KiB, if it can be read.
@@ -363,6 +365,12 @@ impl Config {
         if let Some(l) = f.logs {
             if let Some(v) = l.max_stream_mb {
                 c.logs.max_stream_bytes = v * 1024 * 1024;
+            }
+            if let Some(v) = l.max_function_mb {
+                c.logs.max_function_bytes = v * 1024 * 1024;
+            }
+            if let Some(v) = l.max_node_mb {
+                c.logs.max_node_bytes = v * 1024 * 1024;
             }
             if let Some(v) = l.retention_days {
                 c.logs.retention = Duration::from_secs(v * 24 * 3600);

@@ -589,6 +589,9 @@ impl NodeApi for NodeService {
             reserved_concurrency: capacity.reserved_total,
             unreserved_concurrency_min: capacity.unreserved_min,
             running_invocations: capacity.running,
+            log_bytes_stored: self.node.logs().stored_bytes(None),
+            log_bytes_dropped: self.node.logs().dropped_bytes(None),
+            vmm_confinement: self.node.confinement(),
         }))
     }
 

@@ -946,6 +946,14 @@ pub async fn run(
                 ),
             ]);
             rows.push(vec!["functions".into(), info.functions.to_string()]);
+            rows.push(vec![
+                "logs".into(),
+                format!(
+                    "{} bytes stored; {} bytes dropped (caps)",
+                    info.log_bytes_stored, info.log_bytes_dropped
+                ),
+            ]);
+            rows.push(vec!["VMM confinement".into(), info.vmm_confinement.clone()]);
             rows.push(vec!["data dir".into(), info.data_dir.clone()]);
             rows.push(vec!["started".into(), info.started_at.clone()]);
             emit(output, node_info_json(&info), &["FIELD", "VALUE"], rows);

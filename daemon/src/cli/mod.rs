@@ -380,6 +380,9 @@ pub fn node_info_json(n: &pb::NodeInfo) -> Value {
         "ReservedConcurrency": n.reserved_concurrency,
         "UnreservedConcurrencyMin": n.unreserved_concurrency_min,
         "RunningInvocations": n.running_invocations,
+        "LogBytesStored": n.log_bytes_stored,
+        "LogBytesDropped": n.log_bytes_dropped,
+        "VmmConfinement": n.vmm_confinement,
         "DataDir": n.data_dir,
         "StartedAt": n.started_at,
     })

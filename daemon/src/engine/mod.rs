@@ -96,6 +96,10 @@ pub trait Engine: Send + Sync {
     async fn boot(&self, spec: VmSpec) -> Result<Box<dyn Vm>, EngineError>;
     /// The accelerator in use and why it was chosen.
     fn accel(&self) -> &AccelInfo;
+    /// How VMMs are confined, in words ("off" where they are not).
+    fn confinement(&self) -> String {
+        "off".into()
+    }
 }
 
 /// One running microVM.

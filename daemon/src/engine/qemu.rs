@@ -483,6 +483,20 @@ impl Engine for QemuEngine {
     fn accel(&self) -> &AccelInfo {
         &self.accel
     }
+
+    fn confinement(&self) -> String {
+        match &self.jail {
+            None => "off".into(),
+            Some(j) => format!(
+                "uid per VMM, no capabilities, no_new_privs, mount namespace, seccomp, cgroup v{}; vCPU quota {}",
+                j.cgroups.version(),
+                match j.mb_per_vcpu {
+                    0 => "none".to_string(),
+                    n => format!("{n} MB per vCPU"),
+                }
+            ),
+        }
+    }
 }
 
 fn ignore_shared() -> qmp::migrate_set_capabilities {

@@ -365,89 +365,117 @@ async fn run(
         );
         return (crashed(p), started.elapsed(), 0);
     }
-    loop {
-        match inst.next_event(deadline).await {
-            Some(AgentEvent::Response {
-                request_id: id,
-                payload,
+    // Every event ends the invocation: the one it waits for, or one that
+    // shows the instance cannot serve it.
+    match inst.next_event(deadline).await {
+        Some(AgentEvent::Response {
+            request_id: id,
+            payload,
+            max_memory_kb,
+        }) if id == request_id => (Outcome::Ok(payload), started.elapsed(), max_memory_kb),
+        Some(AgentEvent::Error {
+            request_id: id,
+            payload,
+            max_memory_kb,
+            unhandled,
+            ..
+        }) if id == request_id => {
+            let kind = if unhandled {
+                FunctionError::Unhandled
+            } else {
+                FunctionError::Handled
+            };
+            // An unhandled failure (an oversize response) leaves the
+            // runtime in an unknown state: the environment is reset.
+            (
+                Outcome::Failed {
+                    kind,
+                    payload,
+                    destroy: unhandled,
+                    status: None,
+                },
+                started.elapsed(),
                 max_memory_kb,
-            }) if id == request_id => {
-                return (Outcome::Ok(payload), started.elapsed(), max_memory_kb)
-            }
-            Some(AgentEvent::Error {
-                request_id: id,
-                payload,
-                max_memory_kb,
-                unhandled,
-                ..
-            }) if id == request_id => {
-                let kind = if unhandled {
-                    FunctionError::Unhandled
-                } else {
-                    FunctionError::Handled
-                };
-                // An unhandled failure (an oversize response) leaves the
-                // runtime in an unknown state: the environment is reset.
-                return (
-                    Outcome::Failed {
-                        kind,
-                        payload,
-                        destroy: unhandled,
-                        status: None,
-                    },
-                    started.elapsed(),
-                    max_memory_kb,
-                );
-            }
-            Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
-                let reason = exit_reason(exit_code, signal);
-                let p = error_doc(
-                    "Runtime.ExitError",
-                    &format!("RequestId: {request_id} Error: Runtime exited with error: {reason}"),
-                );
-                return (
-                    crashed(p),
-                    started.elapsed(),
-                    inst.rss_kb().min(f.memory_mb as u64 * 1024),
-                );
-            }
-            Some(AgentEvent::Closed) => {
-                let p = error_doc(
-                    "Runtime.ExitError",
-                    &format!(
-                        "RequestId: {request_id} Error: Runtime exited without providing a reason"
-                    ),
-                );
-                return (crashed(p), started.elapsed(), 0);
-            }
-            Some(_) => {}
-            None => {
-                let secs = timeout.as_secs_f64();
-                log.line(
-                    request_id,
-                    &format!(
-                        "{} {request_id} Task timed out after {secs:.2} seconds",
-                        crate::time::rfc3339(SystemTime::now())
-                    ),
-                );
-                let p = error_doc(
-                    "Sandbox.Timedout",
-                    &format!(
-                        "RequestId: {request_id} Error: Task timed out after {secs:.2} seconds"
-                    ),
-                );
-                return (
-                    Outcome::Failed {
-                        kind: FunctionError::Unhandled,
-                        payload: p,
-                        destroy: true,
-                        status: Some("timeout"),
-                    },
-                    timeout,
-                    0,
-                );
-            }
+            )
         }
+        Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
+            let reason = exit_reason(exit_code, signal);
+            let p = error_doc(
+                "Runtime.ExitError",
+                &format!("RequestId: {request_id} Error: Runtime exited with error: {reason}"),
+            );
+            (
+                crashed(p),
+                started.elapsed(),
+                inst.rss_kb().min(f.memory_mb as u64 * 1024),
+            )
+        }
+        Some(AgentEvent::Closed) => {
+            let p = error_doc(
+                "Runtime.ExitError",
+                &format!(
+                    "RequestId: {request_id} Error: Runtime exited without providing a reason"
+                ),
+            );
+            (crashed(p), started.elapsed(), 0)
+        }
+        Some(AgentEvent::Broken(reason)) => {
+            (protocol_error(request_id, &reason), started.elapsed(), 0)
+        }
+        // Anything else is out of order here: a guest that sends it is
+        // not trusted to serve further.
+        Some(other) => {
+            let what = match &other {
+                AgentEvent::Response { .. } | AgentEvent::Error { .. } => {
+                    format!("an {} for another request", other.name())
+                }
+                _ => format!("{} during an invocation", other.name()),
+            };
+            (protocol_error(request_id, &what), started.elapsed(), 0)
+        }
+        None => {
+            let secs = timeout.as_secs_f64();
+            log.line(
+                request_id,
+                &format!(
+                    "{} {request_id} Task timed out after {secs:.2} seconds",
+                    crate::time::rfc3339(SystemTime::now())
+                ),
+            );
+            let p = error_doc(
+                "Sandbox.Timedout",
+                &format!("RequestId: {request_id} Error: Task timed out after {secs:.2} seconds"),
+            );
+            (
+                Outcome::Failed {
+                    kind: FunctionError::Unhandled,
+                    payload: p,
+                    destroy: true,
+                    status: Some("timeout"),
+                },
+                timeout,
+                0,
+            )
+        }
+    }
+}
+
+/// The guest broke the agent protocol: the invocation fails as Unhandled
+/// with `Sandbox.ProtocolError`, and the instance is stopped.
+fn protocol_error(request_id: &str, what: &str) -> Outcome {
+    tracing::warn!(
+        request_id,
+        what,
+        "instance broke the agent protocol; stopping it"
+    );
+    Outcome::Failed {
+        kind: FunctionError::Unhandled,
+        payload: error_doc(
+            "Sandbox.ProtocolError",
+            &format!("RequestId: {request_id} Error: the instance broke the agent protocol ({what}) and was stopped"),
+        ),
+        destroy: true,
+        status: Some("error\tError Type: Sandbox.ProtocolError"),
     }
 }
 

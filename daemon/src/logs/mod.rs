@@ -3,9 +3,10 @@
 //! where known. Streams rotate by size; old files go after the retention
 //! period; new lines are also published for followers.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::broadcast;
@@ -30,6 +31,10 @@ pub struct LogLimits {
     pub max_stream_bytes: u64,
     /// Files not written for this long are deleted.
     pub retention: Duration,
+    /// Bytes one function's logs may take; past it its oldest are dropped.
+    pub max_function_bytes: u64,
+    /// Bytes all logs may take; past it the node's oldest are dropped.
+    pub max_node_bytes: u64,
 }
 
 impl Default for LogLimits {
@@ -37,7 +42,132 @@ impl Default for LogLimits {
         Self {
             max_stream_bytes: 16 * 1024 * 1024,
             retention: Duration::from_secs(7 * 24 * 3600),
+            max_function_bytes: 128 * 1024 * 1024,
+            max_node_bytes: 2 * 1024 * 1024 * 1024,
         }
+    }
+}
+
+/// Bytes stored and dropped, per function and for the node.
+#[derive(Debug, Default)]
+struct Usage {
+    stored: HashMap<String, u64>,
+    stored_total: u64,
+    dropped: HashMap<String, u64>,
+    dropped_total: u64,
+}
+
+impl Usage {
+    fn add(&mut self, function: &str, n: u64) {
+        *self.stored.entry(function.to_string()).or_default() += n;
+        self.stored_total += n;
+    }
+
+    /// `n` bytes of `function` left the disk; `dropped`: before their time.
+    fn remove(&mut self, function: &str, n: u64, dropped: bool) {
+        if let Some(v) = self.stored.get_mut(function) {
+            *v = v.saturating_sub(n);
+        }
+        self.stored_total = self.stored_total.saturating_sub(n);
+        if dropped && n > 0 {
+            *self.dropped.entry(function.to_string()).or_default() += n;
+            self.dropped_total += n;
+        }
+    }
+}
+
+/// What every stream of a node shares: the limits, the usage, and the
+/// files open for writing (truncated rather than deleted when dropped).
+struct Shared {
+    dir: PathBuf,
+    limits: LogLimits,
+    usage: Mutex<Usage>,
+    open: Mutex<HashMap<PathBuf, Weak<Mutex<StreamInner>>>>,
+}
+
+impl Shared {
+    /// Drops the oldest files (of `function` while it is over its cap, then
+    /// of the node while it is over the node's) until both fit.
+    fn enforce_caps(&self, function: &str) {
+        for _ in 0..10_000 {
+            let scope = {
+                let u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+                let mine = u.stored.get(function).copied().unwrap_or(0);
+                if mine > self.limits.max_function_bytes {
+                    Some(Some(function))
+                } else if u.stored_total > self.limits.max_node_bytes {
+                    Some(None)
+                } else {
+                    None
+                }
+            };
+            let Some(scope) = scope else {
+                return;
+            };
+            let Some((victim_fn, path, size)) = self.oldest(scope) else {
+                return;
+            };
+            let live = self
+                .open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&path)
+                .and_then(Weak::upgrade);
+            let freed = match live {
+                // A stream still writes there: empty it in place.
+                Some(inner) => {
+                    let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = inner.written;
+                    if inner.file.set_len(0).is_ok() {
+                        inner.written = 0;
+                        n
+                    } else {
+                        0
+                    }
+                }
+                None => match std::fs::remove_file(&path) {
+                    Ok(()) => size,
+                    Err(_) => 0,
+                },
+            };
+            self.usage
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&victim_fn, freed, true);
+            if freed == 0 {
+                return;
+            }
+        }
+    }
+
+    /// The least recently written non-empty file of `function`, or of any
+    /// function.
+    fn oldest(&self, function: Option<&str>) -> Option<(String, PathBuf, u64)> {
+        let dirs: Vec<(String, PathBuf)> = match function {
+            Some(f) => vec![(f.to_string(), self.dir.join(f))],
+            None => std::fs::read_dir(&self.dir)
+                .ok()?
+                .flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .collect(),
+        };
+        let mut best: Option<(SystemTime, String, PathBuf, u64)> = None;
+        for (f, d) in dirs {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let Ok(m) = e.metadata() else { continue };
+                if !m.is_file() || m.len() == 0 {
+                    continue;
+                }
+                let t = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                if best.as_ref().is_none_or(|b| t < b.0) {
+                    best = Some((t, f.clone(), e.path(), m.len()));
+                }
+            }
+        }
+        best.map(|(_, f, p, n)| (f, p, n))
     }
 }
 
@@ -56,12 +186,52 @@ pub struct FunctionLogs {
     dir: PathBuf,
     limits: LogLimits,
     live: broadcast::Sender<LogRecord>,
+    shared: Arc<Shared>,
 }
 
 impl FunctionLogs {
     pub fn new(dir: PathBuf, limits: LogLimits) -> Self {
         let (live, _) = broadcast::channel(4096);
-        Self { dir, limits, live }
+        let mut usage = Usage::default();
+        if let Ok(functions) = std::fs::read_dir(&dir) {
+            for f in functions.flatten() {
+                let name = f.file_name().to_string_lossy().into_owned();
+                for e in std::fs::read_dir(f.path()).into_iter().flatten().flatten() {
+                    usage.add(&name, e.metadata().map(|m| m.len()).unwrap_or(0));
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            limits,
+            usage: Mutex::new(usage),
+            open: Mutex::new(HashMap::new()),
+        });
+        Self {
+            dir,
+            limits,
+            live,
+            shared,
+        }
+    }
+
+    /// Bytes of logs on disk: `function`'s, or the node's.
+    pub fn stored_bytes(&self, function: Option<&str>) -> u64 {
+        let u = self.shared.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match function {
+            Some(f) => u.stored.get(f).copied().unwrap_or(0),
+            None => u.stored_total,
+        }
+    }
+
+    /// Bytes of logs dropped before their retention ran out (caps and
+    /// rotation): `function`'s, or the node's.
+    pub fn dropped_bytes(&self, function: Option<&str>) -> u64 {
+        let u = self.shared.usage.lock().unwrap_or_else(|p| p.into_inner());
+        match function {
+            Some(f) => u.dropped.get(f).copied().unwrap_or(0),
+            None => u.dropped_total,
+        }
     }
 
     /// Lambda's log group name for a function.
@@ -84,17 +254,24 @@ impl FunctionLogs {
         std::fs::create_dir_all(&dir).map_err(|e| LogsError::Open(path.clone(), e))?;
         let file = open_append(&path).map_err(|e| LogsError::Open(path.clone(), e))?;
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let inner = Arc::new(Mutex::new(StreamInner {
+            file,
+            written,
+            capture: None,
+        }));
+        {
+            let mut open = self.shared.open.lock().unwrap_or_else(|p| p.into_inner());
+            open.retain(|_, w| w.strong_count() > 0);
+            open.insert(path.clone(), Arc::downgrade(&inner));
+        }
         Ok(LogStream {
             name,
             path,
             function: function.to_string(),
             limits: self.limits,
             live: self.live.clone(),
-            inner: Arc::new(Mutex::new(StreamInner {
-                file,
-                written,
-                capture: None,
-            })),
+            shared: self.shared.clone(),
+            inner,
         })
     }
 
@@ -155,13 +332,16 @@ impl FunctionLogs {
             let Ok(files) = std::fs::read_dir(f.path()) else {
                 continue;
             };
+            let function = f.file_name().to_string_lossy().into_owned();
             for e in files.flatten() {
-                let old = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .map(|t| t < cutoff)
-                    .unwrap_or(false);
+                let Ok(m) = e.metadata() else { continue };
+                let old = m.modified().map(|t| t < cutoff).unwrap_or(false);
                 if old && std::fs::remove_file(e.path()).is_ok() {
+                    self.shared
+                        .usage
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&function, m.len(), false);
                     n += 1;
                 }
             }
@@ -204,6 +384,7 @@ pub struct LogStream {
     function: String,
     limits: LogLimits,
     live: broadcast::Sender<LogRecord>,
+    shared: Arc<Shared>,
     inner: Arc<Mutex<StreamInner>>,
 }
 
@@ -227,8 +408,11 @@ impl LogStream {
         };
         let ts = rfc3339(SystemTime::now());
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut replaced = 0;
         if inner.written >= self.limits.max_stream_bytes {
             let rotated = PathBuf::from(format!("{}.1", self.path.display()));
+            // The previous rotated file is replaced: its lines are dropped.
+            replaced = std::fs::metadata(&rotated).map(|m| m.len()).unwrap_or(0);
             let _ = std::fs::rename(&self.path, rotated);
             if let Ok(f) = open_append(&self.path) {
                 inner.file = f;
@@ -236,8 +420,10 @@ impl LogStream {
             }
         }
         let text = format!("{ts}\t{rid}\t{line}\n");
+        let mut added = 0;
         if inner.file.write_all(text.as_bytes()).is_ok() {
             inner.written += text.len() as u64;
+            added = text.len() as u64;
         }
         if let Some(c) = inner.capture.as_mut() {
             c.extend_from_slice(line.as_bytes());
@@ -249,6 +435,16 @@ impl LogStream {
             }
         }
         drop(inner);
+        let over = {
+            let mut u = self.shared.usage.lock().unwrap_or_else(|p| p.into_inner());
+            u.remove(&self.function, replaced, true);
+            u.add(&self.function, added);
+            u.stored.get(&self.function).copied().unwrap_or(0) > self.limits.max_function_bytes
+                || u.stored_total > self.limits.max_node_bytes
+        };
+        if over {
+            self.shared.enforce_caps(&self.function);
+        }
         if self.live.receiver_count() > 0 {
             let _ = self.live.send(LogRecord {
                 timestamp: ts,
@@ -292,6 +488,7 @@ mod tests {
             LogLimits {
                 max_stream_bytes: max,
                 retention: Duration::from_secs(3600),
+                ..LogLimits::default()
             },
         )
     }
@@ -365,6 +562,7 @@ mod tests {
             LogLimits {
                 max_stream_bytes: 1 << 20,
                 retention: Duration::ZERO,
+                ..LogLimits::default()
             },
         );
         let s = logs.open_stream("h", "$LATEST", "i3").unwrap();
@@ -372,5 +570,79 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(logs.enforce_retention(), 1);
         assert!(logs.read("h", None).is_empty());
+    }
+
+    #[test]
+    fn a_flood_keeps_within_the_caps_and_drops_the_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = FunctionLogs::new(
+            dir.path().to_path_buf(),
+            LogLimits {
+                max_stream_bytes: 10_000,
+                retention: Duration::from_secs(3600),
+                max_function_bytes: 50_000,
+                max_node_bytes: 80_000,
+            },
+        );
+        // A quiet function, then a flood from two instances of another.
+        let quiet = logs.open_stream("quiet", "$LATEST", "q").unwrap();
+        for i in 0..200 {
+            quiet.line("", &format!("quiet {i:04}"));
+        }
+        let quiet_bytes = logs.stored_bytes(Some("quiet"));
+        assert!(quiet_bytes > 5_000);
+        std::thread::sleep(Duration::from_millis(20));
+        let a = logs.open_stream("loud", "$LATEST", "a").unwrap();
+        let b = logs.open_stream("loud", "$LATEST", "b").unwrap();
+        let line = "x".repeat(100);
+        for i in 0..5_000 {
+            a.line("r", &format!("a {i:05} {line}"));
+            b.line("r", &format!("b {i:05} {line}"));
+        }
+        let on_disk = |f: &str| -> u64 {
+            std::fs::read_dir(dir.path().join(f))
+                .unwrap()
+                .flatten()
+                .map(|e| e.metadata().unwrap().len())
+                .sum()
+        };
+        // The function's cap holds, on disk and in the accounting.
+        assert!(on_disk("loud") <= 50_000 + 200, "{}", on_disk("loud"));
+        assert_eq!(logs.stored_bytes(Some("loud")), on_disk("loud"));
+        // Its own oldest lines went, its newest are kept, and it counts
+        // what it lost.
+        let back = logs.read("loud", None);
+        let newest: Vec<&str> = back
+            .iter()
+            .rev()
+            .take(2)
+            .map(|r| r.message.as_str())
+            .collect();
+        assert!(
+            newest
+                .iter()
+                .any(|m| m.starts_with("a 04999") || m.starts_with("b 04999")),
+            "{newest:?}"
+        );
+        assert!(!back.iter().any(|r| r.message.starts_with("a 00000")));
+        let written = 2 * 5_000 * (line.len() as u64 + 40);
+        assert!(logs.dropped_bytes(Some("loud")) > written / 2);
+        assert_eq!(logs.dropped_bytes(None), logs.dropped_bytes(Some("loud")));
+        // The quiet function lost nothing: the node's cap was not reached.
+        assert_eq!(logs.stored_bytes(Some("quiet")), quiet_bytes);
+        assert_eq!(logs.dropped_bytes(Some("quiet")), 0);
+        // More functions push the node past its cap: the node's oldest
+        // (the quiet function's) go first.
+        for f in ["f1", "f2", "f3", "f4"] {
+            let s = logs.open_stream(f, "$LATEST", "t").unwrap();
+            for i in 0..200 {
+                s.line("", &format!("{f} {i:04} {line}"));
+            }
+        }
+        assert!(logs.stored_bytes(None) <= 80_000 + 200);
+        assert!(logs.dropped_bytes(Some("quiet")) > 0);
+        // A node that restarts counts what is on disk.
+        let again = FunctionLogs::new(dir.path().to_path_buf(), LogLimits::default());
+        assert_eq!(again.stored_bytes(None), logs.stored_bytes(None));
     }
 }

@@ -161,6 +161,11 @@ impl Node {
         self.pool.engine().accel()
     }
 
+    /// How VMMs are confined, in words.
+    pub fn confinement(&self) -> String {
+        self.pool.engine().confinement()
+    }
+
     pub fn logs(&self) -> &FunctionLogs {
         &self.logs
     }

@@ -64,8 +64,31 @@ pub enum AgentEvent {
         bytes: u64,
         duration: Duration,
     },
+    /// The guest broke the protocol (a bad frame, a flood); the channel
+    /// closes after it.
+    Broken(String),
     /// The channel closed: the VM is gone.
     Closed,
+}
+
+impl AgentEvent {
+    /// The event's name, for errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AgentEvent::Ready => "Ready",
+            AgentEvent::InitDone { .. } => "InitDone",
+            AgentEvent::InitError { .. } => "InitError",
+            AgentEvent::Response { .. } => "InvokeResponse",
+            AgentEvent::Error { .. } => "InvokeError",
+            AgentEvent::RuntimeExit { .. } => "RuntimeExit",
+            AgentEvent::Resumed => "Resumed",
+            AgentEvent::RestoreDone { .. } => "RestoreDone",
+            AgentEvent::RestoreError { .. } => "RestoreError",
+            AgentEvent::SnapshotPrepared { .. } => "SnapshotPrepared",
+            AgentEvent::Broken(_) => "Broken",
+            AgentEvent::Closed => "Closed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +235,10 @@ impl Instance {
                                     tracing::warn!(
                                         "agent sent more events than the host reads; closing instance"
                                     );
-                                    let _ = ev_tx.send(AgentEvent::Closed);
+                                    let _ = ev_tx.send(AgentEvent::Broken(format!(
+                                        "it sent more than {MAX_QUEUED_EVENTS} events or {} MiB that the host did not ask for",
+                                        MAX_QUEUED_BYTES >> 20
+                                    )));
                                     return;
                                 }
                                 let _ = ev_tx.send(ev);
@@ -221,7 +247,7 @@ impl Instance {
                         Ok(None) => break,
                         Err(e) => {
                             tracing::warn!(error = %e, "bad frame from agent; closing instance");
-                            let _ = ev_tx.send(AgentEvent::Closed);
+                            let _ = ev_tx.send(AgentEvent::Broken(format!("bad frame: {e}")));
                             return;
                         }
                     }
@@ -301,7 +327,10 @@ impl Instance {
     pub fn is_alive(&mut self) -> bool {
         while let Ok(ev) = self.events.try_recv() {
             self.queued.taken(&ev);
-            if matches!(ev, AgentEvent::RuntimeExit { .. } | AgentEvent::Closed) {
+            if matches!(
+                ev,
+                AgentEvent::RuntimeExit { .. } | AgentEvent::Closed | AgentEvent::Broken(_)
+            ) {
                 return false;
             }
         }
@@ -448,7 +477,7 @@ impl QueuedEvents {
 
     /// Counts `ev` out as the host reads it.
     pub fn taken(&self, ev: &AgentEvent) {
-        if matches!(ev, AgentEvent::Closed) {
+        if matches!(ev, AgentEvent::Closed | AgentEvent::Broken(_)) {
             return;
         }
         self.count.fetch_sub(1, Ordering::AcqRel);
