@@ -460,7 +460,12 @@ fn proc_status(pid: u32, key: &str) -> String {
 
 /// The cgroup v1 folder of `pid` for `controller`.
 fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    cgroup_dir_of(&pid.to_string(), controller)
+}
+
+/// The cgroup v1 folder of `/proc/<task>` for `controller`.
+fn cgroup_dir_of(task: &str, controller: &str) -> PathBuf {
+    let text = std::fs::read_to_string(format!("/proc/{task}/cgroup")).unwrap();
     let rel = text
         .lines()
         .find_map(|l| {
@@ -471,7 +476,7 @@ fn cgroup_dir(pid: u32, controller: &str) -> PathBuf {
                 .any(|c| c == controller)
                 .then(|| path.to_string())
         })
-        .unwrap_or_else(|| panic!("{pid} has no {controller} cgroup: {text}"));
+        .unwrap_or_else(|| panic!("{task} has no {controller} cgroup: {text}"));
     Path::new("/sys/fs/cgroup")
         .join(controller)
         .join(rel.trim_start_matches('/'))
@@ -592,8 +597,6 @@ async fn the_vmm_and_the_function_are_confined() {
     );
     let pids = cgroup_dir(pid, "pids");
     assert_eq!(read_trim(&pids.join("pids.max")), jail.pids_max.to_string());
-    let vcpu = cgroup_dir(pid, "cpu").join("vcpu");
-    assert!(vcpu.is_dir());
 
     // Deleting the functions ends their VMMs; their cgroups go with them.
     for f in [&name, &other] {
@@ -606,11 +609,11 @@ async fn the_vmm_and_the_function_are_confined() {
             .unwrap();
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while (mem.exists() || vcpu.exists()) && std::time::Instant::now() < deadline {
+    while (mem.exists() || pids.exists()) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(
-        !mem.exists() && !vcpu.exists(),
+        !mem.exists() && !pids.exists(),
         "the VMM's cgroups are left"
     );
 }
@@ -678,7 +681,13 @@ async fn cpu_follows_memory_as_lambda() {
         .into_inner()
         .instances[0]
         .vmm_pid;
-    let vcpu = cgroup_dir(pid, "cpu").join("vcpu");
+    // The vCPU threads (named by QEMU) are in the quota's cgroup; the rest
+    // of the VMM is not throttled.
+    let vcpus = flint_daemon::engine::jail::vcpu_threads(pid);
+    assert!(!vcpus.is_empty());
+    let vcpu = cgroup_dir_of(&format!("{pid}/task/{}", vcpus[0]), "cpu");
+    assert!(vcpu.ends_with("vcpu"), "{}", vcpu.display());
+    assert_ne!(cgroup_dir(pid, "cpu"), vcpu);
     assert_eq!(read_trim(&vcpu.join("cpu.cfs_period_us")), "100000");
     assert_eq!(read_trim(&vcpu.join("cpu.cfs_quota_us")), "7235");
     let vcpu_tids: Vec<u32> = read_trim(&vcpu.join("tasks"))
