@@ -19,6 +19,12 @@ struct Flintd {
 }
 
 fn start(dir: &Path, notify: Option<&Path>) -> Flintd {
+    start_under(dir, notify, &[])
+}
+
+/// Starts flintd through `wrapper` (a command and its arguments that end
+/// in `--`, for example setpriv's).
+fn start_under(dir: &Path, notify: Option<&Path>, wrapper: &[String]) -> Flintd {
     let sock = dir.join("flintd.sock");
     let config = dir.join("flintd.toml");
     std::fs::write(
@@ -32,7 +38,14 @@ fn start(dir: &Path, notify: Option<&Path>) -> Flintd {
     )
     .unwrap();
     let _ = std::fs::remove_file(&sock);
-    let mut cmd = Command::new(bin("flintd"));
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(bin("flintd"));
+            c
+        }
+        None => Command::new(bin("flintd")),
+    };
     cmd.arg("--config")
         .arg(&config)
         .stdout(Stdio::null())
@@ -402,4 +415,136 @@ async fn code_storage_limit_and_failed_calls_leave_nothing_behind() {
     // Deleting the function removes its package.
     node.delete_function("small").await.unwrap();
     assert_eq!(code_files(), 0);
+}
+
+/// The value of `key=` in `scripts/flintd.service`.
+fn unit_option(key: &str) -> String {
+    let unit = std::fs::read_to_string(fixture("../../scripts/flintd.service")).unwrap();
+    unit.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} is not in flintd.service"))
+        .trim()
+        .to_string()
+}
+
+/// flintd under the unit's hardening, applied as systemd would: in a mount
+/// namespace of its own, `ProtectSystem=strict` (the file system read-only
+/// but for `ReadWritePaths`), `ProtectHome`, `PrivateTmp`; then, through
+/// setpriv, `CapabilityBoundingSet` and `NoNewPrivileges`. Its VMMs start
+/// confined, a function is created and invoked, an instance's memory is
+/// measured, and SIGTERM stops it all.
+#[tokio::test]
+async fn flintd_runs_under_the_units_hardening() {
+    let caps: Vec<String> = unit_option("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
+        assert_eq!(unit_option(key), value, "{key}");
+    }
+    let writable = unit_option("ReadWritePaths");
+    assert!(writable.split_whitespace().any(|p| p == "/var/lib/flint"));
+    // The node's folder is where the unit lets flintd write (not /tmp,
+    // which PrivateTmp replaces).
+    std::fs::create_dir_all("/var/lib/flint").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("svc-hardened-")
+        .tempdir_in("/var/lib/flint")
+        .unwrap();
+    let script = format!(
+        "set -e\n\
+         mount --make-rprivate /\n\
+         mount --rbind / / && mount -o remount,bind,ro /\n\
+         for p in {writable}; do [ -e \"$p\" ] && mount --rbind \"$p\" \"$p\" && mount -o remount,bind,rw \"$p\"; done\n\
+         for p in /home /root /run/user; do [ -d \"$p\" ] && mount -t tmpfs -o ro,mode=0755 tmpfs \"$p\"; done\n\
+         mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /var/tmp\n\
+         exec \"$@\"\n"
+    );
+    let wrapper = vec![
+        "unshare".to_string(),
+        "--mount".into(),
+        "--".into(),
+        "sh".into(),
+        "-c".into(),
+        script,
+        "hardened".into(),
+        "setpriv".into(),
+        "--no-new-privs".into(),
+        format!("--bounding-set=-all,{}", caps.join(",")),
+        "--inh-caps=-all".into(),
+        "--".into(),
+    ];
+    let mut flintd = start_under(dir.path(), None, &wrapper);
+    let mut functions = flintd.functions().await;
+    let name = "hardened";
+    functions
+        .create_function(pb::CreateFunctionRequest {
+            function_name: name.into(),
+            runtime: "python3.11".into(),
+            handler: "app.handler".into(),
+            zip_file: zip_fixture("python"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = functions
+        .invoke(pb::InvokeRequest {
+            function_name: name.into(),
+            payload: b"{}".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.function_error,
+        "",
+        "{}",
+        String::from_utf8_lossy(&r.payload)
+    );
+    let inst = flintd
+        .node()
+        .await
+        .list_instances(pb::ListInstancesRequest {
+            function_name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .instances;
+    assert_eq!(inst.len(), 1);
+    let vmm = std::fs::read_to_string(format!("/proc/{}/status", inst[0].vmm_pid)).unwrap();
+    assert!(vmm.contains("Seccomp:\t2"), "{vmm}");
+    // flintd itself: no_new_privs, and only the unit's capabilities.
+    let flintd_pid = vmm_parent(inst[0].vmm_pid);
+    let own = std::fs::read_to_string(format!("/proc/{flintd_pid}/status")).unwrap();
+    assert!(own.contains("NoNewPrivs:\t1"), "{own}");
+    assert!(!own.contains("CapBnd:\t000001ffffffffff"), "{own}");
+    // It measured the VMM's memory (PSS needs CAP_SYS_PTRACE across uids).
+    let info = flintd
+        .node()
+        .await
+        .get_node_info(pb::GetNodeInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.memory_charged_mb > 0, "{info:?}");
+    assert!(info.vmm_confinement.contains("seccomp"), "{info:?}");
+    assert!(flintd.terminate().success());
+    assert_eq!(qemus_under(dir.path()), 0);
+}
+
+/// The parent process of `pid`.
+fn vmm_parent(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
 }
