@@ -427,10 +427,12 @@ fn unit_option(key: &str) -> String {
         .to_string()
 }
 
-/// flintd under the unit's hardening, applied as systemd would: in a mount
-/// namespace of its own, `ProtectSystem=strict` (the file system read-only
-/// but for `ReadWritePaths`), `ProtectHome`, `PrivateTmp`; then, through
-/// setpriv, `CapabilityBoundingSet` and `NoNewPrivileges`. Its VMMs start
+/// flintd under the unit's hardening, applied as systemd would: in mount
+/// and UTS namespaces of its own, `ProtectSystem=strict` (the file system
+/// read-only but for `ReadWritePaths`), `ProtectHome`, `PrivateTmp`,
+/// `ProtectKernelModules` (no modules folder), `ProtectKernelLogs` (no
+/// kmsg), `ProtectHostname`; then, through setpriv, `CapabilityBoundingSet`
+/// and `NoNewPrivileges`. Its VMMs start
 /// confined, a function is created and invoked, an instance's memory is
 /// measured, and SIGTERM stops it all.
 #[tokio::test]
@@ -444,6 +446,9 @@ async fn flintd_runs_under_the_units_hardening() {
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("ProtectKernelLogs", "yes"),
+        ("ProtectHostname", "yes"),
     ] {
         assert_eq!(unit_option(key), value, "{key}");
     }
@@ -463,11 +468,16 @@ async fn flintd_runs_under_the_units_hardening() {
          for p in {writable}; do [ -e \"$p\" ] && mount --rbind \"$p\" \"$p\" && mount -o remount,bind,rw \"$p\"; done\n\
          for p in /home /root /run/user; do [ -d \"$p\" ] && mount -t tmpfs -o ro,mode=0755 tmpfs \"$p\"; done\n\
          mount -t tmpfs -o mode=1777 tmpfs /tmp && mount -t tmpfs -o mode=1777 tmpfs /var/tmp\n\
+         for p in /usr/lib/modules /lib/modules; do [ -d \"$p\" ] && mount -t tmpfs -o ro tmpfs \"$p\"; done\n\
+         for p in /proc/kmsg /dev/kmsg; do [ -e \"$p\" ] && mount --bind /dev/null \"$p\"; done\n\
+         hostname flint-hardened\n\
          exec \"$@\"\n"
     );
     let wrapper = vec![
         "unshare".to_string(),
         "--mount".into(),
+        // ProtectHostname: a UTS namespace of its own.
+        "--uts".into(),
         "--".into(),
         "sh".into(),
         "-c".into(),
