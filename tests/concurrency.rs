@@ -105,6 +105,8 @@ async fn a_burst_of_20_against_reserved_concurrency_5_runs_5_and_throttles_15_at
     let results = burst(&name, "", 20, 3.0).await;
     let mut ran = Vec::new();
     let mut throttled = 0;
+    let mut slowest_throttle = Duration::ZERO;
+    let mut fastest_run = Duration::MAX;
     for (id, r, took) in &results {
         match r {
             Ok(resp) => {
@@ -112,6 +114,7 @@ async fn a_burst_of_20_against_reserved_concurrency_5_runs_5_and_throttles_15_at
                 let v = json(resp);
                 assert_eq!(v["id"], *id as u64);
                 ran.push(v);
+                fastest_run = fastest_run.min(*took);
             }
             Err(s) => {
                 assert_eq!(s.code(), tonic::Code::ResourceExhausted, "{s:?}");
@@ -121,17 +124,20 @@ async fn a_burst_of_20_against_reserved_concurrency_5_runs_5_and_throttles_15_at
                         .contains("ReservedFunctionConcurrentInvocationLimitExceeded"),
                     "{s:?}"
                 );
-                // At once: not after waiting for a running one.
-                assert!(
-                    *took < Duration::from_millis(1500),
-                    "throttled after {took:?}"
-                );
+                slowest_throttle = slowest_throttle.max(*took);
                 throttled += 1;
             }
         }
     }
     assert_eq!(ran.len(), 5, "{results:?}");
     assert_eq!(throttled, 15);
+    // At once: every throttle was answered before any of the five (each
+    // sleeping 3 s) finished, not after waiting for a running one. An
+    // order, not a wall-clock figure: it holds on a slow machine too.
+    assert!(
+        slowest_throttle < fastest_run,
+        "a throttle took {slowest_throttle:?}, a run {fastest_run:?}"
+    );
     // The five ran at the same time, on five instances.
     let latest_start = ran
         .iter()

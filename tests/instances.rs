@@ -57,9 +57,11 @@ async fn an_idle_instance_is_frozen_uses_no_cpu_and_thaws_on_the_next_invocation
     let before = cpu_ticks(pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = cpu_ticks(pid);
-    // Clock ticks are 10 ms: a frozen VM's process may wake for a tick or two.
+    // Clock ticks are 10 ms: a frozen VM's process may wake for a tick or
+    // two (about 1 here). The bound, 3% of a core, leaves room for a
+    // machine several times slower.
     assert!(
-        after - before <= 2,
+        after - before <= 9,
         "a frozen instance used {} ticks of CPU in 3 s",
         after - before
     );

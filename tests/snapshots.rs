@@ -121,11 +121,12 @@ async fn published_versions_restore_a_function_snapshot_and_clones_are_unique() 
         "guest clock: {}",
         v2["now"]
     );
-    // The 1 s init is not paid again.
-    assert!(
-        restore_ms < 1000,
-        "a restored invocation took {restore_ms} ms"
-    );
+    // The 1 s init is not paid again: the clone carries the init's results
+    // (above) and its REPORT has a Restore Duration, no Init Duration. How
+    // fast a restore is belongs to flint-bench, not to a test that must pass
+    // on a slow machine.
+    assert!(!report(&r2).contains("Init Duration"));
+    eprintln!("a restored invocation took {restore_ms} ms");
     // A third clone from a VMM that was started, and had the snapshot's
     // state loaded, seconds before: paused until this invocation, its
     // clock, entropy and identity are still fresh.
