@@ -431,6 +431,64 @@ pub fn rust_bootstrap(static_link: bool) -> Vec<u8> {
     std::fs::read(bin).expect("rust-fn bootstrap")
 }
 
+/// A layer ZIP of a real third-party wheel, numpy 1.26.4 for CPython 3.11
+/// (`python/numpy/...`, as Lambda layers lay Python packages out). The
+/// wheel is downloaded once into `$FLINT_CACHE/fixtures/wheels`.
+pub fn numpy_layer_zip() -> Vec<u8> {
+    use std::io::Read;
+    let cache = std::env::var_os("FLINT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
+    let dir = cache.join("fixtures").join("wheels");
+    let wheel = dir.join("numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl");
+    if !wheel.exists() {
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = std::process::Command::new(python_with_grpcio())
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args([
+                "--only-binary=:all:",
+                "--no-deps",
+                "--python-version",
+                "3.11",
+            ])
+            .args([
+                "--platform",
+                "manylinux2014_x86_64",
+                "--implementation",
+                "cp",
+            ])
+            .arg("numpy==1.26.4")
+            .arg("-d")
+            .arg(&dir)
+            .status()
+            .expect("run pip download");
+        assert!(
+            status.success() && wheel.exists(),
+            "downloading the numpy wheel failed"
+        );
+    }
+    let mut src = zip::ZipArchive::new(std::fs::File::open(&wheel).unwrap()).unwrap();
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..src.len() {
+        let mut e = src.by_index(i).unwrap();
+        if e.is_dir() {
+            continue;
+        }
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).unwrap();
+        let opts = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+        w.start_file(format!("python/{}", e.name()), opts).unwrap();
+        w.write_all(&data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
+}
+
 /// The Python interpreter of the test tools environment (grpcio and
 /// friends), which `scripts/test` creates under `$FLINT_CACHE/pyenv`.
 pub fn python_with_grpcio() -> PathBuf {

@@ -334,3 +334,63 @@ async fn snapshots_survive_a_restart_and_damaged_ones_are_rebuilt_never_restored
     assert_eq!(spares(), 0);
     node.shutdown().await;
 }
+
+/// A function whose layer holds a real third-party wheel (numpy, whose
+/// import takes seconds under TCG) initialises on demand within the node's
+/// limit, and its published version builds a function snapshot under
+/// SnapStart's limit and restores from it.
+#[tokio::test]
+async fn a_layer_of_real_wheels_initialises_publishes_and_restores() {
+    let mut c = client().await;
+    let layer = c
+        .publish_layer_version(pb::PublishLayerVersionRequest {
+            layer_name: unique("numpy"),
+            zip_file: numpy_layer_zip(),
+            description: "numpy 1.26.4".into(),
+            compatible_runtimes: vec!["python3.11".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let name = unique("wheels");
+    let code = "import numpy as np\nA = np.arange(1000.0)\ndef handler(e, c):\n    return {'numpy': np.__version__, 'sum': float(A.sum())}\n";
+    c.create_function(pb::CreateFunctionRequest {
+        function_name: name.clone(),
+        runtime: "python3.11".into(),
+        handler: "app.handler".into(),
+        zip_file: zip_files(&[("app.py", code.as_bytes(), 0o644)]),
+        layers: vec![layer.layer_version_arn.clone()],
+        timeout: 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let expect = serde_json::json!({"numpy": "1.26.4", "sum": 499500.0});
+    // $LATEST: an on-demand init.
+    let r = invoke_v(&name, "");
+    let r = r.await;
+    assert_eq!(r.function_error, "", "{}", tail(&r));
+    assert_eq!(json(&r), expect);
+    let rep = report(&r);
+    assert!(rep.contains("Init Duration"), "{rep}");
+    eprintln!("$LATEST: {rep}");
+    // A published version: its snapshot is built, and clones restore.
+    let v = c
+        .publish_version(pb::PublishVersionRequest {
+            function_name: name.clone(),
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..2 {
+        let r = invoke_v(&name, &v.version).await;
+        assert_eq!(r.function_error, "", "{}", tail(&r));
+        assert_eq!(json(&r), expect);
+        let rep = report(&r);
+        assert!(rep.contains("Restore Duration"), "{rep}");
+        assert!(!rep.contains("Init Duration"), "{rep}");
+        eprintln!("version {}: {rep}", v.version);
+        stop_all(&name).await;
+    }
+}

@@ -95,8 +95,12 @@ pub struct Config {
     pub account_id: String,
     /// From QEMU start to the agent's first message.
     pub boot_timeout: Duration,
-    /// From configuring the instance to the runtime's first `next` (Lambda: 10 s).
-    pub init_timeout: Duration,
+    /// From configuring the instance to the runtime's first `next`. `None`:
+    /// Lambda's 10 s under KVM, [`TCG_INIT_FACTOR`] times that under TCG
+    /// ([`Config::init_timeout_for`]).
+    pub init_timeout: Option<Duration>,
+    /// The init that builds a function snapshot (SnapStart: 15 minutes).
+    pub snapshot_init_timeout: Duration,
     /// On SIGTERM, how long in-flight invocations may take to finish.
     pub shutdown_grace: Duration,
     /// Bytes of deployment packages (functions and layers) the node keeps.
@@ -151,6 +155,7 @@ pub struct FileConfig {
     pub account_id: Option<String>,
     pub boot_timeout_s: Option<u64>,
     pub init_timeout_s: Option<u64>,
+    pub snapshot_init_timeout_s: Option<u64>,
     pub shutdown_grace_s: Option<u64>,
     pub code_storage_limit_mb: Option<u64>,
     pub logs: Option<FileLogs>,
@@ -216,6 +221,14 @@ pub fn host_memory_mb() -> u64 {
 
 /// The default unix socket, shared by flintd and flintctl.
 pub const DEFAULT_SOCKET: &str = "/run/flint/flintd.sock";
+/// Lambda's on-demand init limit.
+pub const LAMBDA_INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer the default init limit is under TCG: guest code is
+/// emulated there, roughly 5 to 10 times slower than under KVM (a cold
+/// boot with Python's init takes about 3.3 s here against a few hundred
+/// ms on KVM hosts), so an init that fits Lambda's 10 s on KVM gets 60 s.
+pub const TCG_INIT_FACTOR: u32 = 6;
+
 /// The default TCP address.
 pub const DEFAULT_TCP: &str = "127.0.0.1:50051";
 
@@ -232,7 +245,8 @@ impl Default for Config {
             region: "us-east-1".into(),
             account_id: "000000000000".into(),
             boot_timeout: Duration::from_secs(30),
-            init_timeout: Duration::from_secs(10),
+            init_timeout: None,
+            snapshot_init_timeout: Duration::from_secs(15 * 60),
             shutdown_grace: Duration::from_secs(30),
             code_storage_limit: 75 * 1024 * 1024 * 1024,
             logs: crate::logs::LogLimits::default(),
@@ -251,6 +265,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The on-demand init limit in force under `accel`.
+    pub fn init_timeout_for(&self, accel: crate::engine::Accel) -> Duration {
+        self.init_timeout.unwrap_or(match accel {
+            crate::engine::Accel::Kvm => LAMBDA_INIT_TIMEOUT,
+            crate::engine::Accel::Tcg => LAMBDA_INIT_TIMEOUT * TCG_INIT_FACTOR,
+        })
+    }
+
     /// Refuses what flintd must not serve: TCP without mutual TLS.
     pub fn check(&self) -> Result<(), ConfigError> {
         let tcp = self.listen.iter().find(|l| matches!(l, Listen::Tcp(_)));
@@ -303,8 +325,11 @@ impl Config {
         if let Some(v) = f.boot_timeout_s {
             c.boot_timeout = Duration::from_secs(v);
         }
+        if let Some(v) = f.snapshot_init_timeout_s {
+            c.snapshot_init_timeout = Duration::from_secs(v);
+        }
         if let Some(v) = f.init_timeout_s {
-            c.init_timeout = Duration::from_secs(v);
+            c.init_timeout = Some(Duration::from_secs(v));
         }
         if let Some(v) = f.shutdown_grace_s {
             c.shutdown_grace = Duration::from_secs(v);
@@ -419,6 +444,18 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_limit_follows_the_accelerator_unless_set() {
+        use crate::engine::Accel;
+        let c = Config::default();
+        assert_eq!(c.init_timeout_for(Accel::Kvm), Duration::from_secs(10));
+        assert_eq!(c.init_timeout_for(Accel::Tcg), Duration::from_secs(60));
+        assert_eq!(c.snapshot_init_timeout, Duration::from_secs(900));
+        let c = Config::from_toml("init_timeout_s = 20\nsnapshot_init_timeout_s = 30\n").unwrap();
+        assert_eq!(c.init_timeout_for(Accel::Tcg), Duration::from_secs(20));
+        assert_eq!(c.snapshot_init_timeout, Duration::from_secs(30));
+    }
 
     #[test]
     fn tcp_without_mutual_tls_is_refused() {

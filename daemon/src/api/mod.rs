@@ -592,6 +592,8 @@ impl NodeApi for NodeService {
             log_bytes_stored: self.node.logs().stored_bytes(None),
             log_bytes_dropped: self.node.logs().dropped_bytes(None),
             vmm_confinement: self.node.confinement(),
+            init_timeout_seconds: self.node.init_limits().0.as_secs_f64(),
+            snapshot_init_timeout_seconds: self.node.init_limits().1.as_secs_f64(),
         }))
     }
 

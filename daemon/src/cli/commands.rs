@@ -954,6 +954,13 @@ pub async fn run(
                 ),
             ]);
             rows.push(vec!["VMM confinement".into(), info.vmm_confinement.clone()]);
+            rows.push(vec![
+                "init limit".into(),
+                format!(
+                    "{:.0} s on demand; {:.0} s building a function snapshot",
+                    info.init_timeout_seconds, info.snapshot_init_timeout_seconds
+                ),
+            ]);
             rows.push(vec!["data dir".into(), info.data_dir.clone()]);
             rows.push(vec!["started".into(), info.started_at.clone()]);
             emit(output, node_info_json(&info), &["FIELD", "VALUE"], rows);

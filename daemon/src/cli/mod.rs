@@ -383,6 +383,8 @@ pub fn node_info_json(n: &pb::NodeInfo) -> Value {
         "LogBytesStored": n.log_bytes_stored,
         "LogBytesDropped": n.log_bytes_dropped,
         "VmmConfinement": n.vmm_confinement,
+        "InitTimeoutSeconds": n.init_timeout_seconds,
+        "SnapshotInitTimeoutSeconds": n.snapshot_init_timeout_seconds,
         "DataDir": n.data_dir,
         "StartedAt": n.started_at,
     })

@@ -101,6 +101,7 @@ impl Node {
             None
         };
         let logs = FunctionLogs::new(config.logs_dir(), config.log_limits());
+        let accel_kind = engine.accel().accel;
         let pool = Arc::new(Pool::new(
             engine,
             PoolSettings {
@@ -108,7 +109,8 @@ impl Node {
                 artifacts_dir: config.artifacts_dir.clone(),
                 run_dir: config.run_dir(),
                 boot_timeout: config.boot_timeout,
-                init_timeout: config.init_timeout,
+                init_timeout: config.init_timeout_for(accel_kind),
+                snapshot_init_timeout: config.snapshot_init_timeout,
                 region: config.region.clone(),
                 account_id: config.account_id.clone(),
                 snapshot_latest: config.snapshot_latest,
@@ -159,6 +161,12 @@ impl Node {
 
     pub fn accel(&self) -> &AccelInfo {
         self.pool.engine().accel()
+    }
+
+    /// The on-demand and snapshot-building init limits in force.
+    pub fn init_limits(&self) -> (std::time::Duration, std::time::Duration) {
+        let s = self.pool.settings();
+        (s.init_timeout, s.snapshot_init_timeout)
     }
 
     /// How VMMs are confined, in words.

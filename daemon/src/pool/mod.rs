@@ -77,7 +77,10 @@ pub struct PoolSettings {
     pub artifacts_dir: PathBuf,
     pub run_dir: PathBuf,
     pub boot_timeout: Duration,
+    /// The on-demand init limit in force.
     pub init_timeout: Duration,
+    /// The limit of the init that builds a function snapshot.
+    pub snapshot_init_timeout: Duration,
     pub region: String,
     pub account_id: String,
     /// Function snapshots for `$LATEST` too (always for published versions).
@@ -946,6 +949,7 @@ mod tests {
                 run_dir: dir.clone(),
                 boot_timeout: Duration::from_secs(1),
                 init_timeout: Duration::from_secs(1),
+                snapshot_init_timeout: Duration::from_secs(1),
                 region: "r".into(),
                 account_id: "a".into(),
                 snapshot_latest: false,

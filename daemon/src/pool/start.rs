@@ -732,7 +732,13 @@ impl Pool {
             },
             snap_start,
         }))?;
-        let deadline = Instant::now() + s.init_timeout;
+        // The init that builds a function snapshot has SnapStart's limit.
+        let limit = if snap_start {
+            s.snapshot_init_timeout
+        } else {
+            s.init_timeout
+        };
+        let deadline = Instant::now() + limit;
         loop {
             match inst.next_event(deadline).await {
                 Some(AgentEvent::InitDone { init_duration }) => {
@@ -781,14 +787,14 @@ impl Pool {
                 Some(_) => {}
                 None => {
                     inst.stop().await;
-                    let secs = s.init_timeout.as_secs_f64();
+                    let secs = limit.as_secs_f64();
                     return Ok(Started::InitFailed {
                         error_type: "Sandbox.Timedout".into(),
                         payload: error_doc(
                             "Sandbox.Timedout",
                             &format!("Init timed out after {secs:.2} seconds"),
                         ),
-                        init_duration: Some(s.init_timeout),
+                        init_duration: Some(limit),
                     });
                 }
             }
