@@ -6,7 +6,7 @@
 //! plus what it writes between two checks. Reading the tail reads only the
 //! tail.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,9 +27,24 @@ fn rotated(dir: &Path) -> PathBuf {
     dir.join("console.log.1")
 }
 
-/// The last `max` bytes of `path`, read from its end.
-fn tail_of(path: &Path, max: u64) -> Vec<u8> {
-    let Ok(mut f) = std::fs::File::open(path) else {
+/// Opens a file in an instance folder, which the VMM's uid owns: never
+/// through a link (a VMM taken over by its guest could plant one pointing
+/// at any file on the host), and only a regular file.
+fn open_own(path: &Path, opts: &mut std::fs::OpenOptions) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = opts
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(f)
+}
+
+/// The last `max` bytes of `path` (a file in an instance folder: QEMU's
+/// console or its stderr), read from its end, never through a link.
+pub fn tail_of(path: &Path, max: u64) -> Vec<u8> {
+    let Ok(mut f) = open_own(path, std::fs::OpenOptions::new().read(true)) else {
         return Vec::new();
     };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
@@ -57,20 +72,23 @@ pub fn tail(dir: &Path, max_bytes: usize) -> String {
 /// Rotates the console once if it is over the cap. Returns whether it did.
 pub fn rotate_if_full(dir: &Path) -> std::io::Result<bool> {
     let current = path(dir);
-    let len = match std::fs::metadata(&current) {
-        Ok(m) => m.len(),
-        Err(_) => return Ok(false),
+    let len = match std::fs::symlink_metadata(&current) {
+        Ok(m) if m.is_file() => m.len(),
+        _ => return Ok(false),
     };
     if len <= CONSOLE_CAP {
         return Ok(false);
     }
     let keep = tail_of(&current, CONSOLE_KEEP);
-    std::fs::write(rotated(dir), keep)?;
+    // Neither file is opened through a link the VMM may have planted.
+    let _ = std::fs::remove_file(rotated(dir));
+    open_own(
+        &rotated(dir),
+        std::fs::OpenOptions::new().write(true).create_new(true),
+    )?
+    .write_all(&keep)?;
     // QEMU writes with O_APPEND: after this its next write lands at 0.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&current)?
-        .set_len(0)?;
+    open_own(&current, std::fs::OpenOptions::new().write(true))?.set_len(0)?;
     Ok(true)
 }
 
@@ -125,5 +143,28 @@ mod tests {
         let t = tail(dir.path(), 100);
         assert!(t.ends_with("the last words\n"), "{t:?}");
         assert!(t.len() <= 100);
+    }
+
+    #[test]
+    fn links_planted_by_the_vmm_are_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, vec![b's'; (CONSOLE_CAP + 10) as usize]).unwrap();
+        let inst = dir.path().join("instance");
+        std::fs::create_dir(&inst).unwrap();
+        std::os::unix::fs::symlink(&secret, path(&inst)).unwrap();
+        // Not read, not rotated, not truncated.
+        assert_eq!(tail(&inst, 100), "");
+        assert!(!rotate_if_full(&inst).unwrap());
+        assert_eq!(std::fs::metadata(&secret).unwrap().len(), CONSOLE_CAP + 10);
+        // A planted `.1` link is replaced, not written through.
+        std::fs::remove_file(path(&inst)).unwrap();
+        std::fs::write(path(&inst), vec![b'c'; (CONSOLE_CAP + 10) as usize]).unwrap();
+        std::os::unix::fs::symlink(&secret, rotated(&inst)).unwrap();
+        assert!(rotate_if_full(&inst).unwrap());
+        assert_eq!(std::fs::read(&secret).unwrap()[0], b's');
+        assert!(!std::fs::symlink_metadata(rotated(&inst))
+            .unwrap()
+            .is_symlink());
     }
 }

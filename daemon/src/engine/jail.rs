@@ -687,9 +687,10 @@ pub fn share_with_vmm(path: &Path, gid: u32) -> Result<(), JailError> {
         .map_err(|e| JailError::Files(path.to_path_buf(), e))
 }
 
-/// Gives the VMM `uid` its instance folder (or a socket in it).
+/// Gives the VMM `uid` its instance folder (or a socket in it). Never
+/// through a link: a VMM that plants one in its folder gets its own link.
 pub fn give_to(path: &Path, uid: u32, gid: u32) -> Result<(), JailError> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
         .map_err(|e| JailError::Files(path.to_path_buf(), e))
 }
 

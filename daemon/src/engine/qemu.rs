@@ -432,7 +432,7 @@ impl Engine for QemuEngine {
                 }
             },
             _ = early.wait_for(|s| s.is_some()) => {
-                let err = std::fs::read_to_string(spec.dir.join("qemu.log")).unwrap_or_default();
+                let err = qemu_log(&spec.dir);
                 return Err(EngineError::EarlyExit(err.trim().to_string()));
             }
         };
@@ -546,6 +546,12 @@ fn set_normal_priority(pid: u32) -> Result<(), EngineError> {
         }
     }
     Ok(())
+}
+
+/// The end of QEMU's stderr (at most 16 KiB), read without following a
+/// link: the folder belongs to the VMM's uid.
+fn qemu_log(dir: &Path) -> String {
+    String::from_utf8_lossy(&super::console::tail_of(&dir.join("qemu.log"), 16 * 1024)).into_owned()
 }
 
 fn kill(pid: u32) {
@@ -734,19 +740,12 @@ impl Vm for QemuVm {
                 other => {
                     return Err(EngineError::Restore(format!(
                         "VM in state {other:?} after loading; {}",
-                        std::fs::read_to_string(self.dir.join("qemu.log"))
-                            .unwrap_or_default()
-                            .trim()
+                        qemu_log(&self.dir).trim()
                     )))
                 }
             }
             if self.has_exited() {
-                return Err(EngineError::Restore(
-                    std::fs::read_to_string(self.dir.join("qemu.log"))
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string(),
-                ));
+                return Err(EngineError::Restore(qemu_log(&self.dir).trim().to_string()));
             }
             if std::time::Instant::now() > deadline {
                 return Err(EngineError::Restore("loading the state timed out".into()));
