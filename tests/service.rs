@@ -19,12 +19,12 @@ struct Flintd {
 }
 
 fn start(dir: &Path, notify: Option<&Path>) -> Flintd {
-    start_under(dir, notify, &[])
+    start_under(dir, notify, &[], &bin("flintd"))
 }
 
-/// Starts flintd through `wrapper` (a command and its arguments that end
-/// in `--`, for example setpriv's).
-fn start_under(dir: &Path, notify: Option<&Path>, wrapper: &[String]) -> Flintd {
+/// Starts the flintd binary `flintd` through `wrapper` (a command and its
+/// arguments that end in `--`, for example setpriv's).
+fn start_under(dir: &Path, notify: Option<&Path>, wrapper: &[String], flintd: &Path) -> Flintd {
     let sock = dir.join("flintd.sock");
     let config = dir.join("flintd.toml");
     std::fs::write(
@@ -41,10 +41,10 @@ fn start_under(dir: &Path, notify: Option<&Path>, wrapper: &[String]) -> Flintd 
     let mut cmd = match wrapper.split_first() {
         Some((first, rest)) => {
             let mut c = Command::new(first);
-            c.args(rest).arg(bin("flintd"));
+            c.args(rest).arg(flintd);
             c
         }
-        None => Command::new(bin("flintd")),
+        None => Command::new(flintd),
     };
     cmd.arg("--config")
         .arg(&config)
@@ -62,7 +62,11 @@ fn start_under(dir: &Path, notify: Option<&Path>, wrapper: &[String]) -> Flintd 
     let child = cmd.spawn().expect("start flintd");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !sock.exists() {
-        assert!(Instant::now() < deadline, "flintd did not start");
+        assert!(
+            Instant::now() < deadline,
+            "flintd did not start: {}",
+            std::fs::read_to_string(dir.join("flintd.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Flintd {
@@ -489,7 +493,11 @@ async fn flintd_runs_under_the_units_hardening() {
         "--inh-caps=-all".into(),
         "--".into(),
     ];
-    let mut flintd = start_under(dir.path(), None, &wrapper);
+    // Installed where the unit lets it be seen: the checkout may be under
+    // /tmp or /home, which PrivateTmp and ProtectHome hide.
+    let installed = dir.path().join("flintd");
+    std::fs::copy(bin("flintd"), &installed).unwrap();
+    let mut flintd = start_under(dir.path(), None, &wrapper, &installed);
     let mut functions = flintd.functions().await;
     let name = "hardened";
     functions
