@@ -53,13 +53,9 @@ fn hostile_artifacts(dir: &Path) -> PathBuf {
     out
 }
 
+/// flintd's resident memory: it runs in this test process.
 fn self_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
+    flint_daemon::engine::process_rss_kb(std::process::id())
 }
 
 fn dir_bytes(p: &Path) -> u64 {

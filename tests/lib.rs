@@ -383,52 +383,49 @@ pub fn bin(name: &str) -> PathBuf {
 /// The `bootstrap` binary of the `rust-fn` fixture, built with AWS's
 /// `lambda_runtime`, dynamically or statically linked. Built once and cached
 /// outside the repository.
-/// The hostile guest agent (`tests/fixtures/hostile-agent`), statically
-/// linked: it is PID 1 of an image with nothing else in it.
-pub fn hostile_agent() -> PathBuf {
-    let cache = std::env::var_os("FLINT_CACHE")
+/// `$FLINT_CACHE` (default `/var/cache/flint`): the slow artefacts and the
+/// test fixtures built or downloaded once.
+fn flint_cache() -> PathBuf {
+    std::env::var_os("FLINT_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
-    let target_dir = cache.join("fixtures").join("hostile-agent");
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(fixture("hostile-agent"))
-            .args(["build", "--release", "--quiet"])
-            .args(["--target", "x86_64-unknown-linux-gnu"])
-            .env("CARGO_TARGET_DIR", &target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .expect("run cargo for the hostile-agent fixture");
-    assert!(
-        status.success(),
-        "building the hostile-agent fixture failed"
-    );
-    target_dir.join("x86_64-unknown-linux-gnu/release/hostile-agent")
+        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"))
 }
 
-pub fn rust_bootstrap(static_link: bool) -> Vec<u8> {
-    let cache = std::env::var_os("FLINT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
-    let target_dir = cache.join("fixtures").join("rust-fn");
+/// Builds the Cargo fixture `tests/fixtures/<name>` (not in the workspace)
+/// in its own cached target folder; returns the path of its binary `bin`.
+fn build_fixture(name: &str, bin: &str, static_link: bool) -> PathBuf {
+    let target_dir = flint_cache().join("fixtures").join(name);
     let mut cmd =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(fixture("rust-fn"))
+    cmd.current_dir(fixture(name))
         .args(["build", "--release", "--quiet"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
-    let bin = if static_link {
+    let path = if static_link {
         cmd.args(["--target", "x86_64-unknown-linux-gnu"])
             .env("RUSTFLAGS", "-C target-feature=+crt-static");
-        target_dir.join("x86_64-unknown-linux-gnu/release/bootstrap")
+        target_dir
+            .join("x86_64-unknown-linux-gnu/release")
+            .join(bin)
     } else {
-        target_dir.join("release/bootstrap")
+        target_dir.join("release").join(bin)
     };
-    let status = cmd.status().expect("run cargo for the rust-fn fixture");
-    assert!(status.success(), "building the rust-fn fixture failed");
-    std::fs::read(bin).expect("rust-fn bootstrap")
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo for the {name} fixture: {e}"));
+    assert!(status.success(), "building the {name} fixture failed");
+    path
+}
+
+/// The hostile guest agent (`tests/fixtures/hostile-agent`), statically
+/// linked: it is PID 1 of an image with nothing else in it.
+pub fn hostile_agent() -> PathBuf {
+    build_fixture("hostile-agent", "hostile-agent", true)
+}
+
+pub fn rust_bootstrap(static_link: bool) -> Vec<u8> {
+    std::fs::read(build_fixture("rust-fn", "bootstrap", static_link)).expect("rust-fn bootstrap")
 }
 
 /// A layer ZIP of a real third-party wheel, numpy 1.26.4 for CPython 3.11
@@ -436,10 +433,7 @@ pub fn rust_bootstrap(static_link: bool) -> Vec<u8> {
 /// wheel is downloaded once into `$FLINT_CACHE/fixtures/wheels`.
 pub fn numpy_layer_zip() -> Vec<u8> {
     use std::io::Read;
-    let cache = std::env::var_os("FLINT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
-    let dir = cache.join("fixtures").join("wheels");
+    let dir = flint_cache().join("fixtures").join("wheels");
     let wheel = dir.join("numpy-1.26.4-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl");
     if !wheel.exists() {
         std::fs::create_dir_all(&dir).unwrap();
@@ -492,10 +486,7 @@ pub fn numpy_layer_zip() -> Vec<u8> {
 /// The Python interpreter of the test tools environment (grpcio and
 /// friends), which `scripts/test` creates under `$FLINT_CACHE/pyenv`.
 pub fn python_with_grpcio() -> PathBuf {
-    let cache = std::env::var_os("FLINT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/flint"));
-    let py = cache.join("pyenv/bin/python");
+    let py = flint_cache().join("pyenv/bin/python");
     assert!(
         py.exists(),
         "{} is missing: scripts/test creates it (python3 -m venv + pip install grpcio grpcio-tools grpcio-health-checking grpcio-reflection)",

@@ -318,16 +318,6 @@ impl VmCgroup {
         &self.procs
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
-    /// The cgroup folders of this VMM, the process's first (for tests and
-    /// `flintctl`).
-    pub fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
-    }
-
     /// Removes the folders once the process is gone. A cgroup whose last
     /// task has just exited can be busy for a moment: a few tries.
     pub fn remove(&self) {

@@ -130,16 +130,6 @@ impl QemuEngine {
         })
     }
 
-    /// The cgroup version VMMs are placed in (`None`: not confined).
-    /// Guest MB per full vCPU of CPU quota (0: none; `None`: not confined).
-    pub fn mb_per_vcpu(&self) -> Option<u32> {
-        self.jail.as_ref().map(|j| j.mb_per_vcpu)
-    }
-
-    pub fn cgroup_version(&self) -> Option<u32> {
-        self.jail.as_ref().map(|j| j.cgroups.version())
-    }
-
     fn args(&self, spec: &VmSpec, agent_sock: &Path, qmp_sock: &Path) -> Vec<String> {
         let mut a: Vec<String> = Vec::new();
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
