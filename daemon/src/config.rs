@@ -127,6 +127,9 @@ pub struct Config {
     pub vmm: crate::engine::jail::JailSettings,
     /// Mutual TLS for TCP listeners; without it flintd serves no TCP.
     pub tls: Option<TlsFiles>,
+    /// The start scheduler (`[starts]`); unset fields take the host's
+    /// defaults ([`Config::start_settings`]).
+    pub starts: FileStarts,
 }
 
 /// The PEM files of mutual TLS on TCP (`[tls]` in flintd.toml).
@@ -163,6 +166,17 @@ pub struct FileConfig {
     pub instances: Option<FileInstances>,
     pub vmm: Option<FileVmm>,
     pub tls: Option<TlsFiles>,
+    pub starts: Option<FileStarts>,
+}
+
+/// `[starts]`: how many starts run at once, and each function's scaling
+/// rate (`scale_instances` new instances per `scale_interval_s`).
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileStarts {
+    pub slots: Option<u32>,
+    pub scale_instances: Option<u32>,
+    pub scale_interval_s: Option<f64>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -260,6 +274,7 @@ impl Default for Config {
             unreserved_min: None,
             vmm: crate::engine::jail::JailSettings::default(),
             tls: None,
+            starts: FileStarts::default(),
         }
     }
 }
@@ -271,6 +286,23 @@ impl Config {
             crate::engine::Accel::Kvm => LAMBDA_INIT_TIMEOUT,
             crate::engine::Accel::Tcg => LAMBDA_INIT_TIMEOUT * TCG_INIT_FACTOR,
         })
+    }
+
+    /// The start scheduler in force under `accel` on a host with `cpus`
+    /// CPUs: the configured values over [`StartSettings::for_host`].
+    ///
+    /// [`StartSettings::for_host`]: crate::pool::StartSettings::for_host
+    pub fn start_settings(&self, accel: crate::engine::Accel, cpus: u32) -> crate::pool::StartSettings {
+        let d = crate::pool::StartSettings::for_host(cpus, accel == crate::engine::Accel::Kvm);
+        let s = &self.starts;
+        crate::pool::StartSettings {
+            slots: s.slots.unwrap_or(d.slots),
+            scale_instances: s.scale_instances.unwrap_or(d.scale_instances),
+            scale_interval: s
+                .scale_interval_s
+                .map(Duration::from_secs_f64)
+                .unwrap_or(d.scale_interval),
+        }
     }
 
     /// Refuses what flintd must not serve: TCP without mutual TLS.
@@ -386,6 +418,22 @@ impl Config {
             }
         }
         c.tls = f.tls;
+        if let Some(st) = f.starts {
+            if st.slots == Some(0) || st.scale_instances == Some(0) {
+                return Err(ConfigError::Invalid(
+                    "starts.slots and starts.scale_instances must be at least 1".into(),
+                ));
+            }
+            if st
+                .scale_interval_s
+                .is_some_and(|v| !(0.001..=3600.0).contains(&v))
+            {
+                return Err(ConfigError::Invalid(
+                    "starts.scale_interval_s must be between 0.001 and 3600".into(),
+                ));
+            }
+            c.starts = st;
+        }
         c.check()?;
         if let Some(l) = f.logs {
             if let Some(v) = l.max_stream_mb {

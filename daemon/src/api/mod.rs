@@ -18,13 +18,69 @@ use crate::functions::{Alias, ConfigUpdate, Function, FunctionSpec, LayerVersion
 use crate::invoke::{InvocationType, InvokeRequest};
 use crate::logs::LogRecord;
 use crate::node::{AliasSpec, Node};
-use crate::pool::InstanceInfo;
+use crate::pool::{InstanceInfo, Preparation};
 
 /// Large enough for a 50 MB package plus framing.
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
 
 pub struct FunctionsService {
     node: Arc<Node>,
+}
+
+/// A version's `State` and `LastUpdateStatus`, as Lambda reports them,
+/// from where its function snapshot stands.
+struct VersionState {
+    state: &'static str,
+    state_reason: String,
+    state_reason_code: &'static str,
+    last_update_status: &'static str,
+    last_update_status_reason: String,
+    last_update_status_reason_code: &'static str,
+}
+
+impl VersionState {
+    fn of(p: Option<Preparation>) -> Self {
+        let ok = Self {
+            state: "Active",
+            state_reason: String::new(),
+            state_reason_code: "",
+            last_update_status: "Successful",
+            last_update_status_reason: String::new(),
+            last_update_status_reason_code: "",
+        };
+        match p {
+            None => ok,
+            Some(Preparation::Pending) => Self {
+                state: "Pending",
+                state_reason: "The function snapshot is being created.".into(),
+                state_reason_code: "Creating",
+                last_update_status: "InProgress",
+                last_update_status_reason: "The function snapshot is being created.".into(),
+                last_update_status_reason_code: "Creating",
+            },
+            Some(Preparation::InitFailed(error_type)) => {
+                let why = format!(
+                    "The function's init failed while its snapshot was created ({error_type}); invocations run the init again."
+                );
+                Self {
+                    state: "Failed",
+                    state_reason: why.clone(),
+                    state_reason_code: "FunctionError",
+                    last_update_status: "Failed",
+                    last_update_status_reason: why,
+                    last_update_status_reason_code: "FunctionError",
+                }
+            }
+            Some(Preparation::SnapshotFailed(e)) => Self {
+                last_update_status: "Failed",
+                last_update_status_reason: format!(
+                    "The function snapshot could not be created ({e}); instances start from the runtime snapshot."
+                ),
+                last_update_status_reason_code: "InternalError",
+                ..ok
+            },
+        }
+    }
 }
 
 impl FunctionsService {
@@ -39,6 +95,7 @@ impl FunctionsService {
     }
 
     fn to_pb(&self, f: &Function) -> pb::FunctionConfiguration {
+        let state = VersionState::of(self.node.preparation(f));
         pb::FunctionConfiguration {
             function_name: f.name.clone(),
             function_arn: if f.version == crate::functions::LATEST {
@@ -57,7 +114,12 @@ impl FunctionsService {
             last_modified: f.last_modified.clone(),
             version: f.version.clone(),
             description: f.description.clone(),
-            state: "Active".into(),
+            state: state.state.into(),
+            state_reason: state.state_reason,
+            state_reason_code: state.state_reason_code.into(),
+            last_update_status: state.last_update_status.into(),
+            last_update_status_reason: state.last_update_status_reason,
+            last_update_status_reason_code: state.last_update_status_reason_code.into(),
             layers: f
                 .layers
                 .iter()
@@ -558,6 +620,7 @@ impl NodeApi for NodeService {
             .collect();
         let rss: u64 = instances.iter().map(|i| instance_pb(i).rss_kb).sum();
         let capacity = self.node.capacity();
+        let (starts, counts) = self.node.starts();
         Ok(Response::new(pb::NodeInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             engine: crate::engine::qemu_version(&cfg.qemu),
@@ -594,6 +657,11 @@ impl NodeApi for NodeService {
             vmm_confinement: self.node.confinement(),
             init_timeout_seconds: self.node.init_limits().0.as_secs_f64(),
             snapshot_init_timeout_seconds: self.node.init_limits().1.as_secs_f64(),
+            start_slots: starts.slots,
+            starts_in_flight: counts.in_flight,
+            starts_waiting: counts.waiting,
+            scale_instances: starts.scale_instances,
+            scale_interval_seconds: starts.scale_interval.as_secs_f64(),
         }))
     }
 
@@ -608,6 +676,19 @@ impl NodeApi for NodeService {
                 .instances(&r.function_name)
                 .iter()
                 .map(instance_pb)
+                .collect(),
+            starts: self
+                .node
+                .starts()
+                .1
+                .by_function
+                .into_iter()
+                .filter(|(f, _, _)| r.function_name.is_empty() || *f == r.function_name)
+                .map(|(function_name, in_flight, waiting)| pb::StartQueue {
+                    function_name,
+                    in_flight,
+                    waiting,
+                })
                 .collect(),
         }))
     }

@@ -961,6 +961,17 @@ pub async fn run(
                     info.init_timeout_seconds, info.snapshot_init_timeout_seconds
                 ),
             ]);
+            rows.push(vec![
+                "starts".into(),
+                format!(
+                    "{} in flight, {} waiting; {} slots; scaling rate {} new instances per function per {} s",
+                    info.starts_in_flight,
+                    info.starts_waiting,
+                    info.start_slots,
+                    info.scale_instances,
+                    info.scale_interval_seconds
+                ),
+            ]);
             rows.push(vec!["data dir".into(), info.data_dir.clone()]);
             rows.push(vec!["started".into(), info.started_at.clone()]);
             emit(output, node_info_json(&info), &["FIELD", "VALUE"], rows);
@@ -978,10 +989,35 @@ pub async fn run(
                 .into_inner();
             emit(
                 output,
-                json!({"Instances": r.instances.iter().map(instance_json).collect::<Vec<_>>()}),
+                json!({
+                    "Instances": r.instances.iter().map(instance_json).collect::<Vec<_>>(),
+                    "Starts": r.starts.iter().map(|q| json!({
+                        "FunctionName": q.function_name,
+                        "InFlight": q.in_flight,
+                        "Waiting": q.waiting,
+                    })).collect::<Vec<_>>(),
+                }),
                 INSTANCE_HEADERS,
                 r.instances.iter().map(instance_row).collect(),
             );
+            if output == Output::Table && !r.starts.is_empty() {
+                println!();
+                emit(
+                    output,
+                    json!({}),
+                    &["STARTING", "IN FLIGHT", "WAITING"],
+                    r.starts
+                        .iter()
+                        .map(|q| {
+                            vec![
+                                q.function_name.clone(),
+                                q.in_flight.to_string(),
+                                q.waiting.to_string(),
+                            ]
+                        })
+                        .collect(),
+                );
+            }
         }
         Command::Instances {
             function_name: outer,

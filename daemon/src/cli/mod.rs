@@ -261,6 +261,19 @@ pub fn configuration_json(f: &pb::FunctionConfiguration) -> Value {
     }
     v["EphemeralStorage"] = json!({"Size": f.ephemeral_storage});
     v["RevisionId"] = json!(f.revision_id);
+    if !f.last_update_status.is_empty() {
+        v["LastUpdateStatus"] = json!(f.last_update_status);
+    }
+    for (key, val) in [
+        ("StateReason", &f.state_reason),
+        ("StateReasonCode", &f.state_reason_code),
+        ("LastUpdateStatusReason", &f.last_update_status_reason),
+        ("LastUpdateStatusReasonCode", &f.last_update_status_reason_code),
+    ] {
+        if !val.is_empty() {
+            v[key] = json!(val);
+        }
+    }
     v
 }
 
@@ -385,6 +398,10 @@ pub fn node_info_json(n: &pb::NodeInfo) -> Value {
         "VmmConfinement": n.vmm_confinement,
         "InitTimeoutSeconds": n.init_timeout_seconds,
         "SnapshotInitTimeoutSeconds": n.snapshot_init_timeout_seconds,
+        "StartSlots": n.start_slots,
+        "StartsInFlight": n.starts_in_flight,
+        "StartsWaiting": n.starts_waiting,
+        "ScalingRate": {"Instances": n.scale_instances, "IntervalSeconds": n.scale_interval_seconds},
         "DataDir": n.data_dir,
         "StartedAt": n.started_at,
     })

@@ -210,3 +210,10 @@ pub fn qemu_version(qemu: &std::path::Path) -> String {
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
 }
+
+/// The CPUs flintd may use (its affinity and cgroup quota), at least 1.
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}

@@ -3,6 +3,7 @@
 //! within the function's timeout, and write Lambda's START, END and REPORT
 //! lines.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -145,7 +146,33 @@ impl Invoker {
         f: &Function,
         instance_id: String,
         log: LogStream,
+        deadline: Option<Instant>,
     ) -> Result<InstanceStart, InvokeError> {
+        let (image, opt) = self.images(f).await?;
+        Ok(self
+            .pool
+            .start(f, image, opt, instance_id, log, deadline)
+            .await?)
+    }
+
+    /// Builds the function snapshot of a published version ahead of its
+    /// first invocation; its state says how that went.
+    pub async fn prepare(&self, f: &Function) {
+        let r = match self.images(f).await {
+            Ok((image, opt)) => self.pool.prepare(f, image, opt).await,
+            Err(e) => Err(crate::pool::PoolError::Snapshot(e.to_string())),
+        };
+        match r {
+            Ok(None) => {}
+            Ok(Some(error_type)) => tracing::warn!(function = %f.name, version = %f.version,
+                %error_type, "the init of a published version failed"),
+            Err(e) => tracing::warn!(function = %f.name, version = %f.version, error = %e,
+                "building a published version's function snapshot failed"),
+        }
+    }
+
+    /// The code image of `f`, and the merged image of its layers.
+    async fn images(&self, f: &Function) -> Result<(PathBuf, Option<PathBuf>), InvokeError> {
         let image = self.code.image_path(&f.code_sha256_hex);
         let opt = if f.layers.is_empty() {
             None
@@ -159,7 +186,7 @@ impl Invoker {
                     .map_err(|e| InvokeError::Layers(e.to_string()))?,
             )
         };
-        Ok(self.pool.start(f, image, opt, instance_id, log).await?)
+        Ok((image, opt))
     }
 
     pub async fn invoke(&self, mut req: InvokeRequest) -> Result<InvokeResult, InvokeError> {
@@ -190,14 +217,21 @@ impl Invoker {
         // Admitted first (within the function's reserved concurrency or
         // the node's unreserved share), then given an instance.
         let _ticket = self.pool.admit(&f.name)?;
+        let admitted = Instant::now();
         let mut lease = match self.pool.checkout(&f).await {
             Some(lease) => lease,
             None => {
+                // A start waits for a slot at most as long as the
+                // invocation could take on its own: its init limit and its
+                // timeout.
+                let deadline = admitted
+                    + self.pool.settings().init_timeout
+                    + Duration::from_secs(f.timeout_s.into());
                 let mut lease = self.pool.book(&f, None).await?;
                 let log = self.logs.open_stream(&f.name, &f.version, &lease.id)?;
                 log.start_capture();
                 match self
-                    .start_instance(&f, lease.id.clone(), log.clone())
+                    .start_instance(&f, lease.id.clone(), log.clone(), Some(deadline))
                     .await?
                 {
                     InstanceStart::Ready(inst) => lease.set(inst),

@@ -448,7 +448,7 @@ async fn provision_one(
 ) {
     let started = match invoker.logs.open_stream(&f.name, &f.version, &lease.id) {
         Ok(log) => invoker
-            .start_instance(&f, lease.id.clone(), log)
+            .start_instance(&f, lease.id.clone(), log, None)
             .await
             .map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

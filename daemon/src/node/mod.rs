@@ -120,6 +120,7 @@ impl Node {
                 max_instances: config.max_instances,
                 memory_budget_mb: config.memory_budget_mb,
                 unreserved_min: config.unreserved_min(),
+                starts: config.start_settings(accel_kind, crate::engine::host_cpus()),
             },
             snapshots,
             logs.clone(),
@@ -422,7 +423,9 @@ impl Node {
         tracing::info!(function = %name, revision = f.revision, "function code updated");
         self.retire_latest(name);
         if publish {
-            return Ok(self.store.publish_version(name, "")?);
+            let v = self.store.publish_version(name, "")?;
+            self.prepare_in_background(&v);
+            return Ok(v);
         }
         Ok(f)
     }
@@ -563,7 +566,30 @@ impl Node {
             }
             .into());
         }
-        Ok(self.store.publish_version(name, description)?)
+        let v = self.store.publish_version(name, description)?;
+        self.prepare_in_background(&v);
+        Ok(v)
+    }
+
+    /// A published version's function snapshot is built now, as SnapStart
+    /// does on publish, not at its first invocation; meanwhile its state is
+    /// `Pending` ([`Node::preparation`]).
+    fn prepare_in_background(&self, v: &Function) {
+        if self.pool.expect_preparation(v) {
+            let (invoker, v) = (self.invoker.clone(), v.clone());
+            tokio::spawn(async move { invoker.prepare(&v).await });
+        }
+    }
+
+    /// Where a version's function snapshot stands (`None`: built or not
+    /// needed).
+    pub fn preparation(&self, f: &Function) -> Option<crate::pool::Preparation> {
+        self.pool.preparation(&f.name, &f.version)
+    }
+
+    /// The start scheduler's settings and its starts.
+    pub fn starts(&self) -> (crate::pool::StartSettings, crate::pool::StartCounts) {
+        (self.pool.start_settings(), self.pool.start_counts())
     }
 
     /// `$LATEST` and every published version.
@@ -739,7 +765,7 @@ impl Node {
             .logs
             .open_stream(&f.name, &f.version, &id)
             .map_err(InvokeError::from)?;
-        match self.invoker.start_instance(&f, id, log).await? {
+        match self.invoker.start_instance(&f, id, log, None).await? {
             crate::pool::Started::Ready(inst) => Ok(inst),
             crate::pool::Started::InitFailed { error_type, .. } => {
                 Err(NodeError::Invoke(InvokeError::Pool(

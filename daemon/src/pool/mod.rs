@@ -13,6 +13,7 @@
 mod instance;
 mod spare;
 mod start;
+mod starts;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use crate::logs::FunctionLogs;
 use crate::snapshot::SnapshotStore;
 
 pub use instance::{unix_ms, AgentEvent, Instance, InstanceInfo, InstanceState};
+pub use starts::{StartCounts, StartSettings, StartSlot, Starts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -58,6 +60,8 @@ pub enum Throttle {
     /// The node's unreserved share, its instance limit or its memory budget
     /// is used up.
     Node,
+    /// No start slot came free within the invocation's budget.
+    StartQueue,
 }
 
 impl Throttle {
@@ -66,6 +70,7 @@ impl Throttle {
         match self {
             Throttle::Reserved => "ReservedFunctionConcurrentInvocationLimitExceeded",
             Throttle::Node => "ConcurrentInvocationLimitExceeded",
+            Throttle::StartQueue => "StartSlotTimeout",
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct PoolSettings {
     /// Concurrency that reservations can never take from the functions
     /// without one.
     pub unreserved_min: u32,
+    /// Start slots and the per-function scaling rate.
+    pub starts: StartSettings,
 }
 
 /// The result of starting an instance: ready, or its init failed (a function
@@ -111,6 +118,20 @@ pub enum Started {
         payload: Vec<u8>,
         init_duration: Option<Duration>,
     },
+}
+
+/// Where a version's function snapshot stands, when it is not simply built
+/// (or not needed): what `State` and `LastUpdateStatus` report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preparation {
+    /// Being built (its init running): `Pending`, `InProgress`.
+    Pending,
+    /// The function's init failed while building it: `Failed`, with the
+    /// init's error type. Invocations retry the init.
+    InitFailed(String),
+    /// The node could not build it: the version stays invocable (from the
+    /// runtime snapshot), `LastUpdateStatus` is `Failed`.
+    SnapshotFailed(String),
 }
 
 /// QEMU processes started ahead for one function snapshot.
@@ -288,6 +309,10 @@ pub struct Pool {
     building: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// QEMU processes started ahead, waiting for a function snapshot's state.
     spares: Arc<Spares>,
+    /// Start slots: the starts in flight and those waiting for one.
+    starts: Arc<Starts>,
+    /// Versions whose function snapshot is being built or failed to be.
+    preparations: Mutex<HashMap<(String, String), Preparation>>,
 }
 
 /// Lambda's error document: `{"errorType": ..., "errorMessage": ...}`.
@@ -310,13 +335,15 @@ impl Pool {
     ) -> Self {
         Self {
             engine,
-            settings,
             books: Default::default(),
             registry: Default::default(),
             snapshots,
             template_logs,
             building: Mutex::new(HashMap::new()),
             spares: Arc::new(Mutex::new(SpareBook::default())),
+            starts: Starts::new(settings.starts),
+            preparations: Mutex::new(HashMap::new()),
+            settings,
         }
     }
 
@@ -330,6 +357,46 @@ impl Pool {
 
     pub fn settings(&self) -> &PoolSettings {
         &self.settings
+    }
+
+    /// The start scheduler's settings in force.
+    pub fn start_settings(&self) -> StartSettings {
+        self.starts.settings()
+    }
+
+    /// Where the function snapshot of `function:version` stands (`None`:
+    /// built, or not needed).
+    pub fn preparation(&self, function: &str, version: &str) -> Option<Preparation> {
+        self.preparations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(function.to_string(), version.to_string()))
+            .cloned()
+    }
+
+    /// Marks `f`'s function snapshot as about to be built, if `f` gets one;
+    /// returns whether it does.
+    pub fn expect_preparation(&self, f: &Function) -> bool {
+        let applies = self.snapshots.is_some()
+            && (f.version != crate::functions::LATEST || self.settings.snapshot_latest);
+        if applies {
+            self.set_preparation(f, Some(Preparation::Pending));
+        }
+        applies
+    }
+
+    fn set_preparation(&self, f: &Function, p: Option<Preparation>) {
+        let mut m = self.preparations.lock().unwrap_or_else(|p| p.into_inner());
+        let k = (f.name.clone(), f.version.clone());
+        match p {
+            Some(p) => m.insert(k, p),
+            None => m.remove(&k),
+        };
+    }
+
+    /// Starts in flight and waiting for a slot.
+    pub fn start_counts(&self) -> StartCounts {
+        self.starts.counts()
     }
 
     // ------------------------------------------------------------ admission
@@ -743,6 +810,10 @@ impl Pool {
     /// Stops every instance of a deleted function, and the QEMU processes
     /// started ahead for its snapshots. Returns the ids stopped.
     pub async fn retire(&self, function: &str) -> Vec<String> {
+        self.preparations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(f, _), _| f != function);
         self.drop_spares(function).await;
         self.stop_function(function).await
     }
@@ -959,6 +1030,7 @@ mod tests {
                 max_instances,
                 memory_budget_mb,
                 unreserved_min: 1,
+                starts: StartSettings::for_host(2, false),
             },
             None,
             FunctionLogs::new(dir.join("flint-pool-test-logs"), Default::default()),

@@ -11,8 +11,8 @@ use flint_proto::agent::v1::{host_message, Configure, Resume};
 
 use super::spare::Spare;
 use super::{
-    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
-    StartingSpare,
+    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
+    Preparation, Started, StartingSpare,
 };
 use crate::engine::{Memory, VmSpec};
 use crate::functions::{Function, LATEST};
@@ -87,6 +87,9 @@ impl Pool {
     /// is one (published versions, and `$LATEST` when configured), else a
     /// restored runtime snapshot that then runs the function's init, else
     /// (no snapshots, or they fail) a cold boot.
+    ///
+    /// The start waits for a slot ([`Starts`]) until `deadline` (none: as
+    /// long as it takes); the init limit runs from when it has one.
     pub async fn start(
         &self,
         f: &Function,
@@ -94,35 +97,107 @@ impl Pool {
         opt_image: Option<PathBuf>,
         instance_id: String,
         log: LogStream,
+        deadline: Option<Instant>,
     ) -> Result<Started, PoolError> {
-        let Some(snaps) = self.snapshots.clone() else {
+        // A snapshot that is being built holds a slot of its own: wait for
+        // it without holding another.
+        if self.snapshots.is_some() {
+            let _ = self.build_lock(&self.runtime_key(f)).lock().await;
+            if f.version != LATEST || self.settings.snapshot_latest {
+                let _ = self.build_lock(&self.function_key(f)).lock().await;
+            }
+        }
+        let _slot = self.starts.acquire(&f.name, deadline).await?;
+        self.start_in_slot(f, code_image, opt_image, instance_id, log)
+            .await
+    }
+
+    /// Builds `f`'s function snapshot ahead of its first invocation (when a
+    /// version is published). `Ok(None)`: built, or snapshots do not apply;
+    /// `Ok(Some(error type))`: the function's init failed.
+    pub async fn prepare(
+        &self,
+        f: &Function,
+        code_image: PathBuf,
+        opt_image: Option<PathBuf>,
+    ) -> Result<Option<String>, PoolError> {
+        if self.snapshots.is_none() || (f.version == LATEST && !self.settings.snapshot_latest) {
+            return Ok(None);
+        }
+        let key = self.function_key(f);
+        let lock = self.build_lock(&key);
+        let _guard = lock.lock().await;
+        let found = self.lookup(&key).await;
+        if !matches!(found, Ok(None)) {
+            self.set_preparation(f, None);
+            return found.map(|_| None);
+        }
+        let _slot = self.starts.acquire(&f.name, None).await?;
+        let disks = match self.disks(&code_image, opt_image.as_ref()).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.set_preparation(f, Some(Preparation::SnapshotFailed(e.to_string())));
+                return Err(e);
+            }
+        };
+        match self.build_function_snapshot(f, &disks, &key).await? {
+            FunctionSnapshot::Ready(_) => Ok(None),
+            FunctionSnapshot::InitFailed(Started::InitFailed { error_type, .. }) => {
+                Ok(Some(error_type))
+            }
+            FunctionSnapshot::InitFailed(Started::Ready(inst)) => {
+                inst.stop().await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The drives a restore needs, padded to the snapshot's sizes.
+    async fn disks(
+        &self,
+        code_image: &std::path::Path,
+        opt_image: Option<&PathBuf>,
+    ) -> Result<Disks, PoolError> {
+        let snaps = self
+            .snapshots
+            .clone()
+            .ok_or_else(|| snap_err("snapshots are off"))?;
+        let (code, opt) = (code_image.to_path_buf(), opt_image.cloned());
+        tokio::task::spawn_blocking(move || -> Result<Disks, PoolError> {
+            crate::snapshot::pad_disk(&code).map_err(snap_err)?;
+            let has_layers = opt.is_some();
+            let opt = match opt {
+                Some(o) => {
+                    crate::snapshot::pad_disk(&o).map_err(snap_err)?;
+                    o
+                }
+                None => snaps.placeholder().map_err(snap_err)?,
+            };
+            Ok(Disks {
+                code,
+                opt,
+                has_layers,
+            })
+        })
+        .await
+        .map_err(snap_err)
+        .and_then(|r| r)
+    }
+
+    async fn start_in_slot(
+        &self,
+        f: &Function,
+        code_image: PathBuf,
+        opt_image: Option<PathBuf>,
+        instance_id: String,
+        log: LogStream,
+    ) -> Result<Started, PoolError> {
+        if self.snapshots.is_none() {
             return self
                 .boot_and_init(f, code_image, opt_image, instance_id, log)
                 .await;
         };
-        let disks = {
-            let (code, opt) = (code_image.clone(), opt_image.clone());
-            tokio::task::spawn_blocking(move || -> Result<Disks, PoolError> {
-                crate::snapshot::pad_disk(&code).map_err(snap_err)?;
-                let has_layers = opt.is_some();
-                let opt = match opt {
-                    Some(o) => {
-                        crate::snapshot::pad_disk(&o).map_err(snap_err)?;
-                        o
-                    }
-                    None => snaps.placeholder().map_err(snap_err)?,
-                };
-                Ok(Disks {
-                    code,
-                    opt,
-                    has_layers,
-                })
-            })
-            .await
-            .map_err(snap_err)
-            .and_then(|r| r)
-        };
-        let disks = match disks {
+        let disks = match self.disks(&code_image, opt_image.as_ref()).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::warn!(function = %f.name, error = %e, "preparing the disks for a restore failed; booting");
@@ -317,16 +392,49 @@ impl Pool {
         f: &Function,
         disks: &Disks,
     ) -> Result<FunctionSnapshot, PoolError> {
-        let snaps = self
-            .snapshots
-            .clone()
-            .ok_or_else(|| snap_err("snapshots are off"))?;
         let key = self.function_key(f);
         let lock = self.build_lock(&key);
         let _guard = lock.lock().await;
         if let Some(s) = self.lookup(&key).await? {
             return Ok(FunctionSnapshot::Ready(s));
         }
+        self.build_function_snapshot(f, disks, &key).await
+    }
+
+    /// Builds `f`'s function snapshot under `key`; the caller holds its
+    /// build lock. The version's state says so meanwhile, and after.
+    async fn build_function_snapshot(
+        &self,
+        f: &Function,
+        disks: &Disks,
+        key: &str,
+    ) -> Result<FunctionSnapshot, PoolError> {
+        self.set_preparation(f, Some(Preparation::Pending));
+        let r = self.build_function_snapshot_now(f, disks, key).await;
+        self.set_preparation(
+            f,
+            match &r {
+                Ok(FunctionSnapshot::Ready(_)) => None,
+                Ok(FunctionSnapshot::InitFailed(Started::InitFailed { error_type, .. })) => {
+                    Some(Preparation::InitFailed(error_type.clone()))
+                }
+                Ok(FunctionSnapshot::InitFailed(Started::Ready(_))) => None,
+                Err(e) => Some(Preparation::SnapshotFailed(e.to_string())),
+            },
+        );
+        r
+    }
+
+    async fn build_function_snapshot_now(
+        &self,
+        f: &Function,
+        disks: &Disks,
+        key: &str,
+    ) -> Result<FunctionSnapshot, PoolError> {
+        let snaps = self
+            .snapshots
+            .clone()
+            .ok_or_else(|| snap_err("snapshots are off"))?;
         let started = Instant::now();
         let rs = self.runtime_snapshot(f).await?;
         let staging = snaps.staging(&key).map_err(snap_err)?;
