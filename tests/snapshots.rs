@@ -383,6 +383,19 @@ async fn a_layer_of_real_wheels_initialises_publishes_and_restores() {
         .await
         .unwrap()
         .into_inner();
+    // SnapStart's publish: the version is Pending while its snapshot (and
+    // the init in it) is built, then Active, before anything invokes it.
+    assert_eq!(
+        (
+            v.state.as_str(),
+            v.last_update_status.as_str(),
+            v.state_reason_code.as_str()
+        ),
+        ("Pending", "InProgress", "Creating")
+    );
+    let active = wait_active(&name, &v.version).await;
+    assert_eq!(active.last_update_status, "Successful");
+    assert!(active.state_reason.is_empty(), "{active:?}");
     for _ in 0..2 {
         let r = invoke_v(&name, &v.version).await;
         assert_eq!(r.function_error, "", "{}", tail(&r));
@@ -393,4 +406,61 @@ async fn a_layer_of_real_wheels_initialises_publishes_and_restores() {
         eprintln!("version {}: {rep}", v.version);
         stop_all(&name).await;
     }
+}
+
+/// Polls a version until it leaves `Pending`; its configuration then.
+async fn wait_active(name: &str, version: &str) -> pb::FunctionConfiguration {
+    let mut c = client().await;
+    loop {
+        let f = c
+            .get_function(pb::GetFunctionRequest {
+                function_name: name.into(),
+                qualifier: version.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .configuration
+            .expect("a configuration");
+        if f.state != "Pending" {
+            return f;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_version_whose_init_fails_while_its_snapshot_is_built_is_failed_and_says_why() {
+    let name = unique("failing-version");
+    let code = b"import os\nif os.environ.get('AWS_LAMBDA_INITIALIZATION_TYPE') == 'snap-start':\n    raise RuntimeError('no snapshot for me')\ndef handler(e, c):\n    return 'ok'\n";
+    create(
+        &name,
+        "python3.11",
+        "app.handler",
+        zip_files(&[("app.py", code, 0o644)]),
+        10,
+    )
+    .await
+    .unwrap();
+    let v = publish(&name).await;
+    assert_eq!(v.state, "Pending");
+    let failed = wait_active(&name, &v.version).await;
+    assert_eq!(
+        (
+            failed.state.as_str(),
+            failed.state_reason_code.as_str(),
+            failed.last_update_status.as_str()
+        ),
+        ("Failed", "FunctionError", "Failed"),
+        "{failed:?}"
+    );
+    assert!(failed.state_reason.contains("RuntimeError"), "{failed:?}");
+    // $LATEST is untouched, and an invocation of the version reports the
+    // init's error as Lambda does: a function error, not a node failure.
+    let latest = invoke(&name, "{}").await.unwrap();
+    assert_eq!(latest.function_error, "", "{}", tail(&latest));
+    let r = invoke_v(&name, &v.version).await;
+    assert_eq!(r.function_error, "Unhandled", "{}", tail(&r));
+    let payload = String::from_utf8_lossy(&r.payload);
+    assert!(payload.contains("no snapshot for me"), "{payload}");
 }

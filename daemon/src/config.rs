@@ -292,7 +292,11 @@ impl Config {
     /// CPUs: the configured values over [`StartSettings::for_host`].
     ///
     /// [`StartSettings::for_host`]: crate::pool::StartSettings::for_host
-    pub fn start_settings(&self, accel: crate::engine::Accel, cpus: u32) -> crate::pool::StartSettings {
+    pub fn start_settings(
+        &self,
+        accel: crate::engine::Accel,
+        cpus: u32,
+    ) -> crate::pool::StartSettings {
         let d = crate::pool::StartSettings::for_host(cpus, accel == crate::engine::Accel::Kvm);
         let s = &self.starts;
         crate::pool::StartSettings {

@@ -268,7 +268,10 @@ pub fn configuration_json(f: &pb::FunctionConfiguration) -> Value {
         ("StateReason", &f.state_reason),
         ("StateReasonCode", &f.state_reason_code),
         ("LastUpdateStatusReason", &f.last_update_status_reason),
-        ("LastUpdateStatusReasonCode", &f.last_update_status_reason_code),
+        (
+            "LastUpdateStatusReasonCode",
+            &f.last_update_status_reason_code,
+        ),
     ] {
         if !val.is_empty() {
             v[key] = json!(val);

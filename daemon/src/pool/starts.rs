@@ -383,7 +383,11 @@ mod tests {
         assert!(t0.elapsed() < Duration::from_millis(250));
         let second = s.acquire("f", None).await.unwrap();
         // A bound the node enforces: the token came back after 300 ms.
-        assert!(t0.elapsed() >= Duration::from_millis(290), "{:?}", t0.elapsed());
+        assert!(
+            t0.elapsed() >= Duration::from_millis(290),
+            "{:?}",
+            t0.elapsed()
+        );
         drop((first, other, second));
     }
 }
