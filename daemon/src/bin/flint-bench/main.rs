@@ -11,7 +11,11 @@
 //! `--suite load`: concurrent clients on a warm function, a burst from zero
 //! instances, and how many frozen instances fit a memory budget (see
 //! `load.rs`).
+//!
+//! `--suite bursts`: 16 and 64 invocations at once against a function with
+//! no instance, with and without the start scheduler (see `bursts.rs`).
 
+mod bursts;
 mod load;
 
 use std::io::Write;
@@ -57,8 +61,10 @@ struct Args {
     /// this bootstrap (for example a binary built with AWS's lambda_runtime).
     #[arg(long)]
     provided_bootstrap: Option<PathBuf>,
-    /// Which measurements: `start` (latency by start kind, idle clones) or
-    /// `load` (concurrent clients, burst, frozen instances in a budget).
+    /// Which measurements: `start` (latency by start kind, idle clones),
+    /// `load` (concurrent clients, burst, frozen instances in a budget) or
+    /// `bursts` (bursts from zero instances with and without the start
+    /// scheduler).
     #[arg(long, default_value = "start")]
     suite: String,
     /// Load suite: concurrent client counts.
@@ -73,6 +79,9 @@ struct Args {
     /// Load suite: concurrent invocations of the burst from zero instances.
     #[arg(long, default_value_t = 16)]
     burst: usize,
+    /// Burst suite: the sizes of the bursts from zero instances.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    bursts: Vec<usize>,
     /// Load suite: the memory budget filled with frozen instances, MB.
     #[arg(long, default_value_t = 4096)]
     budget_mb: u64,
@@ -100,13 +109,18 @@ impl Args {
 const APP: &[u8] = b"def handler(event, context):\n    return event\n";
 
 fn package() -> Vec<u8> {
+    zip_app(APP)
+}
+
+/// A deployment package holding `app.py`.
+fn zip_app(app: &[u8]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     w.start_file(
         "app.py",
         zip::write::SimpleFileOptions::default().unix_permissions(0o644),
     )
     .expect("zip");
-    w.write_all(APP).expect("zip");
+    w.write_all(app).expect("zip");
     w.finish().expect("zip").into_inner()
 }
 
@@ -221,12 +235,20 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let root = std::env::temp_dir().join(format!("flint-bench-{}", std::process::id()));
     let accel = flint_daemon::engine::detect_accel(args.accel)?;
+    if args.suite == "bursts" {
+        let r = rt.block_on(bursts::run(&args, &accel, &root));
+        let _ = std::fs::remove_dir_all(&root);
+        return r;
+    }
     if args.suite == "load" {
         let r = rt.block_on(load::run(&args, &accel, &root));
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }
-    anyhow::ensure!(args.suite == "start", "--suite is start or load");
+    anyhow::ensure!(
+        args.suite == "start",
+        "--suite is start, load or bursts"
+    );
     let config = |name: &str, snapshots: bool| Config {
         data_dir: root.join(name).join("data"),
         listen: vec![Listen::Unix(root.join(name).join("flintd.sock"))],
