@@ -437,7 +437,7 @@ impl Pool {
             .ok_or_else(|| snap_err("snapshots are off"))?;
         let started = Instant::now();
         let rs = self.runtime_snapshot(f).await?;
-        let staging = snaps.staging(&key).map_err(snap_err)?;
+        let staging = snaps.staging(key).map_err(snap_err)?;
         // The template writes into its own copy of the runtime's memory.
         let (from, to) = (rs.memory(), staging.join("memory"));
         let copied = tokio::task::spawn_blocking(move || {
@@ -498,7 +498,7 @@ impl Pool {
             }
         }
         let desc = format!("function {}:{}", f.name, f.version);
-        let snap = commit(snaps, staging, &key, SnapshotKind::Function, f, desc).await?;
+        let snap = commit(snaps, staging, key, SnapshotKind::Function, f, desc).await?;
         tracing::info!(function = %f.name, version = %f.version, snapshot = %key,
             ms = started.elapsed().as_millis() as u64, "function snapshot built");
         Ok(FunctionSnapshot::Ready(snap))

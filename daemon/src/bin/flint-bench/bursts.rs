@@ -86,7 +86,11 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     );
     let mut results = Vec::new();
     for (mode, slots) in [("scheduler", None), ("no scheduler", Some(1_000_000))] {
-        let name = if slots.is_some() { "unlimited" } else { "sched" };
+        let name = if slots.is_some() {
+            "unlimited"
+        } else {
+            "sched"
+        };
         let config = Config {
             data_dir: root.join(name).join("data"),
             listen: vec![Listen::Unix(root.join(name).join("flintd.sock"))],
@@ -199,7 +203,16 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     println!();
     println!(
         "{:<13} {:<16} {:>5} {:>6} {:>12} {:>5} {:>7} {:>10} {:>13} {:>13}",
-        "mode", "start", "burst", "slots", "last ms", "ok", "failed", "throttled", "init p50 ms", "init max ms"
+        "mode",
+        "start",
+        "burst",
+        "slots",
+        "last ms",
+        "ok",
+        "failed",
+        "throttled",
+        "init p50 ms",
+        "init max ms"
     );
     let mut rows = Vec::new();
     for b in &results {

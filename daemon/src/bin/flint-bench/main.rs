@@ -245,10 +245,7 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }
-    anyhow::ensure!(
-        args.suite == "start",
-        "--suite is start, load or bursts"
-    );
+    anyhow::ensure!(args.suite == "start", "--suite is start, load or bursts");
     let config = |name: &str, snapshots: bool| Config {
         data_dir: root.join(name).join("data"),
         listen: vec![Listen::Unix(root.join(name).join("flintd.sock"))],
