@@ -663,7 +663,10 @@ async fn flintctl_covers_versions_aliases_layers_logs_and_the_node() {
     assert_eq!(table.lines().count(), 3, "{table}");
     let info = ctl(&["node", "info"]);
     assert!(info.contains("accelerator"), "{info}");
-    assert!(info.contains("in flight") && info.contains("slots"), "{info}");
+    assert!(
+        info.contains("in flight") && info.contains("slots"),
+        "{info}"
+    );
     let info = jctl(&["node", "info", "--output", "json"]);
     assert!(info["Engine"].as_str().unwrap().contains("QEMU"));
     assert!(info["StartSlots"].as_u64().unwrap() >= 1, "{info}");
