@@ -779,12 +779,19 @@ async fn reservations_and_provisioned_concurrency_leave_the_unreserved_minimum()
     node.shutdown().await;
 }
 
-/// A function whose init takes 3 s (a sleep at module level).
-const SLOW_INIT: &[u8] = b"import os, time
-time.sleep(3)
-def handler(e, c):
-    return {'id': e['id'], 'stream': os.environ['AWS_LAMBDA_LOG_STREAM_NAME']}
-";
+/// A `provided` runtime whose init takes 3 s (a sleep before its first
+/// `next`), and hardly anything else: the shell and curl start in a few
+/// hundred ms even on a slow, busy host.
+const SLOW_INIT: &[u8] = br#"#!/bin/sh
+sleep 3
+API="http://${AWS_LAMBDA_RUNTIME_API}/2018-06-01/runtime/invocation"
+while true; do
+  H="$(mktemp)"
+  curl -sS -o /dev/null -D "$H" "$API/next"
+  ID=$(grep -Fi Lambda-Runtime-Aws-Request-Id "$H" | tr -d '[:space:]' | cut -d: -f2)
+  curl -sS -o /dev/null "$API/$ID/response" -d "{\"stream\": \"$AWS_LAMBDA_LOG_STREAM_NAME\"}"
+done
+"#;
 
 /// `Init Duration: N ms` of a log tail, in ms.
 fn init_ms(tail: &str) -> f64 {
@@ -822,9 +829,9 @@ async fn starts_beyond_the_slots_wait_their_turn_and_the_wait_is_not_init_time()
     functions
         .create_function(pb::CreateFunctionRequest {
             function_name: name.clone(),
-            runtime: "python3.11".into(),
-            handler: "app.handler".into(),
-            zip_file: zip_files(&[("app.py", SLOW_INIT, 0o644)]),
+            runtime: "provided".into(),
+            handler: "function.handler".into(),
+            zip_file: zip_files(&[("bootstrap", SLOW_INIT, 0o755)]),
             timeout: 30,
             ..Default::default()
         })
