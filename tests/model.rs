@@ -427,28 +427,41 @@ async fn logs_are_followed_live_while_invoking() {
         .unwrap()
         .into_inner();
     let name2 = name.clone();
-    let invoker = tokio::spawn(async move {
+    let mut invoker = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         invoke(&name2, r#"{"n": 2}"#).await.unwrap().request_id
     });
     let mut seen: Vec<pb::LogLine> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    // The invocation takes what it takes on this machine; its lines are
+    // written before it answers, so once it has, they must follow soon.
+    let mut answered: Option<String> = None;
+    let mut follow_by = tokio::time::Instant::now() + Duration::from_secs(3600);
     loop {
-        let line = tokio::time::timeout_at(deadline, stream.message())
-            .await
-            .expect("log line in time")
-            .unwrap()
-            .expect("stream open");
-        let done = line.message.starts_with("REPORT")
-            && seen
-                .iter()
-                .any(|m| m.message == "marker 2" && m.request_id == line.request_id);
-        seen.push(line);
-        if done {
-            break;
+        tokio::select! {
+            r = &mut invoker, if answered.is_none() => {
+                answered = Some(r.expect("the second invocation"));
+                follow_by = tokio::time::Instant::now() + Duration::from_secs(30);
+            }
+            line = stream.message() => {
+                let line = line.unwrap().expect("stream open");
+                let done = line.message.starts_with("REPORT")
+                    && seen
+                        .iter()
+                        .any(|m| m.message == "marker 2" && m.request_id == line.request_id);
+                seen.push(line);
+                if done {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(follow_by) => {
+                panic!("the invocation answered 30 s ago and its lines did not follow: {seen:?}");
+            }
         }
     }
-    let rid = invoker.await.unwrap();
+    let rid = match answered {
+        Some(rid) => rid,
+        None => invoker.await.unwrap(),
+    };
     assert!(
         seen.iter().any(|l| l.message == "marker 1"),
         "backlog has the first invocation"

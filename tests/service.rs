@@ -210,6 +210,29 @@ async fn sigterm_drains_in_flight_work_and_a_restart_finds_everything_back() {
         .unwrap()
         .into_inner();
 
+    // Version 1's function snapshot is built at publish (`Pending`); once
+    // it is `Active` the only VM is the invocation's below.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let v = d
+            .functions()
+            .await
+            .get_function(pb::GetFunctionRequest {
+                function_name: name.into(),
+                qualifier: "1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .configuration
+            .unwrap();
+        if v.state == "Active" {
+            break;
+        }
+        assert!(v.state == "Pending" && Instant::now() < deadline, "{v:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // An invocation that is still running when SIGTERM comes.
     let mut fc = d.functions().await;
     let running = tokio::spawn(async move {
