@@ -233,6 +233,11 @@ pub fn host_memory_mb() -> u64 {
     meminfo_kb("MemTotal:").map(|kb| kb / 1024).unwrap_or(4096)
 }
 
+/// Where `scripts/setup` leaves a runtime's image in the artefacts folder.
+pub fn runtime_image_in(artifacts_dir: &std::path::Path, runtime: &str) -> PathBuf {
+    artifacts_dir.join(format!("{runtime}.erofs"))
+}
+
 /// The default unix socket, shared by flintd and flintctl.
 pub const DEFAULT_SOCKET: &str = "/run/flint/flintd.sock";
 /// Lambda's on-demand init limit.
@@ -489,7 +494,7 @@ impl Config {
         self.artifacts_dir.join("vmlinux")
     }
     pub fn runtime_image(&self, runtime: &str) -> PathBuf {
-        self.artifacts_dir.join(format!("{runtime}.erofs"))
+        runtime_image_in(&self.artifacts_dir, runtime)
     }
 }
 

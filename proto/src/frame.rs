@@ -4,7 +4,7 @@
 //! encoded protobuf message. The channel is a byte stream (virtio-serial), so
 //! the reader keeps partial frames until they are complete.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use prost::Message;
 
@@ -30,13 +30,6 @@ pub fn encode<M: Message>(msg: &M) -> Vec<u8> {
     buf.extend_from_slice(&(len as u32).to_be_bytes());
     msg.encode(&mut buf).expect("Vec grows as needed");
     buf
-}
-
-/// Writes `msg` as one frame and flushes.
-pub fn write<M: Message, W: Write>(w: &mut W, msg: &M) -> Result<(), FrameError> {
-    w.write_all(&encode(msg))?;
-    w.flush()?;
-    Ok(())
 }
 
 /// Reads one whole frame, blocking until it is complete.

@@ -2,6 +2,7 @@
 //! protocol (`flint.agent.v1`), with the frame codec the latter uses.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "grpc")]
 pub mod node {
     pub mod v1 {
         tonic::include_proto!("flint.node.v1");
@@ -11,12 +12,14 @@ pub mod node {
 pub mod agent {
     #[allow(clippy::large_enum_variant)]
     pub mod v1 {
-        tonic::include_proto!("flint.agent.v1");
+        // Messages only (prost): the agent protocol has no gRPC service.
+        include!(concat!(env!("OUT_DIR"), "/flint.agent.v1.rs"));
     }
 }
 
 pub mod frame;
 
 /// Encoded file descriptor set of every Flint proto, for gRPC reflection.
+#[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/flint_descriptor.bin"));

@@ -105,7 +105,6 @@ pub trait Engine: Send + Sync {
 /// One running microVM.
 #[async_trait]
 pub trait Vm: Send + Sync {
-    fn id(&self) -> &str;
     /// The host end of the agent channel; taken once.
     fn take_channel(&mut self) -> Option<UnixStream>;
     /// Stops the vCPUs.

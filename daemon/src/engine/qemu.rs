@@ -454,7 +454,6 @@ impl Engine for QemuEngine {
 
         super::console::keep(spec.dir.clone(), exit_rx.clone());
         Ok(Box::new(QemuVm {
-            id: spec.id,
             dir: spec.dir,
             pid,
             qmp: Arc::new(Mutex::new(qmp)),
@@ -554,7 +553,6 @@ fn kill(pid: u32) {
 }
 
 pub struct QemuVm {
-    id: String,
     dir: PathBuf,
     pid: u32,
     qmp: Arc<Mutex<QmpConn>>,
@@ -615,10 +613,6 @@ impl QemuVm {
 
 #[async_trait]
 impl Vm for QemuVm {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
     fn take_channel(&mut self) -> Option<UnixStream> {
         self.channel.take()
     }

@@ -363,12 +363,6 @@ impl Instance {
             .provisioned = true;
     }
 
-    /// When it last finished an invocation (or was created).
-    pub fn last_used(&self) -> SystemTime {
-        let info = self.info.lock().unwrap_or_else(|p| p.into_inner());
-        info.last_used.unwrap_or(info.created)
-    }
-
     /// Loads a snapshot's state into this (incoming) VM; it stays paused.
     pub async fn load(&self, state: &std::path::Path) -> Result<(), PoolError> {
         self.vm.load(state).await.map_err(PoolError::from)

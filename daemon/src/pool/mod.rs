@@ -32,7 +32,8 @@ pub use starts::{StartCounts, StartSettings, StartSlot, Starts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
-    #[error("starting the microVM failed")]
+    /// What the VMM failed at (a start, a pause, a snapshot) says itself.
+    #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("the VM gave no agent channel")]
     NoChannel,
@@ -105,6 +106,13 @@ pub struct PoolSettings {
     pub unreserved_min: u32,
     /// Start slots and the per-function scaling rate.
     pub starts: StartSettings,
+}
+
+impl PoolSettings {
+    /// The image a runtime's instances run as `/`.
+    pub fn runtime_image(&self, runtime: crate::packages::Runtime) -> PathBuf {
+        crate::config::runtime_image_in(&self.artifacts_dir, runtime.name())
+    }
 }
 
 /// The result of starting an instance: ready, or its init failed (a function

@@ -282,7 +282,7 @@ impl Pool {
             &crate::engine::ENGINE_VERSION.to_string(),
             self.engine.accel().accel.name(),
             &file_identity(&s.kernel),
-            &file_identity(&s.artifacts_dir.join(format!("{}.erofs", f.runtime.name()))),
+            &file_identity(&s.runtime_image(f.runtime)),
             &f.memory_mb.to_string(),
             &vcpus(f.memory_mb).to_string(),
             &crate::snapshot::DISK_BYTES.to_string(),
@@ -339,18 +339,13 @@ impl Pool {
         let staging = snaps.staging(&key).map_err(snap_err)?;
         let placeholder = snaps.placeholder().map_err(snap_err)?;
         let id = format!("rt-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let spec = VmSpec {
-            id: id.clone(),
-            dir: s.run_dir.join(&id),
-            kernel: s.kernel.clone(),
-            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
-            drives: vec![placeholder.clone(), placeholder],
-            memory_mb: f.memory_mb,
-            vcpus: vcpus(f.memory_mb),
-            memory: Memory::Template(staging.join("memory")),
-            incoming: false,
-            background: false,
-        };
+        let spec = self.spec(
+            f,
+            &id,
+            Memory::Template(staging.join("memory")),
+            vec![placeholder.clone(), placeholder],
+            false,
+        );
         let built = async {
             let vm = self.engine.boot(spec).await?;
             let log = self
@@ -504,20 +499,36 @@ impl Pool {
         Ok(FunctionSnapshot::Ready(snap))
     }
 
-    fn vm_spec(&self, f: &Function, id: &str, memory: Memory, disks: &Disks) -> VmSpec {
+    /// The one place a VM of `f` is described: its kernel, its runtime's
+    /// image as `/`, `drives` after it, its memory and vCPUs. `incoming`:
+    /// it waits for a snapshot's state instead of booting.
+    fn spec(
+        &self,
+        f: &Function,
+        id: &str,
+        memory: Memory,
+        drives: Vec<PathBuf>,
+        incoming: bool,
+    ) -> VmSpec {
         let s = &self.settings;
         VmSpec {
             id: id.to_string(),
             dir: s.run_dir.join(id),
             kernel: s.kernel.clone(),
-            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
-            drives: vec![disks.code.clone(), disks.opt.clone()],
+            rootfs: s.runtime_image(f.runtime),
+            drives,
             memory_mb: f.memory_mb,
             vcpus: vcpus(f.memory_mb),
             memory,
-            incoming: true,
+            incoming,
             background: false,
         }
+    }
+
+    /// A VM that restores a snapshot of `f` with `disks`.
+    fn vm_spec(&self, f: &Function, id: &str, memory: Memory, disks: &Disks) -> VmSpec {
+        let drives = vec![disks.code.clone(), disks.opt.clone()];
+        self.spec(f, id, memory, drives, true)
     }
 
     /// A VM restored from `snap`: a spare ([`Spare`]: started, loaded and
@@ -759,18 +770,8 @@ impl Pool {
     ) -> Result<Started, PoolError> {
         let s = &self.settings;
         let has_layers = opt_image.is_some();
-        let spec = VmSpec {
-            id: instance_id.clone(),
-            dir: s.run_dir.join(&instance_id),
-            kernel: s.kernel.clone(),
-            rootfs: s.artifacts_dir.join(format!("{}.erofs", f.runtime.name())),
-            drives: std::iter::once(code_image).chain(opt_image).collect(),
-            memory_mb: f.memory_mb,
-            vcpus: vcpus(f.memory_mb),
-            memory: Memory::Anonymous,
-            incoming: false,
-            background: false,
-        };
+        let drives = std::iter::once(code_image).chain(opt_image).collect();
+        let spec = self.spec(f, &instance_id, Memory::Anonymous, drives, false);
         let boot_started = Instant::now();
         let vm = self.engine.boot(spec).await?;
         let mut inst = Instance::attach(
