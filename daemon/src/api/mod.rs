@@ -17,8 +17,8 @@ use tonic::{Request, Response, Status};
 use crate::functions::{Alias, ConfigUpdate, Function, FunctionSpec, LayerVersion};
 use crate::invoke::{InvocationType, InvokeRequest};
 use crate::logs::LogRecord;
-use crate::node::{AliasSpec, Node};
-use crate::pool::{InstanceInfo, Preparation};
+use crate::node::{AliasSpec, InstanceStatus, Node};
+use crate::pool::Preparation;
 
 /// Large enough for a 50 MB package plus framing.
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
@@ -545,8 +545,8 @@ impl NodeService {
     }
 }
 
-fn instance_pb(i: &InstanceInfo) -> pb::InstanceInfo {
-    let rss_kb = crate::engine::process_rss_kb(i.pid);
+fn instance_pb(s: &InstanceStatus) -> pb::InstanceInfo {
+    let (i, rss_kb) = (&s.info, s.rss_kb);
     pb::InstanceInfo {
         id: i.id.clone(),
         function_name: i.function.clone(),
@@ -579,10 +579,6 @@ fn provisioned_pb(v: crate::node::ProvisionedView) -> pb::ProvisionedConcurrency
     }
 }
 
-fn meminfo_mb(key: &str) -> u64 {
-    crate::config::meminfo_kb(key).unwrap_or(0) / 1024
-}
-
 fn record_pb(r: LogRecord) -> pb::LogLine {
     pb::LogLine {
         timestamp: r.timestamp,
@@ -601,67 +597,49 @@ impl NodeApi for NodeService {
         &self,
         _request: Request<pb::GetNodeInfoRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
-        let cfg = self.node.config();
-        let accel = self.node.accel();
-        let instances = self.node.instances("");
-        let runtime_images = crate::packages::Runtime::ALL
-            .iter()
-            .map(|r| {
-                let path = cfg.runtime_image(r.name());
-                pb::RuntimeImage {
-                    runtime: r.name().into(),
-                    size: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-                    path: std::fs::canonicalize(&path)
-                        .unwrap_or(path)
-                        .display()
-                        .to_string(),
-                }
-            })
-            .collect();
-        let rss: u64 = instances.iter().map(|i| instance_pb(i).rss_kb).sum();
-        let capacity = self.node.capacity();
-        let (starts, counts) = self.node.starts();
+        let n = self.node.info();
+        let rss_kb: u64 = n.instances.iter().map(|i| i.rss_kb).sum();
+        let path = |p: &std::path::Path| p.display().to_string();
         Ok(Response::new(pb::NodeInfo {
             version: env!("CARGO_PKG_VERSION").into(),
-            engine: crate::engine::qemu_version(&cfg.qemu),
-            accelerator: accel.accel.name().into(),
-            accelerator_reason: accel.reason.clone(),
-            kernel: std::fs::canonicalize(cfg.kernel())
-                .unwrap_or(cfg.kernel())
-                .display()
-                .to_string(),
-            runtime_images,
-            cpus: std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(0),
-            memory_total_mb: meminfo_mb("MemTotal:"),
-            memory_available_mb: meminfo_mb("MemAvailable:"),
-            instances: instances.len() as u32,
-            instance_memory_mb: instances.iter().map(|i| i.memory_mb as u64).sum(),
-            instance_rss_mb: rss / 1024,
-            functions: self
-                .node
-                .list_functions()
-                .map(|f| f.len() as u32)
-                .unwrap_or(0),
-            data_dir: cfg.data_dir.display().to_string(),
-            started_at: crate::time::rfc3339(self.node.started()),
-            max_instances: capacity.max_instances,
-            memory_budget_mb: capacity.memory_budget_mb,
-            memory_charged_mb: capacity.charged_mb,
-            reserved_concurrency: capacity.reserved_total,
-            unreserved_concurrency_min: capacity.unreserved_min,
-            running_invocations: capacity.running,
-            log_bytes_stored: self.node.logs().stored_bytes(None),
-            log_bytes_dropped: self.node.logs().dropped_bytes(None),
-            vmm_confinement: self.node.confinement(),
-            init_timeout_seconds: self.node.init_limits().0.as_secs_f64(),
-            snapshot_init_timeout_seconds: self.node.init_limits().1.as_secs_f64(),
-            start_slots: starts.slots,
-            starts_in_flight: counts.in_flight,
-            starts_waiting: counts.waiting,
-            scale_instances: starts.scale_instances,
-            scale_interval_seconds: starts.scale_interval.as_secs_f64(),
+            engine: n.engine,
+            accelerator: n.accel.accel.name().into(),
+            accelerator_reason: n.accel.reason,
+            kernel: path(&n.kernel),
+            runtime_images: n
+                .runtime_images
+                .iter()
+                .map(|r| pb::RuntimeImage {
+                    runtime: r.runtime.into(),
+                    path: path(&r.path),
+                    size: r.size,
+                })
+                .collect(),
+            cpus: n.cpus,
+            memory_total_mb: n.memory_total_mb,
+            memory_available_mb: n.memory_available_mb,
+            instances: n.instances.len() as u32,
+            instance_memory_mb: n.instances.iter().map(|i| i.info.memory_mb as u64).sum(),
+            instance_rss_mb: rss_kb / 1024,
+            functions: n.functions,
+            data_dir: path(&n.data_dir),
+            started_at: crate::time::rfc3339(n.started),
+            max_instances: n.capacity.max_instances,
+            memory_budget_mb: n.capacity.memory_budget_mb,
+            memory_charged_mb: n.capacity.charged_mb,
+            reserved_concurrency: n.capacity.reserved_total,
+            unreserved_concurrency_min: n.capacity.unreserved_min,
+            running_invocations: n.capacity.running,
+            log_bytes_stored: n.log_bytes_stored,
+            log_bytes_dropped: n.log_bytes_dropped,
+            vmm_confinement: n.vmm_confinement,
+            init_timeout_seconds: n.init_limits.0.as_secs_f64(),
+            snapshot_init_timeout_seconds: n.init_limits.1.as_secs_f64(),
+            start_slots: n.starts.slots,
+            starts_in_flight: n.start_counts.in_flight,
+            starts_waiting: n.start_counts.waiting,
+            scale_instances: n.starts.scale_instances,
+            scale_interval_seconds: n.starts.scale_interval.as_secs_f64(),
         }))
     }
 
@@ -673,7 +651,7 @@ impl NodeApi for NodeService {
         Ok(Response::new(pb::ListInstancesResponse {
             instances: self
                 .node
-                .instances(&r.function_name)
+                .instance_status(&r.function_name)
                 .iter()
                 .map(instance_pb)
                 .collect(),

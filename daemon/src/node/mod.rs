@@ -50,6 +50,47 @@ pub struct AliasSpec {
     pub routing: Option<Vec<(String, f64)>>,
 }
 
+/// A runtime image the node starts instances from.
+#[derive(Debug, Clone)]
+pub struct RuntimeImage {
+    pub runtime: &'static str,
+    /// Resolved (the artefacts folder holds links into the image cache).
+    pub path: std::path::PathBuf,
+    pub size: u64,
+}
+
+/// An instance as the node shows it: its books, and the host memory its
+/// VMM holds now.
+#[derive(Debug, Clone)]
+pub struct InstanceStatus {
+    pub info: InstanceInfo,
+    pub rss_kb: u64,
+}
+
+/// What `GetNodeInfo` reports, gathered by the node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub engine: String,
+    pub accel: AccelInfo,
+    pub kernel: std::path::PathBuf,
+    pub runtime_images: Vec<RuntimeImage>,
+    pub cpus: u32,
+    pub memory_total_mb: u64,
+    pub memory_available_mb: u64,
+    pub instances: Vec<InstanceStatus>,
+    pub functions: u32,
+    pub data_dir: std::path::PathBuf,
+    pub started: SystemTime,
+    pub capacity: Capacity,
+    pub log_bytes_stored: u64,
+    pub log_bytes_dropped: u64,
+    pub vmm_confinement: String,
+    /// On demand, and while building a function snapshot.
+    pub init_limits: (std::time::Duration, std::time::Duration),
+    pub starts: crate::pool::StartSettings,
+    pub start_counts: crate::pool::StartCounts,
+}
+
 pub struct Node {
     config: Config,
     store: Arc<FunctionStore>,
@@ -801,6 +842,55 @@ impl Node {
             .into_iter()
             .filter(|i| function.is_empty() || i.function == function)
             .collect()
+    }
+
+    /// A function's instances (every instance with `""`) with the host
+    /// memory each VMM holds.
+    pub fn instance_status(&self, function: &str) -> Vec<InstanceStatus> {
+        self.instances(function)
+            .into_iter()
+            .map(|info| InstanceStatus {
+                rss_kb: crate::engine::process_rss_kb(info.pid),
+                info,
+            })
+            .collect()
+    }
+
+    /// The node: engine, artefacts, host, instances, capacity and limits.
+    pub fn info(&self) -> NodeInfo {
+        let cfg = &self.config;
+        let mb = |key| crate::config::meminfo_kb(key).unwrap_or(0) / 1024;
+        let resolved = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        NodeInfo {
+            engine: crate::engine::qemu_version(&cfg.qemu),
+            accel: self.accel().clone(),
+            kernel: resolved(cfg.kernel()),
+            runtime_images: Runtime::ALL
+                .iter()
+                .map(|r| {
+                    let path = cfg.runtime_image(r.name());
+                    RuntimeImage {
+                        runtime: r.name(),
+                        size: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                        path: resolved(path),
+                    }
+                })
+                .collect(),
+            cpus: crate::engine::host_cpus(),
+            memory_total_mb: mb("MemTotal:"),
+            memory_available_mb: mb("MemAvailable:"),
+            instances: self.instance_status(""),
+            functions: self.list_functions().map(|f| f.len() as u32).unwrap_or(0),
+            data_dir: cfg.data_dir.clone(),
+            started: self.started,
+            capacity: self.capacity(),
+            log_bytes_stored: self.logs.stored_bytes(None),
+            log_bytes_dropped: self.logs.dropped_bytes(None),
+            vmm_confinement: self.confinement(),
+            init_limits: self.init_limits(),
+            starts: self.pool.start_settings(),
+            start_counts: self.pool.start_counts(),
+        }
     }
 
     /// Stops one instance, or all of a function's. Returns the ids stopped.
