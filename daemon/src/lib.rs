@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod engine;
 pub mod functions;
+pub mod guest;
 pub mod invoke;
 pub mod logs;
 pub mod node;

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use flint_proto::agent::v1::{
     agent_message, host_message, AgentMessage, HostMessage, PrepareSnapshot,
 };
-use flint_proto::frame::{self, FrameBuffer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use flint_proto::frame::FrameBuffer;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -203,13 +202,13 @@ impl Instance {
             .insert(id.clone(), info.clone());
         let AgentChannel {
             stream,
-            received: mut fb,
+            received: fb,
         } = channel;
         let (mut rd, mut wr) = stream.into_split();
         let (to_agent, mut outbox) = mpsc::unbounded_channel::<HostMessage>();
         tokio::spawn(async move {
             while let Some(msg) = outbox.recv().await {
-                if wr.write_all(&frame::encode(&msg)).await.is_err() {
+                if crate::guest::send(&mut wr, &msg).await.is_err() {
                     break;
                 }
             }
@@ -219,43 +218,35 @@ impl Instance {
         let reader_queued = queued.clone();
         let reader_log = log.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
             // Frames already received (by a spare's warm-up) come first.
-            let mut n = 0;
+            let mut reader = crate::guest::FrameReader::new(&mut rd, fb);
             loop {
-                fb.extend(&buf[..n]);
-                loop {
-                    match fb.next_frame::<AgentMessage>() {
-                        Ok(Some(msg)) => {
-                            if let Some(ev) = dispatch(msg, &reader_log) {
-                                if !reader_queued.admit(&ev) {
-                                    // Nobody asked for these: a guest that
-                                    // floods its channel is closed, and no
-                                    // more is read from it.
-                                    tracing::warn!(
-                                        "agent sent more events than the host reads; closing instance"
-                                    );
-                                    let _ = ev_tx.send(AgentEvent::Broken(format!(
-                                        "it sent more than {MAX_QUEUED_EVENTS} events or {} MiB that the host did not ask for",
-                                        MAX_QUEUED_BYTES >> 20
-                                    )));
-                                    return;
-                                }
-                                let _ = ev_tx.send(ev);
+                match reader.next().await {
+                    Ok(Some(msg)) => {
+                        if let Some(ev) = dispatch(msg, &reader_log) {
+                            if !reader_queued.admit(&ev) {
+                                // Nobody asked for these: a guest that
+                                // floods its channel is closed, and no
+                                // more is read from it.
+                                tracing::warn!(
+                                    "agent sent more events than the host reads; closing instance"
+                                );
+                                let _ = ev_tx.send(AgentEvent::Broken(format!(
+                                    "it sent more than {MAX_QUEUED_EVENTS} events or {} MiB that the host did not ask for",
+                                    MAX_QUEUED_BYTES >> 20
+                                )));
+                                return;
                             }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "bad frame from agent; closing instance");
-                            let _ = ev_tx.send(AgentEvent::Broken(format!("bad frame: {e}")));
-                            return;
+                            let _ = ev_tx.send(ev);
                         }
                     }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bad frame from agent; closing instance");
+                        let _ = ev_tx.send(AgentEvent::Broken(format!("bad frame: {e}")));
+                        return;
+                    }
                 }
-                n = match rd.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
             }
             let _ = ev_tx.send(AgentEvent::Closed);
         });

@@ -15,8 +15,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use flint_proto::agent::v1::{agent_message, host_message, AgentMessage, HostMessage, Warm};
-use flint_proto::frame::{self, FrameBuffer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use flint_proto::frame::FrameBuffer;
 use tokio::sync::watch;
 
 use super::instance::{unix_ms, AgentChannel};
@@ -80,27 +79,21 @@ async fn warm(
             instance_id: id.to_string(),
         })),
     };
-    stream
-        .write_all(&frame::encode(&msg))
+    crate::guest::send(&mut stream, &msg)
         .await
         .map_err(|_| PoolError::ChannelClosed)?;
-    let mut received = FrameBuffer::default();
+    let mut reader = crate::guest::FrameReader::new(stream, FrameBuffer::default());
     let answer = async {
-        let mut buf = vec![0u8; 16 * 1024];
         loop {
             // Nothing else is expected; anything else (a log line of a
             // runtime that prints while parked) is dropped.
-            while let Some(m) = received
-                .next_frame::<AgentMessage>()
-                .map_err(|e| PoolError::WarmUpFailed(e.to_string()))?
-            {
-                if let Some(agent_message::Kind::Warmed(w)) = m.kind {
-                    return Ok(Duration::from_micros(w.duration_us));
-                }
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return Err(PoolError::ChannelClosed),
-                Ok(n) => received.extend(&buf[..n]),
+            match reader.next().await {
+                Ok(Some(AgentMessage {
+                    kind: Some(agent_message::Kind::Warmed(w)),
+                })) => return Ok(Duration::from_micros(w.duration_us)),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(PoolError::ChannelClosed),
+                Err(e) => return Err(PoolError::WarmUpFailed(e.to_string())),
             }
         }
     };
@@ -113,6 +106,7 @@ async fn warm(
             )))
         }
     };
+    let (stream, received) = reader.into_parts();
     vm.pause().await?;
     tracing::debug!(spare = %id, agent_ms = took.as_millis() as u64, "spare warmed");
     Ok(AgentChannel { stream, received })
