@@ -561,7 +561,7 @@ fn instance_pb(s: &InstanceStatus) -> pb::InstanceInfo {
             .as_secs_f64(),
         invocations: i.invocations,
         last_used: i.last_used.map(crate::time::rfc3339).unwrap_or_default(),
-        start_kind: i.start_kind.into(),
+        start_kind: i.start_kind.name().into(),
         provisioned: i.provisioned,
         vmm_pid: i.pid,
     }

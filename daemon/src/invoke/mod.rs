@@ -13,8 +13,7 @@ use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError,
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
 use crate::pool::{
-    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
-    Started as InstanceStart,
+    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
 };
 
 /// Lambda's limit on a synchronous request payload, 6 MB.
@@ -147,7 +146,7 @@ impl Invoker {
         instance_id: String,
         log: LogStream,
         deadline: Option<Instant>,
-    ) -> Result<InstanceStart, InvokeError> {
+    ) -> Result<Started, InvokeError> {
         let (image, opt) = self.images(f).await?;
         Ok(self
             .pool
@@ -234,8 +233,8 @@ impl Invoker {
                     .start_instance(&f, lease.id.clone(), log.clone(), Some(deadline))
                     .await?
                 {
-                    InstanceStart::Ready(inst) => lease.set(inst),
-                    InstanceStart::InitFailed {
+                    Started::Ready(inst) => lease.set(inst),
+                    Started::InitFailed {
                         error_type,
                         payload,
                         init_duration,
@@ -294,7 +293,7 @@ impl Invoker {
                 duration,
                 f.memory_mb,
                 max_kb,
-                Started::from((init, restore)),
+                StartCost::from((init, restore)),
                 status,
             ),
         );
@@ -345,7 +344,7 @@ impl Invoker {
                     Duration::ZERO,
                     f.memory_mb,
                     0,
-                    Started::from((init_duration, None)),
+                    StartCost::from((init_duration, None)),
                     None
                 )
             ),
@@ -522,9 +521,10 @@ fn crashed(payload: Vec<u8>) -> Outcome {
     }
 }
 
-/// How the instance that served an invocation started, for `REPORT`.
+/// What starting the instance that served an invocation cost, for
+/// `REPORT`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Started {
+pub enum StartCost {
     Warm,
     /// Init ran: `Init Duration`.
     Init(Duration),
@@ -532,12 +532,12 @@ pub enum Started {
     Restore(Duration),
 }
 
-impl From<(Option<Duration>, Option<Duration>)> for Started {
+impl From<(Option<Duration>, Option<Duration>)> for StartCost {
     fn from((init, restore): (Option<Duration>, Option<Duration>)) -> Self {
         match (init, restore) {
-            (_, Some(r)) => Started::Restore(r),
-            (Some(i), None) => Started::Init(i),
-            (None, None) => Started::Warm,
+            (_, Some(r)) => StartCost::Restore(r),
+            (Some(i), None) => StartCost::Init(i),
+            (None, None) => StartCost::Warm,
         }
     }
 }
@@ -548,7 +548,7 @@ pub fn report_line(
     duration: Duration,
     memory_mb: u32,
     max_memory_kb: u64,
-    started: Started,
+    started: StartCost,
     status: Option<&str>,
 ) -> String {
     let d = ms(duration);
@@ -558,9 +558,9 @@ pub fn report_line(
         "REPORT RequestId: {request_id}\tDuration: {d:.2} ms\tBilled Duration: {billed} ms\tMemory Size: {memory_mb} MB\tMax Memory Used: {used_mb} MB"
     );
     match started {
-        Started::Warm => {}
-        Started::Init(i) => line.push_str(&format!("\tInit Duration: {:.2} ms", ms(i))),
-        Started::Restore(r) => line.push_str(&format!("\tRestore Duration: {:.2} ms", ms(r))),
+        StartCost::Warm => {}
+        StartCost::Init(i) => line.push_str(&format!("\tInit Duration: {:.2} ms", ms(i))),
+        StartCost::Restore(r) => line.push_str(&format!("\tRestore Duration: {:.2} ms", ms(r))),
     }
     if let Some(s) = status {
         line.push_str(&format!("\tStatus: {s}"));
@@ -628,7 +628,7 @@ mod tests {
             Duration::from_micros(2_430),
             128,
             39 * 1024 + 1,
-            Started::Init(Duration::from_micros(132_570)),
+            StartCost::Init(Duration::from_micros(132_570)),
             None,
         );
         assert_eq!(
@@ -640,7 +640,7 @@ mod tests {
             Duration::from_micros(100),
             256,
             0,
-            Started::Warm,
+            StartCost::Warm,
             Some("timeout"),
         );
         let restored = report_line(
@@ -648,7 +648,7 @@ mod tests {
             Duration::from_millis(1),
             128,
             1,
-            Started::Restore(Duration::from_millis(40)),
+            StartCost::Restore(Duration::from_millis(40)),
             None,
         );
         assert!(

@@ -19,6 +19,31 @@ use crate::logs::LogStream;
 
 use super::PoolError;
 
+/// Where an instance came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A cold boot, then the function's init.
+    Boot,
+    /// A restore of the runtime snapshot, then the function's init.
+    RuntimeSnapshot,
+    /// A restore of the function snapshot (its init ran in the snapshot).
+    FunctionSnapshot,
+    /// A VM that builds a snapshot; it never serves an invocation.
+    SnapshotBuild,
+}
+
+impl Origin {
+    /// As `ListInstances` and `flintctl instances` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Boot => "boot",
+            Origin::RuntimeSnapshot => "runtime-snapshot",
+            Origin::FunctionSnapshot => "function-snapshot",
+            Origin::SnapshotBuild => "snapshot-build",
+        }
+    }
+}
+
 /// What the agent reports, apart from log lines (written to the stream
 /// directly by the reader task).
 #[derive(Debug)]
@@ -111,8 +136,8 @@ pub struct InstanceInfo {
     pub created: SystemTime,
     pub invocations: u64,
     pub last_used: Option<SystemTime>,
-    /// How it started: "boot".
-    pub start_kind: &'static str,
+    /// How it started.
+    pub start_kind: Origin,
     pub pid: u32,
     /// Kept ready by a provisioned-concurrency config.
     pub provisioned: bool,
@@ -160,7 +185,7 @@ impl Instance {
         mut vm: Box<dyn Vm>,
         log: LogStream,
         registry: Registry,
-        start_kind: &'static str,
+        start_kind: Origin,
     ) -> Result<Self, PoolError> {
         let stream = vm.take_channel().ok_or(PoolError::NoChannel)?;
         let channel = AgentChannel {
@@ -180,7 +205,7 @@ impl Instance {
         channel: AgentChannel,
         log: LogStream,
         registry: Registry,
-        start_kind: &'static str,
+        start_kind: Origin,
     ) -> Self {
         let (revision, code_sha256) = (f.revision, f.code_sha256_hex.clone());
         let info = Arc::new(Mutex::new(InstanceInfo {

@@ -27,7 +27,7 @@ use crate::functions::Function;
 use crate::logs::FunctionLogs;
 use crate::snapshot::SnapshotStore;
 
-pub use instance::{unix_ms, AgentEvent, Instance, InstanceInfo, InstanceState};
+pub use instance::{unix_ms, AgentEvent, Instance, InstanceInfo, InstanceState, Origin};
 pub use starts::{StartCounts, StartSettings, StartSlot, Starts};
 
 #[derive(Debug, thiserror::Error)]

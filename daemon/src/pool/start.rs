@@ -11,7 +11,7 @@ use flint_proto::agent::v1::{host_message, Configure, Resume};
 
 use super::spare::Spare;
 use super::{
-    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError,
+    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Origin, Pool, PoolError,
     Preparation, Started, StartingSpare,
 };
 use crate::engine::{Memory, VmSpec};
@@ -240,7 +240,7 @@ impl Pool {
                         &disks,
                         instance_id.clone(),
                         log.clone(),
-                        "runtime-snapshot",
+                        Origin::RuntimeSnapshot,
                         None,
                     )
                     .await;
@@ -358,7 +358,7 @@ impl Pool {
                 vm,
                 log,
                 self.registry.clone(),
-                "snapshot-build",
+                Origin::SnapshotBuild,
             )?;
             let r = match self.await_ready(&mut inst, started + s.boot_timeout).await {
                 Ok(()) => inst.snapshot(&staging.join("state")).await,
@@ -463,7 +463,7 @@ impl Pool {
                     disks,
                     id.clone(),
                     log.clone(),
-                    "snapshot-build",
+                    Origin::SnapshotBuild,
                     None,
                 )
                 .await?;
@@ -542,7 +542,7 @@ impl Pool {
         disks: &Disks,
         id: String,
         log: LogStream,
-        kind: &'static str,
+        kind: Origin,
         spare: Option<Spare>,
     ) -> Result<Instance, PoolError> {
         // A spare keeps its own directory; the instance takes the new id.
@@ -628,7 +628,7 @@ impl Pool {
                 disks,
                 id,
                 log,
-                "function-snapshot",
+                Origin::FunctionSnapshot,
                 spare,
             )
             .await?;
@@ -780,7 +780,7 @@ impl Pool {
             vm,
             log,
             self.registry.clone(),
-            "boot",
+            Origin::Boot,
         )?;
         self.await_ready(&mut inst, boot_started + s.boot_timeout)
             .await?;
