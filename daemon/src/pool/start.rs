@@ -17,7 +17,7 @@ use super::{
 use crate::engine::{Memory, VmSpec};
 use crate::functions::{Function, LATEST};
 use crate::logs::LogStream;
-use crate::snapshot::{file_identity, key_of, Snapshot, SnapshotKind};
+use crate::snapshot::{Snapshot, SnapshotKind};
 
 /// Host memory a spare takes (measured with TCG and a 128 MB guest: RSS
 /// 58 MB, of which 14 MB snapshot pages shared with the clones and 8 MB code
@@ -276,38 +276,19 @@ impl Pool {
 
     /// The key of the runtime snapshot `f` starts from.
     pub fn runtime_key(&self, f: &Function) -> String {
-        let s = &self.settings;
-        key_of(&[
-            "runtime",
-            &crate::engine::ENGINE_VERSION.to_string(),
+        crate::snapshot::runtime_key(
             self.engine.accel().accel.name(),
-            &file_identity(&s.kernel),
-            &file_identity(&s.runtime_image(f.runtime)),
-            &f.memory_mb.to_string(),
-            &vcpus(f.memory_mb).to_string(),
-            &crate::snapshot::DISK_BYTES.to_string(),
-        ])
+            &self.settings.kernel,
+            &self.settings.runtime_image(f.runtime),
+            f.memory_mb,
+            vcpus(f.memory_mb),
+        )
     }
 
     /// The key of `f`'s function snapshot: everything its init depends on.
     pub fn function_key(&self, f: &Function) -> String {
-        let env = serde_json::to_string(&f.environment).unwrap_or_default();
-        let layers: Vec<&str> = f.layers.iter().map(|l| l.sha256_hex.as_str()).collect();
-        key_of(&[
-            "function",
-            &self.runtime_key(f),
-            &f.name,
-            &f.version,
-            f.runtime.name(),
-            &f.handler,
-            &env,
-            &f.timeout_s.to_string(),
-            &f.ephemeral_mb.to_string(),
-            &f.code_sha256_hex,
-            &layers.join(","),
-            &self.settings.region,
-            &self.settings.account_id,
-        ])
+        let s = &self.settings;
+        crate::snapshot::function_key(&self.runtime_key(f), f, &s.region, &s.account_id)
     }
 
     async fn lookup(&self, key: &str) -> Result<Option<Snapshot>, PoolError> {

@@ -84,6 +84,48 @@ pub fn key_of(parts: &[&str]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
+/// The key of a runtime snapshot: the engine, the accelerator, the kernel
+/// and runtime image it booted, and the VM's shape.
+pub fn runtime_key(accel: &str, kernel: &Path, image: &Path, memory_mb: u32, vcpus: u32) -> String {
+    key_of(&[
+        "runtime",
+        &crate::engine::ENGINE_VERSION.to_string(),
+        accel,
+        &file_identity(kernel),
+        &file_identity(image),
+        &memory_mb.to_string(),
+        &vcpus.to_string(),
+        &DISK_BYTES.to_string(),
+    ])
+}
+
+/// The key of a function snapshot: its runtime snapshot's key and
+/// everything the function's init depends on.
+pub fn function_key(
+    runtime_key: &str,
+    f: &crate::functions::Function,
+    region: &str,
+    account_id: &str,
+) -> String {
+    let env = serde_json::to_string(&f.environment).unwrap_or_default();
+    let layers: Vec<&str> = f.layers.iter().map(|l| l.sha256_hex.as_str()).collect();
+    key_of(&[
+        "function",
+        runtime_key,
+        &f.name,
+        &f.version,
+        f.runtime.name(),
+        &f.handler,
+        &env,
+        &f.timeout_s.to_string(),
+        &f.ephemeral_mb.to_string(),
+        &f.code_sha256_hex,
+        &layers.join(","),
+        region,
+        account_id,
+    ])
+}
+
 /// Identity of a file for keys: its canonical path, size and modification time.
 pub fn file_identity(p: &Path) -> String {
     let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
