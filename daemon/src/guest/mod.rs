@@ -54,6 +54,29 @@ pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &HostMessage) -> std::i
     w.write_all(&frame::encode(msg)).await
 }
 
+/// Lambda's error document: `{"errorType": ..., "errorMessage": ...}`.
+pub fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
+    serde_json::json!({"errorType": error_type, "errorMessage": message})
+        .to_string()
+        .into_bytes()
+}
+
+/// Lambda's wording of a process end: `exit status 1` or `signal: killed`.
+pub fn exit_reason(exit_code: i32, signal: i32) -> String {
+    if signal != 0 {
+        let name = match signal {
+            9 => "killed".to_string(),
+            6 => "aborted".to_string(),
+            11 => "segmentation fault".to_string(),
+            15 => "terminated".to_string(),
+            n => format!("{n}"),
+        };
+        format!("signal: {name}")
+    } else {
+        format!("exit status {exit_code}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

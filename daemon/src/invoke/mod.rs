@@ -10,11 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 use flint_proto::agent::v1::{host_message, Invoke};
 
 use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError, Qualifier};
+use crate::guest::{error_doc, exit_reason};
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
-use crate::pool::{
-    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started,
-};
+use crate::pool::{unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started};
 
 /// Lambda's limit on a synchronous request payload, 6 MB.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;

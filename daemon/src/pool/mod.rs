@@ -323,13 +323,6 @@ pub struct Pool {
     preparations: Mutex<HashMap<(String, String), Preparation>>,
 }
 
-/// Lambda's error document: `{"errorType": ..., "errorMessage": ...}`.
-pub fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
-    serde_json::json!({"errorType": error_type, "errorMessage": message})
-        .to_string()
-        .into_bytes()
-}
-
 fn mb(kb: u64) -> u64 {
     kb.div_ceil(1024)
 }
@@ -979,22 +972,6 @@ async fn stop_cell(cell: Cell) -> bool {
     };
     inst.stop().await;
     true
-}
-
-/// Lambda's wording of a process end: `exit status 1` or `signal: killed`.
-pub fn exit_reason(exit_code: i32, signal: i32) -> String {
-    if signal != 0 {
-        let name = match signal {
-            9 => "killed".to_string(),
-            6 => "aborted".to_string(),
-            11 => "segmentation fault".to_string(),
-            15 => "terminated".to_string(),
-            n => format!("{n}"),
-        };
-        format!("signal: {name}")
-    } else {
-        format!("exit status {exit_code}")
-    }
 }
 
 #[cfg(test)]

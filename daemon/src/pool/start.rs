@@ -11,11 +11,12 @@ use flint_proto::agent::v1::{host_message, Configure, Resume};
 
 use super::spare::Spare;
 use super::{
-    error_doc, exit_reason, unix_ms, AgentEvent, Instance, InstanceState, Origin, Pool, PoolError,
-    Preparation, Started, StartingSpare,
+    unix_ms, AgentEvent, Instance, InstanceState, Origin, Pool, PoolError, Preparation, Started,
+    StartingSpare,
 };
 use crate::engine::{Memory, VmSpec};
 use crate::functions::{Function, LATEST};
+use crate::guest::{error_doc, exit_reason};
 use crate::logs::LogStream;
 use crate::snapshot::{Snapshot, SnapshotKind};
 
