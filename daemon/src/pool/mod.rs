@@ -1131,4 +1131,116 @@ mod tests {
         assert_eq!(ids(&p), ["y", "z"]);
         assert_eq!(p.capacity().charged_mb, 40 + 40 + 128);
     }
+
+    /// One step of a random workload on the books.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Admit(usize),
+        Finish(usize),
+        Book(usize, u32),
+        Release(usize),
+        Drop(usize),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..4usize).prop_map(Op::Admit),
+            any::<usize>().prop_map(Op::Finish),
+            (0..4usize, prop::sample::select(vec![128u32, 256, 512]))
+                .prop_map(|(f, m)| Op::Book(f, m)),
+            any::<usize>().prop_map(Op::Release),
+            any::<usize>().prop_map(Op::Drop),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(
+            std::env::var("FLINT_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+        ))]
+
+        /// Whatever the order of admissions, bookings, releases and drops:
+        /// a reserved function never runs beyond its reservation, the
+        /// others never beyond what reservations leave, the node never
+        /// holds more instances or memory than its limits, and what is
+        /// dropped gives its capacity back.
+        #[test]
+        fn the_books_keep_their_invariants(
+            reserved in proptest::collection::vec(proptest::option::of(0u32..3), 4),
+            max in 1u32..8,
+            budget in 256u64..2048,
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let p = pool(max, budget);
+                let names = ["f0", "f1", "f2", "f3"];
+                for (n, r) in names.iter().zip(&reserved) {
+                    p.set_reserved(n, *r);
+                }
+                let reserved_total: u32 = reserved.iter().flatten().sum();
+                let (mut tickets, mut leases) = (Vec::new(), Vec::new());
+                for op in ops {
+                    match op {
+                        Op::Admit(f) => {
+                            if let Ok(t) = p.admit(names[f]) {
+                                tickets.push(t);
+                            }
+                        }
+                        Op::Finish(i) if !tickets.is_empty() => {
+                            let n = tickets.len();
+                            tickets.remove(i % n);
+                        }
+                        Op::Book(f, mb) => {
+                            let mut fun = function(names[f]);
+                            fun.memory_mb = mb;
+                            if let Ok((lease, evicted)) = p.book_now(&fun, None) {
+                                for cell in evicted {
+                                    stop_cell(cell).await;
+                                }
+                                if let Some(m) = lock(&p.books).members.get_mut(&lease.id) {
+                                    m.ready = true;
+                                }
+                                leases.push(lease);
+                            }
+                        }
+                        Op::Release(i) if !leases.is_empty() => {
+                            let n = leases.len();
+                            p.release(leases.remove(i % n));
+                            tokio::task::yield_now().await;
+                        }
+                        Op::Drop(i) if !leases.is_empty() => {
+                            let n = leases.len();
+                            leases.remove(i % n);
+                        }
+                        _ => {}
+                    }
+                    let b = lock(&p.books);
+                    for (n, r) in names.iter().zip(&reserved) {
+                        let running = b.running.get(*n).copied().unwrap_or(0);
+                        if let Some(r) = r {
+                            proptest::prop_assert!(running <= *r, "{n} runs {running} over its {r}");
+                        }
+                    }
+                    let unreserved: u32 = names
+                        .iter()
+                        .zip(&reserved)
+                        .filter(|(_, r)| r.is_none())
+                        .map(|(n, _)| b.running.get(*n).copied().unwrap_or(0))
+                        .sum();
+                    proptest::prop_assert!(unreserved <= max.saturating_sub(reserved_total));
+                    proptest::prop_assert!(b.members.len() as u32 <= max);
+                    proptest::prop_assert!(b.charged_mb() <= budget, "{} MB over {budget}", b.charged_mb());
+                    let busy = b.members.values().filter(|m| m.busy).count();
+                    proptest::prop_assert_eq!(busy, leases.len(), "a busy member without its lease");
+                }
+                drop(tickets);
+                drop(leases);
+                let b = lock(&p.books);
+                proptest::prop_assert!(b.running.is_empty(), "{:?}", b.running);
+                proptest::prop_assert!(b.members.values().all(|m| !m.busy));
+                Ok(())
+            })?;
+        }
+    }
 }
