@@ -10,6 +10,8 @@
 //! provisioned ones first and then the most recently used, or a new one
 //! when the node has room (after evicting idle instances if it must).
 
+#[cfg(test)]
+mod fake;
 mod instance;
 mod spare;
 mod start;
