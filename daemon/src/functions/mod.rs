@@ -489,6 +489,50 @@ pub fn validate_spec(spec: &mut FunctionSpec) -> Result<Runtime, FunctionsError>
     Ok(runtime)
 }
 
+/// A configuration update: AWS rejects a zero, it is not "the default".
+pub fn validate_update(u: &ConfigUpdate) -> Result<(), FunctionsError> {
+    for (field, v) in [
+        ("MemorySize", u.memory_mb),
+        ("Timeout", u.timeout_s),
+        ("EphemeralStorage", u.ephemeral_mb),
+    ] {
+        if v == Some(0) {
+            return Err(invalid(field, "must be given as a positive number (got 0)"));
+        }
+    }
+    Ok(())
+}
+
+/// A version's description: at most 256 characters.
+pub fn validate_description(description: &str) -> Result<(), FunctionsError> {
+    if description.len() > 256 {
+        return Err(invalid("Description", "must be at most 256 characters"));
+    }
+    Ok(())
+}
+
+/// `$LATEST` or a version number.
+pub fn validate_version(version: &str) -> Result<(), FunctionsError> {
+    if version != LATEST && version.parse::<u64>().is_err() {
+        return Err(invalid(
+            "FunctionVersion",
+            format!("{version:?} must be $LATEST or a version number"),
+        ));
+    }
+    Ok(())
+}
+
+/// A layer's compatible runtimes: runtimes this node offers.
+pub fn validate_compatible_runtimes(runtimes: &[String]) -> Result<(), FunctionsError> {
+    match runtimes.iter().find(|r| Runtime::parse(r).is_none()) {
+        Some(r) => Err(invalid(
+            "CompatibleRuntimes",
+            format!("{r:?} is not a runtime of this node"),
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn validate_ephemeral(mb: u32) -> Result<(), FunctionsError> {
     if (MIN_EPHEMERAL_MB..=MAX_EPHEMERAL_MB).contains(&mb) {
         Ok(())
@@ -546,6 +590,29 @@ mod tests {
             handler: "app.handler".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn updates_descriptions_versions_and_layer_runtimes_are_checked_here() {
+        let field = |r: Result<(), FunctionsError>| match r {
+            Err(FunctionsError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        let zero = ConfigUpdate {
+            timeout_s: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(field(validate_update(&zero)), "Timeout");
+        assert!(validate_update(&ConfigUpdate::default()).is_ok());
+        assert!(validate_description(&"d".repeat(256)).is_ok());
+        assert_eq!(field(validate_description(&"d".repeat(257))), "Description");
+        assert!(validate_version(LATEST).is_ok() && validate_version("12").is_ok());
+        assert_eq!(field(validate_version("live")), "FunctionVersion");
+        assert!(validate_compatible_runtimes(&["python3.11".into()]).is_ok());
+        assert_eq!(
+            field(validate_compatible_runtimes(&["cobol".into()])),
+            "CompatibleRuntimes"
+        );
     }
 
     #[test]

@@ -476,20 +476,7 @@ impl Node {
         name: &str,
         u: ConfigUpdate,
     ) -> Result<Function, NodeError> {
-        // AWS rejects a zero; it is not "the default" in an update.
-        for (field, v) in [
-            ("MemorySize", u.memory_mb),
-            ("Timeout", u.timeout_s),
-            ("EphemeralStorage", u.ephemeral_mb),
-        ] {
-            if v == Some(0) {
-                return Err(FunctionsError::Invalid {
-                    field,
-                    rule: "must be given as a positive number (got 0)".into(),
-                }
-                .into());
-            }
-        }
+        functions::validate_update(&u)?;
         let old = self.store.get(name)?;
         old.check_revision(u.revision_id.as_deref())?;
         let (spec, runtime) = Self::apply_update(&old, &u)?;
@@ -600,13 +587,7 @@ impl Node {
     }
 
     pub fn publish_version(&self, name: &str, description: &str) -> Result<Function, NodeError> {
-        if description.len() > 256 {
-            return Err(FunctionsError::Invalid {
-                field: "Description",
-                rule: "must be at most 256 characters".into(),
-            }
-            .into());
-        }
+        functions::validate_description(description)?;
         let v = self.store.publish_version(name, description)?;
         self.prepare_in_background(&v);
         Ok(v)
@@ -641,13 +622,7 @@ impl Node {
     }
 
     fn check_version_exists(&self, function: &str, version: &str) -> Result<(), NodeError> {
-        if version != LATEST && version.parse::<u64>().is_err() {
-            return Err(FunctionsError::Invalid {
-                field: "FunctionVersion",
-                rule: format!("{version:?} must be $LATEST or a version number"),
-            }
-            .into());
-        }
+        functions::validate_version(version)?;
         self.store.get_qualified(function, version)?;
         Ok(())
     }
@@ -734,15 +709,7 @@ impl Node {
         compatible_runtimes: Vec<String>,
     ) -> Result<LayerVersion, NodeError> {
         functions::validate_layer_name(name)?;
-        for r in &compatible_runtimes {
-            if Runtime::parse(r).is_none() {
-                return Err(FunctionsError::Invalid {
-                    field: "CompatibleRuntimes",
-                    rule: format!("{r:?} is not a runtime of this node"),
-                }
-                .into());
-            }
-        }
+        functions::validate_compatible_runtimes(&compatible_runtimes)?;
         if zip.is_empty() {
             return Err(FunctionsError::Invalid {
                 field: "ZipFile",
