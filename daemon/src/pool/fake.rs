@@ -308,3 +308,58 @@ async fn a_start_that_waits_past_its_deadline_never_boots() {
     assert_eq!(failed(first.await.unwrap().unwrap()), "Sandbox.Timedout");
     assert_eq!(c.booted.load(Ordering::SeqCst), 1);
 }
+
+/// Books an instance of `f` and starts it; the lease is given back idle.
+async fn run_once(p: &Pool, dir: &Path, function: &str) -> String {
+    let f = Function {
+        name: function.into(),
+        ..Function::placeholder()
+    };
+    let mut lease = p.book(&f, None).await.unwrap();
+    let log = p
+        .template_logs
+        .open_stream(function, "$LATEST", &lease.id)
+        .unwrap();
+    let Started::Ready(inst) = p
+        .start(
+            &f,
+            dir.join("code.erofs"),
+            None,
+            lease.id.clone(),
+            log,
+            None,
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the init failed");
+    };
+    lease.set(inst);
+    let id = lease.id.clone();
+    p.release(lease);
+    id
+}
+
+#[tokio::test]
+async fn a_full_node_evicts_the_least_recently_used_idle_instance_and_stops_its_vm() {
+    let (mut p, c, dir) = pool(Script::Init(Duration::from_millis(5)), 2);
+    p.settings.max_instances = 2;
+    let oldest = run_once(&p, dir.path(), "a").await;
+    let newer = run_once(&p, dir.path(), "b").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(c.running.load(Ordering::SeqCst), 2);
+    // A third instance fits only in the place of the least recently used.
+    let third = run_once(&p, dir.path(), "c").await;
+    let mut left: Vec<String> = lock(&p.books).members.keys().cloned().collect();
+    left.sort();
+    let mut want = vec![newer, third];
+    want.sort();
+    assert_eq!(left, want);
+    assert!(!left.contains(&oldest));
+    assert_eq!(c.booted.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        c.running.load(Ordering::SeqCst),
+        2,
+        "the evicted VM is stopped"
+    );
+}
