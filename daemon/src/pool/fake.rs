@@ -177,26 +177,14 @@ fn pool(script: Script, slots: u32) -> (Pool, Arc<Counters>, tempfile::TempDir) 
     let p = Pool::new(
         Arc::new(engine),
         PoolSettings {
-            kernel: dir.path().join("vmlinux"),
-            artifacts_dir: dir.path().to_path_buf(),
-            run_dir: dir.path().join("run"),
             boot_timeout: Duration::from_secs(5),
             init_timeout: Duration::from_millis(300),
-            snapshot_init_timeout: Duration::from_secs(5),
-            region: "r".into(),
-            account_id: "a".into(),
-            snapshot_latest: false,
-            spare_vms: false,
-            freeze_idle: false,
-            idle_timeout: Duration::from_secs(600),
-            max_instances: 16,
-            memory_budget_mb: 100_000,
-            unreserved_min: 1,
             starts: StartSettings {
                 slots,
                 scale_instances: 1000,
                 scale_interval: Duration::from_secs(10),
             },
+            ..super::tests::settings(dir.path())
         },
         None,
         FunctionLogs::new(dir.path().join("logs"), Default::default()),

@@ -377,11 +377,17 @@ impl Pool {
             .cloned()
     }
 
+    /// Whether `f` starts from a function snapshot of its own: published
+    /// versions, and `$LATEST` where configured, when snapshots are on.
+    fn gets_function_snapshot(&self, f: &Function) -> bool {
+        self.snapshots.is_some()
+            && (f.version != crate::functions::LATEST || self.settings.snapshot_latest)
+    }
+
     /// Marks `f`'s function snapshot as about to be built, if `f` gets one;
     /// returns whether it does.
     pub fn expect_preparation(&self, f: &Function) -> bool {
-        let applies = self.snapshots.is_some()
-            && (f.version != crate::functions::LATEST || self.settings.snapshot_latest);
+        let applies = self.gets_function_snapshot(f);
         if applies {
             self.set_preparation(f, Some(Preparation::Pending));
         }
@@ -994,6 +1000,29 @@ mod tests {
         }
     }
 
+    /// Settings for pools in tests, with files under `dir`: snapshots,
+    /// spares and freezing off, short limits.
+    pub(super) fn settings(dir: &std::path::Path) -> PoolSettings {
+        PoolSettings {
+            kernel: dir.join("vmlinux"),
+            artifacts_dir: dir.to_path_buf(),
+            run_dir: dir.join("run"),
+            boot_timeout: Duration::from_secs(1),
+            init_timeout: Duration::from_secs(1),
+            snapshot_init_timeout: Duration::from_secs(1),
+            region: "r".into(),
+            account_id: "a".into(),
+            snapshot_latest: false,
+            spare_vms: false,
+            freeze_idle: false,
+            idle_timeout: Duration::from_secs(600),
+            max_instances: 16,
+            memory_budget_mb: 100_000,
+            unreserved_min: 1,
+            starts: StartSettings::for_host(2, false),
+        }
+    }
+
     fn pool(max_instances: u32, memory_budget_mb: u64) -> Pool {
         let dir = std::env::temp_dir();
         Pool::new(
@@ -1002,22 +1031,9 @@ mod tests {
                 reason: "test".into(),
             })),
             PoolSettings {
-                kernel: dir.clone(),
-                artifacts_dir: dir.clone(),
-                run_dir: dir.clone(),
-                boot_timeout: Duration::from_secs(1),
-                init_timeout: Duration::from_secs(1),
-                snapshot_init_timeout: Duration::from_secs(1),
-                region: "r".into(),
-                account_id: "a".into(),
-                snapshot_latest: false,
-                spare_vms: false,
-                freeze_idle: false,
-                idle_timeout: Duration::from_secs(600),
                 max_instances,
                 memory_budget_mb,
-                unreserved_min: 1,
-                starts: StartSettings::for_host(2, false),
+                ..settings(&dir)
             },
             None,
             FunctionLogs::new(dir.join("flint-pool-test-logs"), Default::default()),

@@ -15,7 +15,7 @@ use super::{
     StartingSpare,
 };
 use crate::engine::{Memory, VmSpec};
-use crate::functions::{Function, LATEST};
+use crate::functions::Function;
 use crate::guest::{error_doc, exit_reason};
 use crate::logs::LogStream;
 use crate::snapshot::{Snapshot, SnapshotKind};
@@ -103,9 +103,12 @@ impl Pool {
         // A snapshot that is being built holds a slot of its own: wait for
         // it without holding another.
         if self.snapshots.is_some() {
-            let _ = self.build_lock(&self.runtime_key(f)).lock().await;
-            if f.version != LATEST || self.settings.snapshot_latest {
-                let _ = self.build_lock(&self.function_key(f)).lock().await;
+            let runtime_key = self.runtime_key(f);
+            let _ = self.build_lock(&runtime_key).lock().await;
+            if self.gets_function_snapshot(f) {
+                let s = &self.settings;
+                let key = crate::snapshot::function_key(&runtime_key, f, &s.region, &s.account_id);
+                let _ = self.build_lock(&key).lock().await;
             }
         }
         let _slot = self.starts.acquire(&f.name, deadline).await?;
@@ -122,7 +125,7 @@ impl Pool {
         code_image: PathBuf,
         opt_image: Option<PathBuf>,
     ) -> Result<Option<String>, PoolError> {
-        if self.snapshots.is_none() || (f.version == LATEST && !self.settings.snapshot_latest) {
+        if !self.gets_function_snapshot(f) {
             return Ok(None);
         }
         let key = self.function_key(f);
@@ -207,7 +210,7 @@ impl Pool {
                     .await;
             }
         };
-        if f.version != LATEST || self.settings.snapshot_latest {
+        if self.gets_function_snapshot(f) {
             // A transient failure (a VMM that did not start, a slow guest)
             // gets one more try before the instance is started without the
             // function snapshot.
