@@ -515,6 +515,33 @@ mod tests {
     }
 
     #[test]
+    fn start_slots_default_from_the_host_and_bad_values_are_refused() {
+        use crate::engine::Accel;
+        let c = Config::default();
+        assert_eq!(c.start_settings(Accel::Tcg, 4).slots, 4);
+        assert_eq!(c.start_settings(Accel::Kvm, 4).slots, 8);
+        let c =
+            Config::from_toml("[starts]\nslots = 3\nscale_instances = 5\nscale_interval_s = 2.5\n")
+                .unwrap();
+        let s = c.start_settings(Accel::Kvm, 16);
+        assert_eq!((s.slots, s.scale_instances), (3, 5));
+        assert_eq!(s.scale_interval, Duration::from_millis(2500));
+        for bad in [
+            "slots = 0",
+            "scale_instances = 0",
+            "scale_interval_s = 0",
+            "scale_interval_s = 1e9",
+        ] {
+            let e = Config::from_toml(&format!("[starts]\n{bad}\n")).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid(_)), "{bad}: {e}");
+        }
+        assert!(
+            Config::from_toml("[starts]\nslot = 1\n").is_err(),
+            "unknown key"
+        );
+    }
+
+    #[test]
     fn tcp_without_mutual_tls_is_refused() {
         let e = Config::from_toml("listen = [\"127.0.0.1:7000\"]\n").unwrap_err();
         assert!(e.to_string().contains("mutual TLS"), "{e}");
