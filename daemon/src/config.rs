@@ -296,15 +296,15 @@ impl Config {
     /// The start scheduler in force under `accel` on a host with `cpus`
     /// CPUs: the configured values over [`StartSettings::for_host`].
     ///
-    /// [`StartSettings::for_host`]: crate::pool::StartSettings::for_host
+    /// [`StartSettings::for_host`]: crate::launch::StartSettings::for_host
     pub fn start_settings(
         &self,
         accel: crate::engine::Accel,
         cpus: u32,
-    ) -> crate::pool::StartSettings {
-        let d = crate::pool::StartSettings::for_host(cpus, accel == crate::engine::Accel::Kvm);
+    ) -> crate::launch::StartSettings {
+        let d = crate::launch::StartSettings::for_host(cpus, accel == crate::engine::Accel::Kvm);
         let s = &self.starts;
-        crate::pool::StartSettings {
+        crate::launch::StartSettings {
             slots: s.slots.unwrap_or(d.slots),
             scale_instances: s.scale_instances.unwrap_or(d.scale_instances),
             scale_interval: s

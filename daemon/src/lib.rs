@@ -8,6 +8,7 @@ pub mod engine;
 pub mod functions;
 pub mod guest;
 pub mod invoke;
+pub mod launch;
 pub mod logs;
 pub mod node;
 pub mod packages;

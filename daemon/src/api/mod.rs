@@ -16,9 +16,9 @@ use tonic::{Request, Response, Status};
 
 use crate::functions::{Alias, ConfigUpdate, Function, FunctionSpec, LayerVersion};
 use crate::invoke::{InvocationType, InvokeRequest};
+use crate::launch::Preparation;
 use crate::logs::LogRecord;
 use crate::node::{AliasSpec, InstanceStatus, Node};
-use crate::pool::Preparation;
 
 /// Large enough for a 50 MB package plus framing.
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::functions::FunctionsError;
 use crate::invoke::InvokeError;
+use crate::launch::{LaunchError, START_QUEUE_REASON};
 use crate::node::NodeError;
 use crate::packages::PackageError;
 use crate::pool::PoolError;
@@ -73,7 +74,12 @@ fn invoke(e: &InvokeError) -> Status {
             "TooManyRequestsException",
             format!("{p} (Reason: {})", reason.reason()),
         ),
-        InvokeError::Pool(_) | InvokeError::Logs(_) => {
+        InvokeError::Launch(l @ LaunchError::StartQueue(_)) => status(
+            Code::ResourceExhausted,
+            "TooManyRequestsException",
+            format!("{l} (Reason: {START_QUEUE_REASON})"),
+        ),
+        InvokeError::Launch(_) | InvokeError::Logs(_) => {
             status(Code::Unavailable, "ServiceException", chain(e))
         }
     }

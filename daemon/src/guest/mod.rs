@@ -4,10 +4,30 @@
 //! uses. A guest is hostile: a frame over the protocol's limit or one that
 //! does not decode ends the conversation, and what is buffered from it is
 //! bounded by the frame limit.
+//!
+//! [`GuestLink`] is a live conversation: typed messages out, one way to wait
+//! for what comes back. Lambda's error documents for what a guest does
+//! wrong are written here, and nowhere else.
+
+mod link;
+
+use std::io::Read;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flint_proto::agent::v1::{AgentMessage, HostMessage};
 use flint_proto::frame::{self, FrameBuffer, FrameError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+pub use link::{
+    AgentChannel, AgentEvent, Answer, End, FunctionFailure, GuestLink, Invocation, QueuedEvents,
+    Setup, Waited, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("the agent channel is closed")]
+    ChannelClosed,
+}
 
 /// How much is read from the channel at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -59,6 +79,54 @@ pub fn error_doc(error_type: &str, message: &str) -> Vec<u8> {
     serde_json::json!({"errorType": error_type, "errorMessage": message})
         .to_string()
         .into_bytes()
+}
+
+/// The error document of an invocation whose runtime exited (`end` is not
+/// `None`: with its reason) or whose guest went away.
+pub fn exit_error(request_id: &str, end: Option<(i32, i32)>) -> Vec<u8> {
+    let why = match end {
+        Some((code, signal)) => format!("Runtime exited with error: {}", exit_reason(code, signal)),
+        None => "Runtime exited without providing a reason".into(),
+    };
+    error_doc(
+        "Runtime.ExitError",
+        &format!("RequestId: {request_id} Error: {why}"),
+    )
+}
+
+/// The error document of an invocation that ran out of time.
+pub fn timeout_error(request_id: &str, timeout: Duration) -> Vec<u8> {
+    error_doc(
+        "Sandbox.Timedout",
+        &format!(
+            "RequestId: {request_id} Error: Task timed out after {:.2} seconds",
+            timeout.as_secs_f64()
+        ),
+    )
+}
+
+/// The error document of an invocation whose guest broke the protocol.
+pub fn protocol_error(request_id: &str, what: &str) -> Vec<u8> {
+    error_doc(
+        "Sandbox.ProtocolError",
+        &format!("RequestId: {request_id} Error: the instance broke the agent protocol ({what}) and was stopped"),
+    )
+}
+
+/// Milliseconds since the Unix epoch, as the protocol carries times.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Fresh entropy for a guest (every clone of a snapshot gets its own).
+pub fn entropy() -> Vec<u8> {
+    let mut e = vec![0u8; 64];
+    if let Ok(mut r) = std::fs::File::open("/dev/urandom") {
+        let _ = r.read_exact(&mut e);
+    }
+    e
 }
 
 /// Lambda's wording of a process end: `exit status 1` or `signal: killed`.

@@ -3,17 +3,15 @@
 //! within the function's timeout, and write Lambda's START, END and REPORT
 //! lines.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use flint_proto::agent::v1::{host_message, Invoke};
-
 use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError, Qualifier};
-use crate::guest::{error_doc, exit_reason};
+use crate::guest::{self, Answer, End, Invocation};
+use crate::launch::{Images, Instance, InstanceState, LaunchError, Started};
 use crate::logs::{FunctionLogs, LogStream, LogsError};
 use crate::packages::CodeStore;
-use crate::pool::{unix_ms, AgentEvent, Instance, InstanceState, Pool, PoolError, Started};
+use crate::pool::{Pool, PoolError};
 
 /// Lambda's limit on a synchronous request payload, 6 MB.
 pub const MAX_SYNC_PAYLOAD: usize = 6 * 1024 * 1024;
@@ -32,8 +30,10 @@ pub enum InvokeError {
     ClientContext(String),
     #[error("InvocationType: Event invocations are not supported by this node yet")]
     EventUnsupported,
-    #[error("the instance could not be started")]
+    #[error(transparent)]
     Pool(#[from] PoolError),
+    #[error("the instance could not be started")]
+    Launch(#[from] LaunchError),
     #[error(transparent)]
     Logs(#[from] LogsError),
 }
@@ -146,21 +146,25 @@ impl Invoker {
         log: LogStream,
         deadline: Option<Instant>,
     ) -> Result<Started, InvokeError> {
-        let (image, opt) = self.images(f).await?;
+        let images = self.images(f).await?;
         Ok(self
             .pool
-            .start(f, image, opt, instance_id, log, deadline)
+            .start(f, images, instance_id, log, deadline)
             .await?)
     }
 
     /// Builds the function snapshot of a published version ahead of its
     /// first invocation; its state says how that went.
     pub async fn prepare(&self, f: &Function) {
-        let r = match self.images(f).await {
-            Ok((image, opt)) => self.pool.prepare(f, image, opt).await,
-            Err(e) => Err(crate::pool::PoolError::Snapshot(e.to_string())),
+        let images = match self.images(f).await {
+            Ok(images) => images,
+            Err(e) => {
+                tracing::warn!(function = %f.name, version = %f.version, error = %e,
+                    "the layers of a published version could not be prepared");
+                return;
+            }
         };
-        match r {
+        match self.pool.launcher().prepare(f, images).await {
             Ok(None) => {}
             Ok(Some(error_type)) => tracing::warn!(function = %f.name, version = %f.version,
                 %error_type, "the init of a published version failed"),
@@ -170,8 +174,8 @@ impl Invoker {
     }
 
     /// The code image of `f`, and the merged image of its layers.
-    async fn images(&self, f: &Function) -> Result<(PathBuf, Option<PathBuf>), InvokeError> {
-        let image = self.code.image_path(&f.code_sha256_hex);
+    async fn images(&self, f: &Function) -> Result<Images, InvokeError> {
+        let code = self.code.image_path(&f.code_sha256_hex);
         let opt = if f.layers.is_empty() {
             None
         } else {
@@ -184,7 +188,7 @@ impl Invoker {
                     .map_err(|e| InvokeError::Layers(e.to_string()))?,
             )
         };
-        Ok((image, opt))
+        Ok(Images { code, opt })
     }
 
     pub async fn invoke(&self, mut req: InvokeRequest) -> Result<InvokeResult, InvokeError> {
@@ -223,7 +227,7 @@ impl Invoker {
                 // invocation could take on its own: its init limit and its
                 // timeout.
                 let deadline = admitted
-                    + self.pool.settings().init_timeout
+                    + self.pool.launcher().settings().init_timeout
                     + Duration::from_secs(f.timeout_s.into());
                 let mut lease = self.pool.book(&f, None).await?;
                 let log = self.logs.open_stream(&f.name, &f.version, &lease.id)?;
@@ -233,19 +237,15 @@ impl Invoker {
                     .await?
                 {
                     Started::Ready(inst) => lease.set(inst),
-                    Started::InitFailed {
-                        error_type,
-                        payload,
-                        init_duration,
-                    } => {
+                    Started::InitFailed(failure) => {
                         return Ok(self.init_failed(
                             &f,
                             &req,
                             &log,
                             request_id,
-                            &error_type,
-                            payload,
-                            init_duration,
+                            &failure.error_type,
+                            failure.payload,
+                            failure.init_duration,
                         ));
                     }
                 }
@@ -262,7 +262,7 @@ impl Invoker {
         } else {
             format!("{arn}:{}", req.qualifier)
         };
-        if inst.state == InstanceState::Frozen {
+        if inst.state() == InstanceState::Frozen {
             match inst.thaw().await {
                 Ok(d) => {
                     tracing::debug!(instance = %inst.id, thaw_us = d.as_micros() as u64, "thawed")
@@ -380,38 +380,33 @@ async fn run(
     if let Err(e) = inst.limit_cpu() {
         tracing::warn!(instance = %inst.id, error = %e, "putting the vCPUs under their quota failed");
     }
-    let sent = inst.send(host_message::Kind::Invoke(Invoke {
-        request_id: request_id.to_string(),
-        payload: req.payload.clone(),
-        deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
+    let sent = inst.link().invoke(&Invocation {
+        request_id,
+        payload: &req.payload,
+        timeout,
         invoked_function_arn: arn,
         trace_id: trace_id(),
-        client_context: req.client_context.clone(),
-        cognito_identity: String::new(),
-        host_unix_ms: unix_ms(SystemTime::now()),
-    }));
+        client_context: &req.client_context,
+    });
     if sent.is_err() {
-        let p = error_doc(
-            "Runtime.ExitError",
-            &format!("RequestId: {request_id} Error: Runtime exited without providing a reason"),
+        return (
+            crashed(guest::exit_error(request_id, None)),
+            started.elapsed(),
+            0,
         );
-        return (crashed(p), started.elapsed(), 0);
     }
     // Every event ends the invocation: the one it waits for, or one that
     // shows the instance cannot serve it.
-    match inst.next_event(deadline).await {
-        Some(AgentEvent::Response {
-            request_id: id,
+    match inst.link().answer(request_id, deadline).await {
+        Answer::Response {
             payload,
             max_memory_kb,
-        }) if id == request_id => (Outcome::Ok(payload), started.elapsed(), max_memory_kb),
-        Some(AgentEvent::Error {
-            request_id: id,
+        } => (Outcome::Ok(payload), started.elapsed(), max_memory_kb),
+        Answer::Error {
             payload,
             max_memory_kb,
             unhandled,
-            ..
-        }) if id == request_id => {
+        } => {
             let kind = if unhandled {
                 FunctionError::Unhandled
             } else {
@@ -430,42 +425,23 @@ async fn run(
                 max_memory_kb,
             )
         }
-        Some(AgentEvent::RuntimeExit { exit_code, signal }) => {
-            let reason = exit_reason(exit_code, signal);
-            let p = error_doc(
-                "Runtime.ExitError",
-                &format!("RequestId: {request_id} Error: Runtime exited with error: {reason}"),
-            );
-            (
-                crashed(p),
-                started.elapsed(),
-                inst.rss_kb().min(f.memory_mb as u64 * 1024),
-            )
-        }
-        Some(AgentEvent::Closed) => {
-            let p = error_doc(
-                "Runtime.ExitError",
-                &format!(
-                    "RequestId: {request_id} Error: Runtime exited without providing a reason"
-                ),
-            );
-            (crashed(p), started.elapsed(), 0)
-        }
-        Some(AgentEvent::Broken(reason)) => {
+        Answer::Ended(End::Exited { exit_code, signal }) => (
+            crashed(guest::exit_error(request_id, Some((exit_code, signal)))),
+            started.elapsed(),
+            inst.rss_kb().min(f.memory_mb as u64 * 1024),
+        ),
+        Answer::Ended(End::Closed) => (
+            crashed(guest::exit_error(request_id, None)),
+            started.elapsed(),
+            0,
+        ),
+        Answer::Ended(End::Broken(reason)) => {
             (protocol_error(request_id, &reason), started.elapsed(), 0)
         }
         // Anything else is out of order here: a guest that sends it is
         // not trusted to serve further.
-        Some(other) => {
-            let what = match &other {
-                AgentEvent::Response { .. } | AgentEvent::Error { .. } => {
-                    format!("an {} for another request", other.name())
-                }
-                _ => format!("{} during an invocation", other.name()),
-            };
-            (protocol_error(request_id, &what), started.elapsed(), 0)
-        }
-        None => {
+        Answer::OutOfOrder(what) => (protocol_error(request_id, &what), started.elapsed(), 0),
+        Answer::TimedOut => {
             let secs = timeout.as_secs_f64();
             log.line(
                 request_id,
@@ -474,14 +450,10 @@ async fn run(
                     crate::time::rfc3339(SystemTime::now())
                 ),
             );
-            let p = error_doc(
-                "Sandbox.Timedout",
-                &format!("RequestId: {request_id} Error: Task timed out after {secs:.2} seconds"),
-            );
             (
                 Outcome::Failed {
                     kind: FunctionError::Unhandled,
-                    payload: p,
+                    payload: guest::timeout_error(request_id, timeout),
                     destroy: true,
                     status: Some("timeout"),
                 },
@@ -502,10 +474,7 @@ fn protocol_error(request_id: &str, what: &str) -> Outcome {
     );
     Outcome::Failed {
         kind: FunctionError::Unhandled,
-        payload: error_doc(
-            "Sandbox.ProtocolError",
-            &format!("RequestId: {request_id} Error: the instance broke the agent protocol ({what}) and was stopped"),
-        ),
+        payload: guest::protocol_error(request_id, what),
         destroy: true,
         status: Some("error\tError Type: Sandbox.ProtocolError"),
     }

@@ -10,7 +10,8 @@ use crate::functions::{
     parse_qualifier, Function, FunctionsError, ProvisionedConfig, Qualifier, LATEST,
 };
 use crate::invoke::Invoker;
-use crate::pool::{InstanceState, Lease, Pool, Started};
+use crate::launch::{InstanceState, Started};
+use crate::pool::{Lease, Pool};
 
 /// Provisioned instances of one config started at the same time.
 const PARALLEL_STARTS: u32 = 2;
@@ -461,9 +462,12 @@ async fn provision_one(
             lease.set(inst);
             pool.release(lease);
         }
-        Ok(Started::InitFailed { error_type, .. }) => provisioning.fail(
+        Ok(Started::InitFailed(failure)) => provisioning.fail(
             &key,
-            format!("FUNCTION_ERROR_INIT_FAILURE: the function's init failed: {error_type}"),
+            format!(
+                "FUNCTION_ERROR_INIT_FAILURE: the function's init failed: {}",
+                failure.error_type
+            ),
             false,
         ),
         // Tried again on the next pass.

@@ -13,9 +13,10 @@ use crate::functions::{
     Qualifier, LATEST,
 };
 use crate::invoke::{InvokeError, InvokeRequest, InvokeResult, Invoker};
+use crate::launch::{InstanceInfo, LaunchSettings, Launcher};
 use crate::logs::FunctionLogs;
 use crate::packages::{CodeImage, CodeStore, PackageError, PackageRules, Runtime, MAX_UNZIPPED};
-use crate::pool::{Capacity, InstanceInfo, Pool, PoolSettings};
+use crate::pool::{Capacity, Pool, PoolSettings};
 
 mod concurrency;
 
@@ -87,8 +88,8 @@ pub struct NodeInfo {
     pub vmm_confinement: String,
     /// On demand, and while building a function snapshot.
     pub init_limits: (std::time::Duration, std::time::Duration),
-    pub starts: crate::pool::StartSettings,
-    pub start_counts: crate::pool::StartCounts,
+    pub starts: crate::launch::StartSettings,
+    pub start_counts: crate::launch::StartCounts,
 }
 
 pub struct Node {
@@ -143,9 +144,9 @@ impl Node {
         };
         let logs = FunctionLogs::new(config.logs_dir(), config.log_limits());
         let accel_kind = engine.accel().accel;
-        let pool = Arc::new(Pool::new(
+        let launcher = Launcher::new(
             engine,
-            PoolSettings {
+            LaunchSettings {
                 kernel: config.kernel(),
                 artifacts_dir: config.artifacts_dir.clone(),
                 run_dir: config.run_dir(),
@@ -156,15 +157,20 @@ impl Node {
                 account_id: config.account_id.clone(),
                 snapshot_latest: config.snapshot_latest,
                 spare_vms: config.spare_vms,
+                starts: config.start_settings(accel_kind, crate::engine::host_cpus()),
+            },
+            snapshots,
+            logs.clone(),
+        );
+        let pool = Arc::new(Pool::new(
+            Arc::new(launcher),
+            PoolSettings {
                 freeze_idle: config.freeze_idle,
                 idle_timeout: config.idle_timeout,
                 max_instances: config.max_instances,
                 memory_budget_mb: config.memory_budget_mb,
                 unreserved_min: config.unreserved_min(),
-                starts: config.start_settings(accel_kind, crate::engine::host_cpus()),
             },
-            snapshots,
-            logs.clone(),
         ));
         for (function, reserved) in store.reserved()? {
             pool.set_reserved(&function, Some(reserved));
@@ -202,18 +208,18 @@ impl Node {
     }
 
     pub fn accel(&self) -> &AccelInfo {
-        self.pool.engine().accel()
+        self.pool.launcher().engine().accel()
     }
 
     /// The on-demand and snapshot-building init limits in force.
     pub fn init_limits(&self) -> (std::time::Duration, std::time::Duration) {
-        let s = self.pool.settings();
+        let s = self.pool.launcher().settings();
         (s.init_timeout, s.snapshot_init_timeout)
     }
 
     /// How VMMs are confined, in words.
     pub fn confinement(&self) -> String {
-        self.pool.engine().confinement()
+        self.pool.launcher().engine().confinement()
     }
 
     pub fn logs(&self) -> &FunctionLogs {
@@ -281,19 +287,19 @@ impl Node {
             for v in std::iter::once(f).chain(versions) {
                 let shas: Vec<String> = v.layers.iter().map(|l| l.sha256_hex.clone()).collect();
                 opt_keys.insert(CodeStore::opt_key(&shas));
-                snapshots.insert(self.pool.runtime_key(&v));
-                snapshots.insert(self.pool.function_key(&v));
+                snapshots.insert(self.pool.launcher().runtime_key(&v));
+                snapshots.insert(self.pool.launcher().function_key(&v));
             }
         }
         self.code.collect(&packages, &opt_keys);
-        if let Some(snaps) = self.pool.snapshots() {
+        if let Some(snaps) = self.pool.launcher().snapshots() {
             // The default runtime snapshots stay for the next function.
             for r in Runtime::ALL {
                 let probe = Function {
                     runtime: r,
                     ..Function::placeholder()
                 };
-                snapshots.insert(self.pool.runtime_key(&probe));
+                snapshots.insert(self.pool.launcher().runtime_key(&probe));
             }
             let n = snaps.collect(&snapshots);
             if n > 0 {
@@ -597,7 +603,7 @@ impl Node {
     /// does on publish, not at its first invocation; meanwhile its state is
     /// `Pending` ([`Node::preparation`]).
     fn prepare_in_background(&self, v: &Function) {
-        if self.pool.expect_preparation(v) {
+        if self.pool.launcher().expect_preparation(v) {
             let (invoker, v) = (self.invoker.clone(), v.clone());
             tokio::spawn(async move { invoker.prepare(&v).await });
         }
@@ -605,13 +611,16 @@ impl Node {
 
     /// Where a version's function snapshot stands (`None`: built or not
     /// needed).
-    pub fn preparation(&self, f: &Function) -> Option<crate::pool::Preparation> {
-        self.pool.preparation(&f.name, &f.version)
+    pub fn preparation(&self, f: &Function) -> Option<crate::launch::Preparation> {
+        self.pool.launcher().preparation(&f.name, &f.version)
     }
 
     /// The start scheduler's settings and its starts.
-    pub fn starts(&self) -> (crate::pool::StartSettings, crate::pool::StartCounts) {
-        (self.pool.start_settings(), self.pool.start_counts())
+    pub fn starts(&self) -> (crate::launch::StartSettings, crate::launch::StartCounts) {
+        (
+            self.pool.launcher().start_settings(),
+            self.pool.launcher().start_counts(),
+        )
     }
 
     /// `$LATEST` and every published version.
@@ -766,7 +775,7 @@ impl Node {
         &self,
         name: &str,
         qualifier: &str,
-    ) -> Result<crate::pool::Instance, NodeError> {
+    ) -> Result<crate::launch::Instance, NodeError> {
         let f = self.invoker.resolve(name, qualifier)?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let log = self
@@ -774,12 +783,10 @@ impl Node {
             .open_stream(&f.name, &f.version, &id)
             .map_err(InvokeError::from)?;
         match self.invoker.start_instance(&f, id, log, None).await? {
-            crate::pool::Started::Ready(inst) => Ok(inst),
-            crate::pool::Started::InitFailed { error_type, .. } => {
-                Err(NodeError::Invoke(InvokeError::Pool(
-                    crate::pool::PoolError::Snapshot(format!("init failed: {error_type}")),
-                )))
-            }
+            crate::launch::Started::Ready(inst) => Ok(inst),
+            crate::launch::Started::InitFailed(failure) => Err(NodeError::Invoke(
+                InvokeError::Launch(crate::launch::LaunchError::InitFailed(failure.error_type)),
+            )),
         }
     }
 
@@ -855,8 +862,8 @@ impl Node {
             log_bytes_dropped: self.logs.dropped_bytes(None),
             vmm_confinement: self.confinement(),
             init_limits: self.init_limits(),
-            starts: self.pool.start_settings(),
-            start_counts: self.pool.start_counts(),
+            starts: self.pool.launcher().start_settings(),
+            start_counts: self.pool.launcher().start_counts(),
         }
     }
 

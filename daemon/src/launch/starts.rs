@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{PoolError, Throttle};
+use super::LaunchError;
 
 /// How many starts run at once, and how fast one function may add instances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +146,7 @@ impl Starts {
         self: &Arc<Self>,
         function: &str,
         deadline: Option<Instant>,
-    ) -> Result<StartSlot, PoolError> {
+    ) -> Result<StartSlot, LaunchError> {
         let began = Instant::now();
         let seq = {
             let mut b = self.lock();
@@ -185,14 +185,11 @@ impl Starts {
                         && deadline.is_some_and(|d| Instant::now() >= d)
                     {
                         let waited = began.elapsed();
-                        return Err(PoolError::Throttled {
-                            reason: Throttle::StartQueue,
-                            detail: format!(
-                                "no start slot for {function} within {:.1} s ({} slots, all in use)",
-                                waited.as_secs_f64(),
-                                self.settings.slots
-                            ),
-                        });
+                        return Err(LaunchError::StartQueue(format!(
+                            "no start slot for {function} within {:.1} s ({} slots, all in use)",
+                            waited.as_secs_f64(),
+                            self.settings.slots
+                        )));
                     }
                 }
                 None => changed.await,
@@ -328,10 +325,7 @@ mod tests {
             .acquire("g", Some(Instant::now() + Duration::from_millis(50)))
             .await;
         match r {
-            Err(PoolError::Throttled {
-                reason: Throttle::StartQueue,
-                ..
-            }) => {}
+            Err(LaunchError::StartQueue(_)) => {}
             Err(e) => panic!("{e}"),
             Ok(_) => panic!("a slot beyond the limit"),
         }

@@ -17,7 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use super::*;
-use crate::engine::{Accel, AccelInfo, Vm, VmSpec, VmStats};
+use crate::engine::{Accel, AccelInfo, Engine, EngineError, Vm, VmSpec, VmStats};
+use crate::launch::{LaunchSettings, Origin, StartCounts, StartSettings};
+use crate::logs::FunctionLogs;
 
 /// What the scripted agent does once configured.
 #[derive(Debug, Clone, Copy)]
@@ -174,9 +176,9 @@ fn pool(script: Script, slots: u32) -> (Pool, Arc<Counters>, tempfile::TempDir) 
         script,
         counters: counters.clone(),
     };
-    let p = Pool::new(
+    let launcher = Launcher::new(
         Arc::new(engine),
-        PoolSettings {
+        LaunchSettings {
             boot_timeout: Duration::from_secs(5),
             init_timeout: Duration::from_millis(300),
             starts: StartSettings {
@@ -184,28 +186,39 @@ fn pool(script: Script, slots: u32) -> (Pool, Arc<Counters>, tempfile::TempDir) 
                 scale_instances: 1000,
                 scale_interval: Duration::from_secs(10),
             },
-            ..super::tests::settings(dir.path())
+            ..crate::launch::test_settings(dir.path())
         },
         None,
         FunctionLogs::new(dir.path().join("logs"), Default::default()),
     );
+    let p = Pool::new(Arc::new(launcher), super::tests::settings(16, 100_000));
     (p, counters, dir)
 }
 
-async fn start(p: &Pool, dir: &Path, id: &str) -> Result<Started, PoolError> {
+fn logs(dir: &Path) -> FunctionLogs {
+    FunctionLogs::new(dir.join("logs"), Default::default())
+}
+
+fn images(dir: &Path) -> Images {
+    Images {
+        code: dir.join("code.erofs"),
+        opt: None,
+    }
+}
+
+async fn start(p: &Pool, dir: &Path, id: &str) -> Result<Started, LaunchError> {
     let f = Function {
         name: "f".into(),
         ..Function::placeholder()
     };
-    let log = p.template_logs.open_stream("f", "$LATEST", id).unwrap();
+    let log = logs(dir).open_stream("f", "$LATEST", id).unwrap();
     let deadline = Some(Instant::now() + Duration::from_secs(10));
-    p.start(&f, dir.join("code.erofs"), None, id.into(), log, deadline)
-        .await
+    p.start(&f, images(dir), id.into(), log, deadline).await
 }
 
 fn failed(s: Started) -> String {
     match s {
-        Started::InitFailed { error_type, .. } => error_type,
+        Started::InitFailed(failure) => failure.error_type,
         Started::Ready(_) => panic!("started"),
     }
 }
@@ -234,7 +247,7 @@ async fn an_init_that_fails_hangs_or_crashes_is_the_functions_error_and_its_vm_i
         let s = start(&p, dir.path(), "i1").await.unwrap();
         assert_eq!(failed(s), error, "{script:?}");
         assert_eq!(c.running.load(Ordering::SeqCst), 0, "{script:?}");
-        assert_eq!(p.start_counts().in_flight, 0);
+        assert_eq!(p.launcher().start_counts().in_flight, 0);
     }
 }
 
@@ -254,7 +267,7 @@ async fn starts_take_the_slots_in_turn() {
     }
     assert_eq!(c.booted.load(Ordering::SeqCst), 6);
     assert_eq!(c.max_initialising.load(Ordering::SeqCst), 2);
-    assert_eq!(p.start_counts(), StartCounts::default());
+    assert_eq!(p.launcher().start_counts(), StartCounts::default());
 }
 
 #[tokio::test]
@@ -271,26 +284,15 @@ async fn a_start_that_waits_past_its_deadline_never_boots() {
         name: "g".into(),
         ..Function::placeholder()
     };
-    let log = p.template_logs.open_stream("g", "$LATEST", "late").unwrap();
+    let log = logs(dir.path())
+        .open_stream("g", "$LATEST", "late")
+        .unwrap();
     let deadline = Some(Instant::now() + Duration::from_millis(100));
     let r = p
-        .start(
-            &f,
-            dir.path().join("code.erofs"),
-            None,
-            "late".into(),
-            log,
-            deadline,
-        )
+        .start(&f, images(dir.path()), "late".into(), log, deadline)
         .await;
     assert!(
-        matches!(
-            r,
-            Err(PoolError::Throttled {
-                reason: Throttle::StartQueue,
-                ..
-            })
-        ),
+        matches!(r, Err(LaunchError::StartQueue(_))),
         "a start slot beyond the deadline"
     );
     assert_eq!(failed(first.await.unwrap().unwrap()), "Sandbox.Timedout");
@@ -304,19 +306,11 @@ async fn run_once(p: &Pool, dir: &Path, function: &str) -> String {
         ..Function::placeholder()
     };
     let mut lease = p.book(&f, None).await.unwrap();
-    let log = p
-        .template_logs
+    let log = logs(dir)
         .open_stream(function, "$LATEST", &lease.id)
         .unwrap();
     let Started::Ready(inst) = p
-        .start(
-            &f,
-            dir.join("code.erofs"),
-            None,
-            lease.id.clone(),
-            log,
-            None,
-        )
+        .start(&f, images(dir), lease.id.clone(), log, None)
         .await
         .unwrap()
     else {
