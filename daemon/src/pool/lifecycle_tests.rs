@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use flint_proto::agent::v1::{
-    agent_message, host_message, AgentMessage, HostMessage, InitDone, InitError, Ready,
+    agent_message, host_message, AgentMessage, HostMessage, InitDone, InitError, InvokeResponse,
+    Ready, RestoreDone, Resumed, SnapshotPrepared, Warmed,
 };
 use flint_proto::frame::{self, FrameBuffer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,8 @@ enum Script {
     Hang,
     /// The guest goes away.
     Crash,
+    /// The init succeeds; the guest goes away during its first invocation.
+    CrashOnInvoke,
 }
 
 #[derive(Default)]
@@ -41,6 +44,13 @@ struct Counters {
     /// VMs booted and not yet initialised, now and at most.
     initialising: AtomicUsize,
     max_initialising: AtomicUsize,
+    /// States loaded into a VM (restores and spares).
+    loaded: AtomicUsize,
+    /// Spares warmed up.
+    warmed: AtomicUsize,
+    /// VMs paused (frozen) and resumed.
+    paused: AtomicUsize,
+    resumed: AtomicUsize,
 }
 
 struct FakeEngine {
@@ -49,10 +59,22 @@ struct FakeEngine {
     counters: Arc<Counters>,
 }
 
+/// What the guest was doing when its VM was snapshotted: its agent ready
+/// (a runtime snapshot) or its runtime initialised (a function snapshot).
+/// The fake "state file" holds it, and a VM that loads it resumes there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Phase {
+    #[default]
+    Booted,
+    Initialised,
+}
+
 struct FakeVm {
     channel: Option<UnixStream>,
     counters: Arc<Counters>,
     stopped: bool,
+    /// The guest's phase, shared with its agent.
+    phase: Arc<std::sync::Mutex<Phase>>,
 }
 
 async fn say(s: &mut UnixStream, kind: agent_message::Kind) {
@@ -61,22 +83,39 @@ async fn say(s: &mut UnixStream, kind: agent_message::Kind) {
         .await;
 }
 
-/// The guest side: `Ready`, then the script once `Configure` arrives.
-async fn agent(mut s: UnixStream, script: Script, c: Arc<Counters>) {
-    say(&mut s, agent_message::Kind::Ready(Ready::default())).await;
+/// The guest side. A booted guest says `Ready`; a restored one waits for
+/// `Resume` (or a spare's `Warm`), and a restored function snapshot then
+/// reports its restore. `Configure` runs the script's init; `Invoke` echoes
+/// the payload; `PrepareSnapshot` is answered at once.
+async fn agent(
+    mut s: UnixStream,
+    script: Script,
+    c: Arc<Counters>,
+    restored: bool,
+    phase: Arc<std::sync::Mutex<Phase>>,
+) {
+    use agent_message::Kind;
+    if !restored {
+        say(&mut s, Kind::Ready(Ready::default())).await;
+    }
     let mut fb = FrameBuffer::default();
     let mut buf = vec![0u8; 4096];
     loop {
         while let Ok(Some(m)) = fb.next_frame::<HostMessage>() {
-            if let Some(host_message::Kind::Configure(_)) = m.kind {
-                match script {
-                    Script::Init(d) => {
+            match m.kind {
+                Some(host_message::Kind::Configure(_)) => match script {
+                    Script::Init(_) | Script::CrashOnInvoke => {
+                        let d = match script {
+                            Script::Init(d) => d,
+                            _ => Duration::from_millis(1),
+                        };
                         tokio::time::sleep(d).await;
                         c.initialising.fetch_sub(1, Ordering::SeqCst);
+                        *phase.lock().unwrap() = Phase::Initialised;
                         let done = InitDone {
                             init_duration_us: d.as_micros() as u64,
                         };
-                        say(&mut s, agent_message::Kind::InitDone(done)).await;
+                        say(&mut s, Kind::InitDone(done)).await;
                     }
                     Script::InitError => {
                         c.initialising.fetch_sub(1, Ordering::SeqCst);
@@ -85,14 +124,44 @@ async fn agent(mut s: UnixStream, script: Script, c: Arc<Counters>) {
                             payload: b"{}".to_vec(),
                             init_duration_us: 1000,
                         };
-                        say(&mut s, agent_message::Kind::InitError(e)).await;
+                        say(&mut s, Kind::InitError(e)).await;
                     }
                     Script::Hang => {}
                     Script::Crash => {
                         c.initialising.fetch_sub(1, Ordering::SeqCst);
                         return;
                     }
+                },
+                Some(host_message::Kind::Warm(_)) => {
+                    c.warmed.fetch_add(1, Ordering::SeqCst);
+                    say(&mut s, Kind::Warmed(Warmed { duration_us: 10 })).await;
                 }
+                Some(host_message::Kind::Resume(_)) => {
+                    say(&mut s, Kind::Resumed(Resumed {})).await;
+                    if *phase.lock().unwrap() == Phase::Initialised {
+                        c.initialising.fetch_sub(1, Ordering::SeqCst);
+                        let done = RestoreDone {
+                            restore_duration_us: 100,
+                        };
+                        say(&mut s, Kind::RestoreDone(done)).await;
+                    }
+                }
+                Some(host_message::Kind::PrepareSnapshot(_)) => {
+                    let p = SnapshotPrepared::default();
+                    say(&mut s, Kind::SnapshotPrepared(p)).await;
+                }
+                Some(host_message::Kind::Invoke(i)) => {
+                    if let Script::CrashOnInvoke = script {
+                        return;
+                    }
+                    let r = InvokeResponse {
+                        request_id: i.request_id,
+                        payload: i.payload,
+                        max_memory_used_kb: 1024,
+                    };
+                    say(&mut s, Kind::Response(r)).await;
+                }
+                _ => {}
             }
         }
         match s.read(&mut buf).await {
@@ -104,18 +173,29 @@ async fn agent(mut s: UnixStream, script: Script, c: Arc<Counters>) {
 
 #[async_trait]
 impl Engine for FakeEngine {
-    async fn boot(&self, _spec: VmSpec) -> Result<Box<dyn Vm>, EngineError> {
+    async fn boot(&self, spec: VmSpec) -> Result<Box<dyn Vm>, EngineError> {
         let (host, guest) = UnixStream::pair().map_err(EngineError::Spawn)?;
+        if let crate::engine::Memory::Template(path) = &spec.memory {
+            std::fs::write(path, b"guest memory").map_err(EngineError::Spawn)?;
+        }
         let c = &self.counters;
         c.booted.fetch_add(1, Ordering::SeqCst);
         c.running.fetch_add(1, Ordering::SeqCst);
         let now = c.initialising.fetch_add(1, Ordering::SeqCst) + 1;
         c.max_initialising.fetch_max(now, Ordering::SeqCst);
-        tokio::spawn(agent(guest, self.script, c.clone()));
+        let phase = Arc::new(std::sync::Mutex::new(Phase::Booted));
+        tokio::spawn(agent(
+            guest,
+            self.script,
+            c.clone(),
+            spec.incoming,
+            phase.clone(),
+        ));
         Ok(Box::new(FakeVm {
             channel: Some(host),
             counters: c.clone(),
             stopped: false,
+            phase,
         }))
     }
     fn accel(&self) -> &AccelInfo {
@@ -129,16 +209,26 @@ impl Vm for FakeVm {
         self.channel.take()
     }
     async fn pause(&self) -> Result<(), EngineError> {
+        self.counters.paused.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
     async fn resume(&self) -> Result<(), EngineError> {
+        self.counters.resumed.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
-    async fn snapshot(&self, _state: &Path) -> Result<(), EngineError> {
-        Err(EngineError::Snapshot("the fake engine takes none".into()))
+    async fn snapshot(&self, state: &Path) -> Result<(), EngineError> {
+        let phase = *self.phase.lock().unwrap();
+        std::fs::write(state, format!("{phase:?}")).map_err(EngineError::Spawn)
     }
-    async fn load(&self, _state: &Path) -> Result<(), EngineError> {
-        Err(EngineError::Restore("the fake engine takes none".into()))
+    async fn load(&self, state: &Path) -> Result<(), EngineError> {
+        let saved = std::fs::read_to_string(state).map_err(EngineError::Spawn)?;
+        self.counters.loaded.fetch_add(1, Ordering::SeqCst);
+        *self.phase.lock().unwrap() = if saved == "Initialised" {
+            Phase::Initialised
+        } else {
+            Phase::Booted
+        };
+        Ok(())
     }
     async fn stop(&mut self) -> Result<(), EngineError> {
         if !std::mem::replace(&mut self.stopped, true) {
@@ -164,9 +254,22 @@ impl Vm for FakeVm {
     }
 }
 
+/// What a test node has on.
+#[derive(Clone, Copy, Default)]
+struct Opts {
+    snapshots: bool,
+    spares: bool,
+    freeze: bool,
+}
+
 /// A pool (snapshots off: every start a boot) on the fake engine.
 fn pool(script: Script, slots: u32) -> (Pool, Arc<Counters>, tempfile::TempDir) {
+    pool_with(script, slots, Opts::default())
+}
+
+fn pool_with(script: Script, slots: u32, o: Opts) -> (Pool, Arc<Counters>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("code.erofs"), b"code").unwrap();
     let counters = Arc::new(Counters::default());
     let engine = FakeEngine {
         accel: AccelInfo {
@@ -176,11 +279,16 @@ fn pool(script: Script, slots: u32) -> (Pool, Arc<Counters>, tempfile::TempDir) 
         script,
         counters: counters.clone(),
     };
+    let snapshots = o.snapshots.then(|| {
+        Arc::new(crate::snapshot::SnapshotStore::new(dir.path().join("snapshots")).unwrap())
+    });
     let launcher = Launcher::new(
         Arc::new(engine),
         LaunchSettings {
             boot_timeout: Duration::from_secs(5),
             init_timeout: Duration::from_millis(300),
+            snapshot_init_timeout: Duration::from_secs(2),
+            spare_vms: o.spares,
             starts: StartSettings {
                 slots,
                 scale_instances: 1000,
@@ -188,10 +296,14 @@ fn pool(script: Script, slots: u32) -> (Pool, Arc<Counters>, tempfile::TempDir) 
             },
             ..crate::launch::test_settings(dir.path())
         },
-        None,
+        snapshots,
         FunctionLogs::new(dir.path().join("logs"), Default::default()),
     );
-    let p = Pool::new(Arc::new(launcher), super::tests::settings(16, 100_000));
+    let settings = PoolSettings {
+        freeze_idle: o.freeze,
+        ..super::tests::settings(16, 100_000)
+    };
+    let p = Pool::new(Arc::new(launcher), settings);
     (p, counters, dir)
 }
 
@@ -344,4 +456,188 @@ async fn a_full_node_evicts_the_least_recently_used_idle_instance_and_stops_its_
         2,
         "the evicted VM is stopped"
     );
+}
+
+/// Waits (a little) until `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never: {what}");
+}
+
+fn version(name: &str, v: &str) -> Function {
+    Function {
+        name: name.into(),
+        version: v.into(),
+        ..Function::placeholder()
+    }
+}
+
+async fn start_version(p: &Pool, dir: &Path, f: &Function, id: &str) -> Instance {
+    let log = logs(dir).open_stream(&f.name, &f.version, id).unwrap();
+    match p.start(f, images(dir), id.into(), log, None).await.unwrap() {
+        Started::Ready(inst) => inst,
+        Started::InitFailed(failure) => panic!("the init failed: {failure:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_published_version_is_restored_from_its_function_snapshot_and_the_next_restore_takes_a_spare(
+) {
+    let o = Opts {
+        snapshots: true,
+        spares: true,
+        ..Opts::default()
+    };
+    let (p, c, dir) = pool_with(Script::Init(Duration::from_millis(5)), 2, o);
+    let f = version("f", "1");
+    let first = start_version(&p, dir.path(), &f, "i1").await;
+    // The runtime snapshot's boot, the function snapshot's template, the
+    // restore itself, and a spare for the next one.
+    assert!(first.pending_restore.is_some() && first.pending_init.is_none());
+    let listed = p.instances();
+    assert_eq!(listed.len(), 1, "templates are stopped once snapshotted");
+    assert_eq!(listed[0].start_kind, Origin::FunctionSnapshot);
+    eventually("a spare warmed up", || c.warmed.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(c.booted.load(Ordering::SeqCst), 4);
+
+    // The next restore resumes the spare (no boot of its own) and starts
+    // the one after it.
+    let second = start_version(&p, dir.path(), &f, "i2").await;
+    assert!(second.pending_restore.is_some());
+    eventually("the spare replaced", || c.warmed.load(Ordering::SeqCst) == 2).await;
+    assert_eq!(c.booted.load(Ordering::SeqCst), 5);
+
+    first.stop().await;
+    second.stop().await;
+    p.shutdown().await;
+    assert_eq!(c.running.load(Ordering::SeqCst), 0, "spares stop with the node");
+}
+
+#[tokio::test]
+async fn latest_restores_the_runtime_snapshot_and_runs_its_init() {
+    let o = Opts {
+        snapshots: true,
+        ..Opts::default()
+    };
+    let (p, c, dir) = pool_with(Script::Init(Duration::from_millis(5)), 2, o);
+    let f = version("f", "$LATEST");
+    let inst = start_version(&p, dir.path(), &f, "i1").await;
+    assert_eq!(inst.pending_init, Some(Duration::from_millis(5)));
+    assert_eq!(p.instances()[0].start_kind, Origin::RuntimeSnapshot);
+    // Built once: a second start restores without another boot of the
+    // runtime.
+    let again = start_version(&p, dir.path(), &f, "i2").await;
+    assert_eq!(c.booted.load(Ordering::SeqCst), 3);
+    assert_eq!(c.loaded.load(Ordering::SeqCst), 2);
+    inst.stop().await;
+    again.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_instance_is_frozen_and_thawed_for_its_next_invocation() {
+    let o = Opts {
+        freeze: true,
+        ..Opts::default()
+    };
+    let (p, c, dir) = pool_with(Script::Init(Duration::from_millis(1)), 2, o);
+    run_once(&p, dir.path(), "f").await;
+    eventually("frozen", || {
+        p.instances()[0].state == InstanceState::Frozen
+    })
+    .await;
+    assert_eq!(c.paused.load(Ordering::SeqCst), 1);
+    let mut lease = p.checkout(&version("f", "$LATEST")).await.unwrap();
+    let inst = lease.instance().unwrap();
+    assert_eq!(inst.state(), InstanceState::Frozen);
+    inst.thaw().await.unwrap();
+    assert_eq!(p.instances()[0].state, InstanceState::Idle);
+    // Answers as before.
+    let inst = lease.instance().unwrap();
+    inst.link()
+        .invoke(&crate::guest::Invocation {
+            request_id: "r1",
+            payload: b"{}",
+            timeout: Duration::from_secs(1),
+            invoked_function_arn: String::new(),
+            trace_id: String::new(),
+            client_context: "",
+        })
+        .unwrap();
+    let answer = inst
+        .link()
+        .answer("r1", Instant::now() + Duration::from_secs(1))
+        .await;
+    assert!(matches!(answer, crate::guest::Answer::Response { .. }), "{answer:?}");
+    drop(lease);
+}
+
+#[tokio::test]
+async fn a_guest_that_dies_mid_invocation_ends_it_and_is_not_lent_again() {
+    let (p, c, dir) = pool(Script::CrashOnInvoke, 2);
+    run_once(&p, dir.path(), "f").await;
+    let f = version("f", "$LATEST");
+    let mut lease = p.checkout(&f).await.unwrap();
+    let link = lease.instance().unwrap().link();
+    link.invoke(&crate::guest::Invocation {
+        request_id: "r1",
+        payload: b"{}",
+        timeout: Duration::from_secs(1),
+        invoked_function_arn: String::new(),
+        trace_id: String::new(),
+        client_context: "",
+    })
+    .unwrap();
+    let answer = link
+        .answer("r1", Instant::now() + Duration::from_secs(1))
+        .await;
+    assert!(
+        matches!(answer, crate::guest::Answer::Ended(crate::guest::End::Closed)),
+        "{answer:?}"
+    );
+    p.discard(lease).await;
+    assert_eq!(c.running.load(Ordering::SeqCst), 0);
+    assert!(p.checkout(&f).await.is_none(), "a dead instance is not lent");
+}
+
+#[tokio::test]
+async fn provisioned_instances_are_counted_lent_first_and_pruned_when_the_version_moves() {
+    let (p, c, dir) = pool(Script::Init(Duration::from_millis(1)), 2);
+    let f = version("f", "1");
+    // One on-demand instance, used more recently than the provisioned one.
+    let config = "f:live".to_string();
+    let mut lease = p.book(&f, Some(config.clone())).await.unwrap();
+    assert_eq!(p.provisioned_count(&config).starting, 1);
+    let mut inst = start_version(&p, dir.path(), &f, &lease.id).await;
+    inst.mark_provisioned();
+    let provisioned_id = lease.id.clone();
+    lease.set(inst);
+    p.release(lease);
+    let on_demand = run_once_version(&p, dir.path(), &f).await;
+    let count = p.provisioned_count(&config);
+    assert_eq!((count.starting, count.ready, count.busy), (0, 1, 0));
+    // The provisioned instance is lent first.
+    let lease = p.checkout(&f).await.unwrap();
+    assert_eq!(lease.id, provisioned_id);
+    assert_eq!(p.provisioned_count(&config).busy, 1);
+    p.release(lease);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The alias moves to version 2: the instance of version 1 goes.
+    assert_eq!(p.prune_provisioned(&config, Some(&version("f", "2"))).await, 1);
+    assert_eq!(p.provisioned_count(&config), ProvisionedCount::default());
+    assert_eq!(c.running.load(Ordering::SeqCst), 1, "{on_demand} stays");
+}
+
+/// Books an on-demand instance of `f`, starts it and gives it back idle.
+async fn run_once_version(p: &Pool, dir: &Path, f: &Function) -> String {
+    let mut lease = p.book(f, None).await.unwrap();
+    let inst = start_version(p, dir, f, &lease.id).await;
+    lease.set(inst);
+    let id = lease.id.clone();
+    p.release(lease);
+    id
 }
