@@ -9,6 +9,7 @@
 //! for what comes back. Lambda's error documents for what a guest does
 //! wrong are written here, and nowhere else.
 
+mod events;
 mod link;
 
 use std::io::Read;
@@ -18,10 +19,8 @@ use flint_proto::agent::v1::{AgentMessage, HostMessage};
 use flint_proto::frame::{self, FrameBuffer, FrameError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub use link::{
-    AgentChannel, AgentEvent, Answer, End, FunctionFailure, GuestLink, Invocation, QueuedEvents,
-    Setup, Waited, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS,
-};
+pub use events::{AgentEvent, QueuedEvents, MAX_QUEUED_BYTES, MAX_QUEUED_EVENTS};
+pub use link::{AgentChannel, Answer, End, FunctionFailure, GuestLink, Invocation, Setup, Waited};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {

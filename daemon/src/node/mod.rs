@@ -8,9 +8,8 @@ use std::time::SystemTime;
 use crate::config::Config;
 use crate::engine::{AccelInfo, Engine, EngineError, QemuEngine};
 use crate::functions::{
-    self, parse_layer_version_arn, parse_qualifier, validate_alias_name, validate_routing, Alias,
-    ConfigUpdate, Function, FunctionSpec, FunctionStore, FunctionsError, LayerRef, LayerVersion,
-    Qualifier, LATEST,
+    self, parse_layer_version_arn, parse_qualifier, ConfigUpdate, Function, FunctionSpec,
+    FunctionStore, FunctionsError, LayerRef, Qualifier, LATEST,
 };
 use crate::invoke::{InvokeError, InvokeRequest, InvokeResult, Invoker};
 use crate::launch::{InstanceInfo, LaunchSettings, Launcher};
@@ -19,6 +18,8 @@ use crate::packages::{CodeImage, CodeStore, PackageError, PackageRules, Runtime,
 use crate::pool::{Capacity, Pool, PoolSettings};
 
 mod concurrency;
+mod status;
+mod versions;
 
 pub use concurrency::{ProvisionedStatus, ProvisionedView, Provisioning};
 
@@ -592,182 +593,6 @@ impl Node {
         tokio::spawn(async move { pool.retire_version(&name, LATEST).await });
     }
 
-    pub fn publish_version(&self, name: &str, description: &str) -> Result<Function, NodeError> {
-        functions::validate_description(description)?;
-        let v = self.store.publish_version(name, description)?;
-        self.prepare_in_background(&v);
-        Ok(v)
-    }
-
-    /// A published version's function snapshot is built now, as SnapStart
-    /// does on publish, not at its first invocation; meanwhile its state is
-    /// `Pending` ([`Node::preparation`]).
-    fn prepare_in_background(&self, v: &Function) {
-        if self.pool.launcher().expect_preparation(v) {
-            let (invoker, v) = (self.invoker.clone(), v.clone());
-            tokio::spawn(async move { invoker.prepare(&v).await });
-        }
-    }
-
-    /// Where a version's function snapshot stands (`None`: built or not
-    /// needed).
-    pub fn preparation(&self, f: &Function) -> Option<crate::launch::Preparation> {
-        self.pool.launcher().preparation(&f.name, &f.version)
-    }
-
-    /// The start scheduler's settings and its starts.
-    pub fn starts(&self) -> (crate::launch::StartSettings, crate::launch::StartCounts) {
-        (
-            self.pool.launcher().start_settings(),
-            self.pool.launcher().start_counts(),
-        )
-    }
-
-    /// `$LATEST` and every published version.
-    pub fn list_versions(&self, name: &str) -> Result<Vec<Function>, NodeError> {
-        let mut out = vec![self.store.get(name)?];
-        out.extend(self.store.list_versions(name)?);
-        Ok(out)
-    }
-
-    fn check_version_exists(&self, function: &str, version: &str) -> Result<(), NodeError> {
-        functions::validate_version(version)?;
-        self.store.get_qualified(function, version)?;
-        Ok(())
-    }
-
-    fn routing(
-        list: Option<Vec<(String, f64)>>,
-    ) -> Result<Option<Option<(String, f64)>>, NodeError> {
-        match list {
-            None => Ok(None),
-            Some(l) if l.is_empty() => Ok(Some(None)),
-            Some(l) if l.len() == 1 => Ok(Some(l.into_iter().next())),
-            Some(_) => Err(FunctionsError::Invalid {
-                field: "RoutingConfig",
-                rule: "at most one additional version".into(),
-            }
-            .into()),
-        }
-    }
-
-    pub fn create_alias(&self, spec: AliasSpec) -> Result<Alias, NodeError> {
-        self.store.get(&spec.function)?;
-        validate_alias_name(&spec.name)?;
-        let version = spec.version.ok_or_else(|| FunctionsError::Invalid {
-            field: "FunctionVersion",
-            rule: "is required".into(),
-        })?;
-        self.check_version_exists(&spec.function, &version)?;
-        let additional = Self::routing(spec.routing)?.flatten();
-        validate_routing(&version, &additional)?;
-        if let Some((v, _)) = &additional {
-            self.check_version_exists(&spec.function, v)?;
-        }
-        let a = Alias {
-            function: spec.function,
-            name: spec.name,
-            version,
-            description: spec.description.unwrap_or_default(),
-            additional,
-        };
-        self.store.insert_alias(&a)?;
-        Ok(a)
-    }
-
-    pub fn update_alias(&self, spec: AliasSpec) -> Result<Alias, NodeError> {
-        let mut a = self.store.get_alias(&spec.function, &spec.name)?;
-        if let Some(v) = spec.version {
-            self.check_version_exists(&spec.function, &v)?;
-            a.version = v;
-        }
-        if let Some(d) = spec.description {
-            a.description = d;
-        }
-        if let Some(r) = Self::routing(spec.routing)? {
-            a.additional = r;
-        }
-        validate_routing(&a.version, &a.additional)?;
-        if let Some((v, _)) = &a.additional {
-            self.check_version_exists(&spec.function, v)?;
-        }
-        self.store.update_alias(&a)?;
-        Ok(a)
-    }
-
-    pub fn get_alias(&self, function: &str, name: &str) -> Result<Alias, NodeError> {
-        self.store.get(function)?;
-        Ok(self.store.get_alias(function, name)?)
-    }
-
-    pub fn list_aliases(&self, function: &str) -> Result<Vec<Alias>, NodeError> {
-        self.store.get(function)?;
-        Ok(self.store.list_aliases(function)?)
-    }
-
-    pub fn delete_alias(&self, function: &str, name: &str) -> Result<(), NodeError> {
-        self.store.get(function)?;
-        Ok(self.store.delete_alias(function, name)?)
-    }
-
-    pub async fn publish_layer_version(
-        &self,
-        name: &str,
-        zip: Vec<u8>,
-        description: String,
-        compatible_runtimes: Vec<String>,
-    ) -> Result<LayerVersion, NodeError> {
-        functions::validate_layer_name(name)?;
-        functions::validate_compatible_runtimes(&compatible_runtimes)?;
-        if zip.is_empty() {
-            return Err(FunctionsError::Invalid {
-                field: "ZipFile",
-                rule: "a layer package is required".into(),
-            }
-            .into());
-        }
-        let image = self
-            .store_package(
-                zip,
-                PackageRules {
-                    runtime: None,
-                    handler: String::new(),
-                },
-            )
-            .await?;
-        let l = LayerVersion {
-            name: name.to_string(),
-            version: 0,
-            description,
-            compatible_runtimes,
-            sha256_hex: image.sha256_hex,
-            sha256_b64: image.sha256_b64,
-            code_size: image.zip_size,
-            unzipped_size: image.unzipped_size,
-            created: crate::time::lambda_timestamp(SystemTime::now()),
-        };
-        Ok(self.store.publish_layer(l)?)
-    }
-
-    pub fn list_layers(&self) -> Result<Vec<LayerVersion>, NodeError> {
-        Ok(self.store.list_layers()?)
-    }
-
-    pub fn list_layer_versions(&self, name: &str) -> Result<Vec<LayerVersion>, NodeError> {
-        Ok(self.store.list_layer_versions(name)?)
-    }
-
-    pub fn get_layer_version(&self, name: &str, version: u64) -> Result<LayerVersion, NodeError> {
-        Ok(self.store.get_layer(name, version)?)
-    }
-
-    /// Deletes a layer version; functions that use it keep their copy.
-    pub fn delete_layer_version(&self, name: &str, version: u64) -> Result<(), NodeError> {
-        self.store.delete_layer(name, version)?;
-        self.collect_garbage();
-        Ok(())
-    }
-
     /// Starts an idle instance of a function version outside the invocation
     /// path and hands it to the caller (who stops it). Used to measure how
     /// many clones a node holds.
@@ -798,102 +623,6 @@ impl Node {
             .await
             .map_err(|e| NodeError::Join(e.to_string()))?
             .map_err(NodeError::from)
-    }
-
-    /// The node's capacity and its use.
-    pub fn capacity(&self) -> Capacity {
-        self.pool.capacity()
-    }
-
-    /// The provisioning loop's state (the server runs the loop).
-    pub fn provisioning(&self) -> &Arc<Provisioning> {
-        &self.provisioning
-    }
-
-    pub fn instances(&self, function: &str) -> Vec<InstanceInfo> {
-        self.pool
-            .instances()
-            .into_iter()
-            .filter(|i| function.is_empty() || i.function == function)
-            .collect()
-    }
-
-    /// A function's instances (every instance with `""`) with the host
-    /// memory each VMM holds.
-    pub fn instance_status(&self, function: &str) -> Vec<InstanceStatus> {
-        self.instances(function)
-            .into_iter()
-            .map(|info| InstanceStatus {
-                rss_kb: crate::engine::process_rss_kb(info.pid),
-                info,
-            })
-            .collect()
-    }
-
-    /// The node: engine, artefacts, host, instances, capacity and limits.
-    pub fn info(&self) -> NodeInfo {
-        let cfg = &self.config;
-        let mb = |key| crate::config::meminfo_kb(key).unwrap_or(0) / 1024;
-        let resolved = |p: std::path::PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-        NodeInfo {
-            engine: crate::engine::qemu_version(&cfg.qemu),
-            accel: self.accel().clone(),
-            kernel: resolved(cfg.kernel()),
-            runtime_images: Runtime::ALL
-                .iter()
-                .map(|r| {
-                    let path = cfg.runtime_image(r.name());
-                    RuntimeImage {
-                        runtime: r.name(),
-                        size: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-                        path: resolved(path),
-                    }
-                })
-                .collect(),
-            cpus: crate::engine::host_cpus(),
-            memory_total_mb: mb("MemTotal:"),
-            memory_available_mb: mb("MemAvailable:"),
-            instances: self.instance_status(""),
-            functions: self.list_functions().map(|f| f.len() as u32).unwrap_or(0),
-            data_dir: cfg.data_dir.clone(),
-            started: self.started,
-            capacity: self.capacity(),
-            log_bytes_stored: self.logs.stored_bytes(None),
-            log_bytes_dropped: self.logs.dropped_bytes(None),
-            vmm_confinement: self.confinement(),
-            init_limits: self.init_limits(),
-            starts: self.pool.launcher().start_settings(),
-            start_counts: self.pool.launcher().start_counts(),
-        }
-    }
-
-    /// Stops one instance, or all of a function's. Returns the ids stopped.
-    pub async fn stop_instances(
-        &self,
-        instance_id: &str,
-        function: &str,
-    ) -> Result<Vec<String>, NodeError> {
-        if !instance_id.is_empty() {
-            if self.pool.stop_instance(instance_id).await {
-                return Ok(vec![instance_id.to_string()]);
-            }
-            return Err(FunctionsError::Invalid {
-                field: "InstanceId",
-                rule: format!("no instance {instance_id:?} on this node"),
-            }
-            .into());
-        }
-        self.store.get(function)?;
-        Ok(self.pool.stop_function(function).await)
-    }
-
-    /// Stops instances idle for longer than the configured idle timeout.
-    pub async fn reclaim_idle(&self) -> Vec<String> {
-        let stopped = self.pool.reclaim_idle().await;
-        if !stopped.is_empty() {
-            tracing::info!(instances = stopped.len(), "idle instances reclaimed");
-        }
-        stopped
     }
 
     /// Stops every instance.

@@ -509,13 +509,20 @@ async fn a_published_version_is_restored_from_its_function_snapshot_and_the_next
     // the one after it.
     let second = start_version(&p, dir.path(), &f, "i2").await;
     assert!(second.pending_restore.is_some());
-    eventually("the spare replaced", || c.warmed.load(Ordering::SeqCst) == 2).await;
+    eventually("the spare replaced", || {
+        c.warmed.load(Ordering::SeqCst) == 2
+    })
+    .await;
     assert_eq!(c.booted.load(Ordering::SeqCst), 5);
 
     first.stop().await;
     second.stop().await;
     p.shutdown().await;
-    assert_eq!(c.running.load(Ordering::SeqCst), 0, "spares stop with the node");
+    assert_eq!(
+        c.running.load(Ordering::SeqCst),
+        0,
+        "spares stop with the node"
+    );
 }
 
 #[tokio::test]
@@ -546,10 +553,7 @@ async fn an_idle_instance_is_frozen_and_thawed_for_its_next_invocation() {
     };
     let (p, c, dir) = pool_with(Script::Init(Duration::from_millis(1)), 2, o);
     run_once(&p, dir.path(), "f").await;
-    eventually("frozen", || {
-        p.instances()[0].state == InstanceState::Frozen
-    })
-    .await;
+    eventually("frozen", || p.instances()[0].state == InstanceState::Frozen).await;
     assert_eq!(c.paused.load(Ordering::SeqCst), 1);
     let mut lease = p.checkout(&version("f", "$LATEST")).await.unwrap();
     let inst = lease.instance().unwrap();
@@ -572,7 +576,10 @@ async fn an_idle_instance_is_frozen_and_thawed_for_its_next_invocation() {
         .link()
         .answer("r1", Instant::now() + Duration::from_secs(1))
         .await;
-    assert!(matches!(answer, crate::guest::Answer::Response { .. }), "{answer:?}");
+    assert!(
+        matches!(answer, crate::guest::Answer::Response { .. }),
+        "{answer:?}"
+    );
     drop(lease);
 }
 
@@ -596,12 +603,18 @@ async fn a_guest_that_dies_mid_invocation_ends_it_and_is_not_lent_again() {
         .answer("r1", Instant::now() + Duration::from_secs(1))
         .await;
     assert!(
-        matches!(answer, crate::guest::Answer::Ended(crate::guest::End::Closed)),
+        matches!(
+            answer,
+            crate::guest::Answer::Ended(crate::guest::End::Closed)
+        ),
         "{answer:?}"
     );
     p.discard(lease).await;
     assert_eq!(c.running.load(Ordering::SeqCst), 0);
-    assert!(p.checkout(&f).await.is_none(), "a dead instance is not lent");
+    assert!(
+        p.checkout(&f).await.is_none(),
+        "a dead instance is not lent"
+    );
 }
 
 #[tokio::test]
@@ -627,7 +640,10 @@ async fn provisioned_instances_are_counted_lent_first_and_pruned_when_the_versio
     p.release(lease);
     tokio::time::sleep(Duration::from_millis(20)).await;
     // The alias moves to version 2: the instance of version 1 goes.
-    assert_eq!(p.prune_provisioned(&config, Some(&version("f", "2"))).await, 1);
+    assert_eq!(
+        p.prune_provisioned(&config, Some(&version("f", "2"))).await,
+        1
+    );
     assert_eq!(p.provisioned_count(&config), ProvisionedCount::default());
     assert_eq!(c.running.load(Ordering::SeqCst), 1, "{on_demand} stays");
 }

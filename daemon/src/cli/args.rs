@@ -1,0 +1,330 @@
+//! flintctl's command line: the commands, named like the AWS CLI's
+//! `aws lambda` commands, and their options.
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use super::Output;
+
+#[derive(Parser)]
+#[command(name = "flintctl", version, about = "Control a Flint node")]
+pub struct Args {
+    /// flintd endpoint: unix:PATH, a socket path, or host:port.
+    #[arg(long, env = "FLINT_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
+    /// For a TCP endpoint (mutual TLS): the CA flintd's certificate chains to.
+    #[arg(long, env = "FLINT_TLS_CA", global = true)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// For a TCP endpoint: this client's certificate (PEM).
+    #[arg(long, env = "FLINT_TLS_CERT", global = true)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// For a TCP endpoint: this client's private key (PEM).
+    #[arg(long, env = "FLINT_TLS_KEY", global = true)]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Output format: json (the default of the AWS CLI's commands) or table
+    /// (the default of logs, node and instances).
+    #[arg(long, value_enum, global = true)]
+    pub output: Option<OutputArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutputArg {
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Creates a function from a ZIP deployment package.
+    CreateFunction {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        runtime: String,
+        #[arg(long)]
+        handler: String,
+        /// Path of the ZIP (`fileb://` prefix accepted).
+        #[arg(long)]
+        zip_file: String,
+        #[arg(long)]
+        memory_size: Option<u32>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// `Variables={KEY=VALUE,...}` or `{"Variables":{...}}`.
+        #[arg(long)]
+        environment: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Layer version ARNs, merged in order into /opt.
+        #[arg(long, num_args = 1..)]
+        layers: Vec<String>,
+        /// `Size=MB` for /tmp.
+        #[arg(long)]
+        ephemeral_storage: Option<String>,
+    },
+    /// Shows a function (at a version or alias with --qualifier).
+    GetFunction {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, default_value = "")]
+        qualifier: String,
+    },
+    /// Lists functions.
+    ListFunctions,
+    /// Deletes a function with its versions and aliases, and stops its instances.
+    DeleteFunction {
+        #[arg(long)]
+        function_name: String,
+    },
+    /// Replaces a function's code.
+    UpdateFunctionCode {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        zip_file: String,
+        /// Also publish a version.
+        #[arg(long)]
+        publish: bool,
+        /// Update only if the function's RevisionId is still this one.
+        #[arg(long)]
+        revision_id: Option<String>,
+    },
+    /// Changes a function's configuration; only the given settings change.
+    UpdateFunctionConfiguration {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        handler: Option<String>,
+        #[arg(long)]
+        runtime: Option<String>,
+        #[arg(long)]
+        memory_size: Option<u32>,
+        #[arg(long)]
+        timeout: Option<u32>,
+        #[arg(long)]
+        environment: Option<String>,
+        /// Replaces the layers (none given: no change; use --no-layers to remove them).
+        #[arg(long, num_args = 1..)]
+        layers: Option<Vec<String>>,
+        /// Removes every layer.
+        #[arg(long, conflicts_with = "layers")]
+        no_layers: bool,
+        #[arg(long)]
+        ephemeral_storage: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Update only if the function's RevisionId is still this one.
+        #[arg(long)]
+        revision_id: Option<String>,
+    },
+    /// Invokes a function; writes the response payload to OUTFILE.
+    Invoke {
+        #[arg(long)]
+        function_name: String,
+        /// JSON, or `file://PATH` / `fileb://PATH`.
+        #[arg(long, default_value = "")]
+        payload: String,
+        /// A version number or an alias.
+        #[arg(long, default_value = "")]
+        qualifier: String,
+        /// RequestResponse, Event or DryRun.
+        #[arg(long, default_value = "RequestResponse")]
+        invocation_type: String,
+        /// None or Tail.
+        #[arg(long, default_value = "None")]
+        log_type: String,
+        /// `raw-in-base64-out` (the default here) or `base64`.
+        #[arg(long, default_value = "raw-in-base64-out")]
+        cli_binary_format: String,
+        /// Base64 JSON client context.
+        #[arg(long, default_value = "")]
+        client_context: String,
+        /// Where the response payload goes (`-` for stdout).
+        outfile: String,
+    },
+    /// Publishes $LATEST as an immutable version.
+    PublishVersion {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Lists $LATEST and the published versions.
+    ListVersionsByFunction {
+        #[arg(long)]
+        function_name: String,
+    },
+    /// Creates an alias for a version, optionally splitting traffic.
+    CreateAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        function_version: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// `AdditionalVersionWeights={VERSION=WEIGHT}`.
+        #[arg(long)]
+        routing_config: Option<String>,
+    },
+    /// Changes an alias.
+    UpdateAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        function_version: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// `AdditionalVersionWeights={VERSION=WEIGHT}`; `AdditionalVersionWeights={}` removes it.
+        #[arg(long)]
+        routing_config: Option<String>,
+    },
+    GetAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+    },
+    ListAliases {
+        #[arg(long)]
+        function_name: String,
+    },
+    DeleteAlias {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// Reserves concurrency for a function (and caps it there; 0 throttles it).
+    PutFunctionConcurrency {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, allow_negative_numbers = true)]
+        reserved_concurrent_executions: i64,
+    },
+    GetFunctionConcurrency {
+        #[arg(long)]
+        function_name: String,
+    },
+    DeleteFunctionConcurrency {
+        #[arg(long)]
+        function_name: String,
+    },
+    /// Keeps instances of a version or alias initialised at all times.
+    PutProvisionedConcurrencyConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        qualifier: String,
+        #[arg(long, allow_negative_numbers = true)]
+        provisioned_concurrent_executions: i64,
+    },
+    GetProvisionedConcurrencyConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        qualifier: String,
+    },
+    ListProvisionedConcurrencyConfigs {
+        #[arg(long)]
+        function_name: String,
+    },
+    DeleteProvisionedConcurrencyConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long)]
+        qualifier: String,
+    },
+    /// Publishes a layer version from a ZIP.
+    PublishLayerVersion {
+        #[arg(long)]
+        layer_name: String,
+        #[arg(long)]
+        zip_file: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long, num_args = 1..)]
+        compatible_runtimes: Vec<String>,
+    },
+    /// Lists layers (their latest versions).
+    ListLayers,
+    ListLayerVersions {
+        #[arg(long)]
+        layer_name: String,
+    },
+    GetLayerVersion {
+        #[arg(long)]
+        layer_name: String,
+        #[arg(long)]
+        version_number: u64,
+    },
+    /// Deletes a layer version; functions using it keep working.
+    DeleteLayerVersion {
+        #[arg(long)]
+        layer_name: String,
+        #[arg(long)]
+        version_number: u64,
+    },
+    /// Function logs.
+    Logs {
+        #[command(subcommand)]
+        action: LogsAction,
+    },
+    /// The node.
+    Node {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
+    /// Lists instances, or stops them.
+    Instances {
+        #[arg(long)]
+        function_name: Option<String>,
+        #[command(subcommand)]
+        action: Option<InstancesAction>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LogsAction {
+    /// Prints a function's log lines; with --follow, new ones as they come.
+    Tail {
+        function_name: String,
+        #[arg(long)]
+        follow: bool,
+        /// Only lines this recent: 30s, 10m, 2h, 1d.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeAction {
+    /// Version, engine, accelerator, kernel, images, capacity and use.
+    Info,
+}
+
+#[derive(Subcommand)]
+pub enum InstancesAction {
+    /// Stops one instance, or every instance of a function.
+    Stop {
+        instance_id: Option<String>,
+        #[arg(long)]
+        function_name: Option<String>,
+    },
+}
+
+impl Command {
+    /// Operators' commands print tables by default; the AWS CLI's, JSON.
+    pub fn default_output(&self) -> Output {
+        match self {
+            Command::Logs { .. } | Command::Node { .. } | Command::Instances { .. } => {
+                Output::Table
+            }
+            _ => Output::Json,
+        }
+    }
+}
