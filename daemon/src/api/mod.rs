@@ -1,6 +1,10 @@
 //! gRPC services: `flint.node.v1.Functions` and `flint.node.v1.Node`, health
 //! and reflection. Proto in, domain types to the node, proto out; errors
 //! mapped in [`status`].
+//!
+//! Why one file of 700 lines: one method per RPC of the two services,
+//! each only converting proto to domain types and back; the error mapping
+//! is in `status.rs`.
 
 mod status;
 

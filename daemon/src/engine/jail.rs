@@ -14,6 +14,10 @@
 //!
 //! Everything the child does is prepared here, before the fork, as C
 //! strings: the child only makes system calls (no allocation, no lock).
+//!
+//! Why one file of 700 lines: the steps between `fork` and `exec` are one
+//! async-signal-safe sequence whose order is the security argument; split,
+//! it could no longer be checked step by step.
 
 use std::collections::HashSet;
 use std::ffi::CString;

@@ -1,6 +1,10 @@
 //! The QEMU `microvm` engine: one QEMU process per instance, driven over QMP
 //! with the `qapi` crate. QEMU connects to two unix sockets that the engine
 //! listens on before starting it: QMP, and the agent's virtio-serial port.
+//!
+//! Why one file of 800 lines: the QEMU command line, the QMP conversation
+//! and the process's life are one engine; each part relies on choices of
+//! the others (sockets opened before start, `-incoming defer` for loads).
 
 use std::io::BufReader;
 use std::os::unix::net::UnixStream as StdUnixStream;

@@ -1,5 +1,9 @@
 //! The function model — functions, published versions, aliases, layers —
 //! its validation rules, and its SQLite store.
+//!
+//! Why one file of 800 lines: the model's rules (names, ARNs, qualifiers,
+//! limits) are Lambda's and are checked together by the tests at the
+//! bottom, which are a third of it.
 
 mod store;
 

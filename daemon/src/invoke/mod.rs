@@ -2,6 +2,10 @@
 //! instance or start one, hand the event to the agent, wait for the result
 //! within the function's timeout, and write Lambda's START, END and REPORT
 //! lines.
+//!
+//! Why one file of 600 lines: the invocation path reads top to bottom —
+//! resolve, admit, lease, start, invoke, report — and Lambda's REPORT line
+//! and ClientContext rules sit beside it with their tests.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

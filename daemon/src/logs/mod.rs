@@ -2,6 +2,9 @@
 //! under the data directory. Each line carries a timestamp and the request id
 //! where known. Streams rotate by size; old files go after the retention
 //! period; new lines are also published for followers.
+//!
+//! Why one file of 600 lines: writing, rotation, retention and following
+//! share one lock and one file layout, and their tests need all of it.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};

@@ -2,6 +2,9 @@
 //! a scripted agent, so that the lifecycle of an instance — boot, init,
 //! init failure, timeout, crash, the start slots — is tested in
 //! milliseconds without QEMU. The end-to-end tests boot real VMs.
+//!
+//! Why one file of 600 lines: the fake engine and its scripted agent are
+//! the first half, and every test below uses both.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
