@@ -134,6 +134,9 @@ pub struct Config {
     /// The start scheduler (`[starts]`); unset fields take the host's
     /// defaults ([`Config::start_settings`]).
     pub starts: FileStarts,
+    /// The period of one utilization datapoint of provisioned-concurrency
+    /// autoscaling (`[autoscaling] period_s`; CloudWatch's minute).
+    pub autoscaling_period: Duration,
 }
 
 /// The PEM files of mutual TLS on TCP (`[tls]` in flintd.toml).
@@ -171,6 +174,15 @@ pub struct FileConfig {
     pub vmm: Option<FileVmm>,
     pub tls: Option<TlsFiles>,
     pub starts: Option<FileStarts>,
+    pub autoscaling: Option<FileAutoscaling>,
+}
+
+/// `[autoscaling]`: how provisioned concurrency that follows load measures
+/// utilization.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAutoscaling {
+    pub period_s: Option<f64>,
 }
 
 /// `[starts]`: how many starts run at once, and each function's scaling
@@ -284,6 +296,7 @@ impl Default for Config {
             vmm: crate::engine::jail::JailSettings::default(),
             tls: None,
             starts: FileStarts::default(),
+            autoscaling_period: Duration::from_secs(60),
         }
     }
 }
@@ -446,6 +459,14 @@ impl Config {
                 ));
             }
             c.starts = st;
+        }
+        if let Some(period) = f.autoscaling.and_then(|a| a.period_s) {
+            if !(0.2..=3600.0).contains(&period) {
+                return Err(ConfigError::Invalid(
+                    "autoscaling.period_s must be between 0.2 and 3600".into(),
+                ));
+            }
+            c.autoscaling_period = Duration::from_secs_f64(period);
         }
         c.check()?;
         if let Some(l) = f.logs {

@@ -151,6 +151,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     });
 
+    // Provisioned concurrency follows load where a scalable target says so.
+    let autoscaler_node = node.clone();
+    let autoscaler = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(autoscaler_node.autoscaling_tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            autoscaler_node.autoscale();
+        }
+    });
+
     tokio::select! {
         _ = shutdown => {}
         Some(r) = servers.join_next() => {
@@ -163,6 +174,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     retention.abort();
     reclaimer.abort();
     provisioner.abort();
+    autoscaler.abort();
     // Stop accepting; in-flight calls (invocations) get the grace period.
     let _ = stop_tx.send(true);
     health.set_not_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>().await;

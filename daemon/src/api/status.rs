@@ -31,6 +31,10 @@ fn functions(e: &FunctionsError) -> Status {
         FunctionsError::Invalid { .. } => {
             status(Code::InvalidArgument, "InvalidParameterValueException", e)
         }
+        FunctionsError::ScalingInvalid(_) => {
+            status(Code::InvalidArgument, "ValidationException", e)
+        }
+        FunctionsError::ScalingNotFound(_) => status(Code::NotFound, "ObjectNotFoundException", e),
         FunctionsError::PreconditionFailed { .. } => {
             status(Code::FailedPrecondition, "PreconditionFailedException", e)
         }

@@ -5,6 +5,7 @@
 //! limits) are Lambda's and are checked together by the tests at the
 //! bottom, which are a third of it.
 
+pub mod scaling;
 mod store;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,10 @@ pub enum FunctionsError {
     ProvisionedNotFound(String),
     #[error("{field}: {rule}")]
     Invalid { field: &'static str, rule: String },
+    #[error("{0}")]
+    ScalingInvalid(String),
+    #[error("No scalable target or scaling policy found: {0}")]
+    ScalingNotFound(String),
     #[error("The Revision Id provided does not match the latest Revision Id ({current}); call GetFunction to get the latest Revision Id")]
     PreconditionFailed { current: String },
     #[error("The operation cannot be performed at this time: function {0} is being updated by another call; try again")]

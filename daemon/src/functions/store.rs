@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 
+use super::scaling::ScalableTarget;
 use super::{Alias, Function, FunctionsError, LayerVersion, ProvisionedConfig, LATEST};
 
 pub struct FunctionStore {
@@ -52,6 +53,12 @@ CREATE TABLE IF NOT EXISTS fn_provisioned (
     qualifier     TEXT NOT NULL,
     requested     INTEGER NOT NULL,
     last_modified TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier)
+);
+CREATE TABLE IF NOT EXISTS fn_scaling (
+    function  TEXT NOT NULL,
+    qualifier TEXT NOT NULL,
+    record    TEXT NOT NULL,
     PRIMARY KEY (function, qualifier)
 );
 CREATE TABLE IF NOT EXISTS layer_names (
@@ -173,6 +180,7 @@ impl FunctionStore {
             "DELETE FROM fn_provisioned WHERE function = ?1",
             params![name],
         )?;
+        tx.execute("DELETE FROM fn_scaling WHERE function = ?1", params![name])?;
         tx.commit()?;
         Ok(deleted)
     }
@@ -317,7 +325,8 @@ impl FunctionStore {
         rows.map(|r| from_json(function, &r?)).collect()
     }
 
-    /// Deletes an alias and its provisioned-concurrency config.
+    /// Deletes an alias, its provisioned-concurrency config and its
+    /// scalable target.
     pub fn delete_alias(&self, function: &str, name: &str) -> Result<(), FunctionsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -328,10 +337,12 @@ impl FunctionStore {
         if n == 0 {
             return Err(FunctionsError::AliasNotFound(format!("{function}:{name}")));
         }
-        tx.execute(
-            "DELETE FROM fn_provisioned WHERE function = ?1 AND qualifier = ?2",
-            params![function, name],
-        )?;
+        for table in ["fn_provisioned", "fn_scaling"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE function = ?1 AND qualifier = ?2"),
+                params![function, name],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -479,6 +490,38 @@ impl FunctionStore {
             params![name, version as i64],
         )?;
         Ok(l)
+    }
+
+    // -------------------------------------------------------------- scaling
+
+    /// Creates or replaces a scalable target (with its policies).
+    pub fn put_scaling(&self, t: &ScalableTarget) -> Result<(), FunctionsError> {
+        self.conn().execute(
+            "INSERT INTO fn_scaling (function, qualifier, record) VALUES (?1, ?2, ?3)
+             ON CONFLICT(function, qualifier) DO UPDATE SET record = excluded.record",
+            params![t.function, t.qualifier, to_json(&t.function, t)?],
+        )?;
+        Ok(())
+    }
+
+    /// The scalable targets of a function (every function's with `""`).
+    pub fn list_scaling(&self, function: &str) -> Result<Vec<ScalableTarget>, FunctionsError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT record FROM fn_scaling WHERE ?1 = '' OR function = ?1
+             ORDER BY function, qualifier",
+        )?;
+        let rows = stmt.query_map(params![function], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json("scalable target", &r?)).collect()
+    }
+
+    /// Deletes a scalable target; `false` if there was none.
+    pub fn delete_scaling(&self, function: &str, qualifier: &str) -> Result<bool, FunctionsError> {
+        let n = self.conn().execute(
+            "DELETE FROM fn_scaling WHERE function = ?1 AND qualifier = ?2",
+            params![function, qualifier],
+        )?;
+        Ok(n > 0)
     }
 
     // ------------------------------------------------------------------ gc

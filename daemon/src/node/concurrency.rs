@@ -203,7 +203,11 @@ impl Node {
     }
 
     /// The version a provisioned-concurrency config keeps instances of.
-    fn provisioned_target(&self, function: &str, qualifier: &str) -> Result<Function, NodeError> {
+    pub(super) fn provisioned_target(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Result<Function, NodeError> {
         let version = match parse_qualifier(qualifier)? {
             Qualifier::Latest => {
                 return Err(invalid(
@@ -339,7 +343,8 @@ impl Node {
             .collect())
     }
 
-    /// Deletes a config and stops its instances.
+    /// Deletes a config and stops its instances; a scalable target of it
+    /// goes too (it would put the config back).
     pub async fn delete_provisioned_concurrency(
         &self,
         function: &str,
@@ -347,6 +352,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         self.store.get(function)?;
         self.store.delete_provisioned(function, qualifier)?;
+        self.store.delete_scaling(function, qualifier)?;
         let key = format!("{function}:{qualifier}");
         self.provisioning.failed().remove(&key);
         self.pool.prune_provisioned(&key, None).await;

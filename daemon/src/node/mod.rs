@@ -22,10 +22,12 @@ use crate::logs::FunctionLogs;
 use crate::packages::{CodeImage, CodeStore, PackageError, PackageRules, Runtime, MAX_UNZIPPED};
 use crate::pool::{Capacity, Pool, PoolSettings};
 
+mod autoscaling;
 mod concurrency;
 mod status;
 mod versions;
 
+pub use autoscaling::{Activity, Autoscaling};
 pub use concurrency::{ProvisionedStatus, ProvisionedView, Provisioning};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +108,7 @@ pub struct Node {
     logs: FunctionLogs,
     invoker: Arc<Invoker>,
     provisioning: Arc<Provisioning>,
+    autoscaling: Autoscaling,
     started: SystemTime,
 }
 
@@ -197,6 +200,7 @@ impl Node {
             logs,
             invoker,
             provisioning: Default::default(),
+            autoscaling: Default::default(),
             started: SystemTime::now(),
         };
         // What a crash left: half-written files, and packages stored but
