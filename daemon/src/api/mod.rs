@@ -6,6 +6,7 @@
 //! each only converting proto to domain types and back; the error mapping
 //! is in `status.rs`.
 
+mod scaling;
 mod status;
 
 use std::pin::Pin;
@@ -477,6 +478,122 @@ impl Functions for FunctionsService {
         ))
     }
 
+    async fn register_scalable_target(
+        &self,
+        request: Request<pb::RegisterScalableTargetRequest>,
+    ) -> Result<Response<pb::ScalableTarget>, Status> {
+        let r = request.into_inner();
+        let t = self.node.register_scalable_target(
+            &r.service_namespace,
+            &r.resource_id,
+            &r.scalable_dimension,
+            r.min_capacity,
+            r.max_capacity,
+        )?;
+        Ok(Response::new(scaling::target_pb(&t)))
+    }
+
+    async fn describe_scalable_targets(
+        &self,
+        request: Request<pb::DescribeScalableTargetsRequest>,
+    ) -> Result<Response<pb::DescribeScalableTargetsResponse>, Status> {
+        let r = request.into_inner();
+        let list = self.node.describe_scalable_targets(&r.resource_ids)?;
+        Ok(Response::new(pb::DescribeScalableTargetsResponse {
+            scalable_targets: list.iter().map(scaling::target_pb).collect(),
+        }))
+    }
+
+    async fn deregister_scalable_target(
+        &self,
+        request: Request<pb::DeregisterScalableTargetRequest>,
+    ) -> Result<Response<pb::DeregisterScalableTargetResponse>, Status> {
+        let r = request.into_inner();
+        self.node.deregister_scalable_target(
+            &r.service_namespace,
+            &r.resource_id,
+            &r.scalable_dimension,
+        )?;
+        Ok(Response::new(pb::DeregisterScalableTargetResponse {}))
+    }
+
+    async fn put_scaling_policy(
+        &self,
+        request: Request<pb::PutScalingPolicyRequest>,
+    ) -> Result<Response<pb::ScalingPolicy>, Status> {
+        let r = request.into_inner();
+        let c = r
+            .target_tracking_scaling_policy_configuration
+            .ok_or_else(|| {
+                status::invalid("TargetTrackingScalingPolicyConfiguration is required")
+            })?;
+        self.node.put_scaling_policy(
+            &r.service_namespace,
+            &r.resource_id,
+            &r.scalable_dimension,
+            &r.policy_name,
+            &r.policy_type,
+            &c.predefined_metric_type,
+            c.target_value,
+            (c.scale_out_cooldown, c.scale_in_cooldown),
+            c.disable_scale_in,
+        )?;
+        let (region, account) = self.node.region_account();
+        let found = self
+            .node
+            .describe_scaling_policies(&r.resource_id, std::slice::from_ref(&r.policy_name))?;
+        let (t, p) = found
+            .first()
+            .ok_or_else(|| Status::internal("the policy just stored is gone"))?;
+        Ok(Response::new(scaling::policy_pb(region, account, t, p)))
+    }
+
+    async fn describe_scaling_policies(
+        &self,
+        request: Request<pb::DescribeScalingPoliciesRequest>,
+    ) -> Result<Response<pb::DescribeScalingPoliciesResponse>, Status> {
+        let r = request.into_inner();
+        let (region, account) = self.node.region_account();
+        let list = self
+            .node
+            .describe_scaling_policies(&r.resource_id, &r.policy_names)?;
+        Ok(Response::new(pb::DescribeScalingPoliciesResponse {
+            scaling_policies: list
+                .iter()
+                .map(|(t, p)| scaling::policy_pb(region, account, t, p))
+                .collect(),
+        }))
+    }
+
+    async fn delete_scaling_policy(
+        &self,
+        request: Request<pb::DeleteScalingPolicyRequest>,
+    ) -> Result<Response<pb::DeleteScalingPolicyResponse>, Status> {
+        let r = request.into_inner();
+        self.node.delete_scaling_policy(
+            &r.service_namespace,
+            &r.resource_id,
+            &r.scalable_dimension,
+            &r.policy_name,
+        )?;
+        Ok(Response::new(pb::DeleteScalingPolicyResponse {}))
+    }
+
+    async fn describe_scaling_activities(
+        &self,
+        request: Request<pb::DescribeScalingActivitiesRequest>,
+    ) -> Result<Response<pb::DescribeScalingActivitiesResponse>, Status> {
+        let r = request.into_inner();
+        Ok(Response::new(pb::DescribeScalingActivitiesResponse {
+            scaling_activities: self
+                .node
+                .describe_scaling_activities(&r.resource_id)
+                .into_iter()
+                .map(scaling::activity_pb)
+                .collect(),
+        }))
+    }
+
     async fn publish_layer_version(
         &self,
         request: Request<pb::PublishLayerVersionRequest>,
@@ -580,6 +697,7 @@ fn provisioned_pb(v: crate::node::ProvisionedView) -> pb::ProvisionedConcurrency
         status: v.status.name().into(),
         status_reason: v.reason,
         last_modified: v.config.last_modified,
+        scaling: v.scaling.as_ref().map(scaling::view_pb),
     }
 }
 
@@ -671,6 +789,12 @@ impl NodeApi for NodeService {
                     in_flight,
                     waiting,
                 })
+                .collect(),
+            scaling: self
+                .node
+                .scaling_views(&r.function_name)
+                .iter()
+                .map(scaling::view_pb)
                 .collect(),
         }))
     }

@@ -239,6 +239,78 @@ pub enum Command {
         #[arg(long)]
         qualifier: String,
     },
+    /// Application Auto Scaling of provisioned concurrency (`aws
+    /// application-autoscaling register-scalable-target`): the range an
+    /// alias's or version's provisioned concurrency follows load in.
+    RegisterScalableTarget {
+        /// `function:NAME:ALIAS` or `function:NAME:VERSION`.
+        #[arg(long)]
+        resource_id: String,
+        #[arg(long, default_value = "lambda")]
+        service_namespace: String,
+        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
+        scalable_dimension: String,
+        #[arg(long, allow_negative_numbers = true)]
+        min_capacity: i64,
+        #[arg(long, allow_negative_numbers = true)]
+        max_capacity: i64,
+    },
+    DescribeScalableTargets {
+        #[arg(long, default_value = "lambda")]
+        service_namespace: String,
+        #[arg(long, num_args = 1..)]
+        resource_ids: Vec<String>,
+    },
+    DeregisterScalableTarget {
+        #[arg(long)]
+        resource_id: String,
+        #[arg(long, default_value = "lambda")]
+        service_namespace: String,
+        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
+        scalable_dimension: String,
+    },
+    /// A target tracking policy, e.g. `--target-tracking-scaling-policy-configuration
+    /// '{"TargetValue": 0.7, "PredefinedMetricSpecification":
+    /// {"PredefinedMetricType": "LambdaProvisionedConcurrencyUtilization"}}'`.
+    PutScalingPolicy {
+        #[arg(long)]
+        policy_name: String,
+        #[arg(long)]
+        resource_id: String,
+        #[arg(long, default_value = "lambda")]
+        service_namespace: String,
+        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
+        scalable_dimension: String,
+        #[arg(long, default_value = "TargetTrackingScaling")]
+        policy_type: String,
+        /// JSON (or `file://PATH`).
+        #[arg(long)]
+        target_tracking_scaling_policy_configuration: String,
+    },
+    DescribeScalingPolicies {
+        #[arg(long, default_value = "lambda")]
+        service_namespace: String,
+        #[arg(long)]
+        resource_id: Option<String>,
+        #[arg(long, num_args = 1..)]
+        policy_names: Vec<String>,
+    },
+    DeleteScalingPolicy {
+        #[arg(long)]
+        policy_name: String,
+        #[arg(long)]
+        resource_id: String,
+        #[arg(long, default_value = "lambda")]
+        service_namespace: String,
+        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
+        scalable_dimension: String,
+    },
+    DescribeScalingActivities {
+        #[arg(long, default_value = "lambda")]
+        service_namespace: String,
+        #[arg(long)]
+        resource_id: Option<String>,
+    },
     /// Publishes a layer version from a ZIP.
     PublishLayerVersion {
         #[arg(long)]

@@ -62,6 +62,9 @@ fn provisioned_json(p: &pb::ProvisionedConcurrencyConfig) -> serde_json::Value {
     if !p.status_reason.is_empty() {
         v["StatusReason"] = json!(p.status_reason);
     }
+    if let Some(s) = &p.scaling {
+        v["AutoScaling"] = super::scaling::scaling_json(s);
+    }
     v
 }
 
@@ -103,6 +106,15 @@ pub async fn run(
         .max_encoding_message_size(crate::api::MAX_MESSAGE);
     let mut n = NodeClient::new(channel);
     match command {
+        cmd @ (Command::RegisterScalableTarget { .. }
+        | Command::DescribeScalableTargets { .. }
+        | Command::DeregisterScalableTarget { .. }
+        | Command::PutScalingPolicy { .. }
+        | Command::DescribeScalingPolicies { .. }
+        | Command::DeleteScalingPolicy { .. }
+        | Command::DescribeScalingActivities { .. }) => {
+            super::scaling::run(&mut c, output, cmd).await?;
+        }
         Command::CreateFunction {
             function_name,
             runtime,
@@ -676,6 +688,7 @@ pub async fn run(
                         "InFlight": q.in_flight,
                         "Waiting": q.waiting,
                     })).collect::<Vec<_>>(),
+                    "AutoScaling": r.scaling.iter().map(super::scaling::scaling_json).collect::<Vec<_>>(),
                 }),
                 INSTANCE_HEADERS,
                 r.instances.iter().map(instance_row).collect(),
@@ -696,6 +709,15 @@ pub async fn run(
                             ]
                         })
                         .collect(),
+                );
+            }
+            if output == Output::Table && !r.scaling.is_empty() {
+                println!();
+                emit(
+                    output,
+                    json!({}),
+                    super::scaling::SCALING_HEADERS,
+                    r.scaling.iter().map(super::scaling::scaling_row).collect(),
                 );
             }
         }

@@ -3,6 +3,7 @@
 
 mod args;
 pub mod commands;
+mod scaling;
 
 use std::collections::BTreeMap;
 

@@ -123,6 +123,16 @@ impl Autoscaling {
     }
 }
 
+/// A scalable target as the views show it: its range and policies, the
+/// config's requested count, the last datapoint and the latest activity.
+#[derive(Debug, Clone)]
+pub struct ScalingView {
+    pub target: ScalableTarget,
+    pub requested: u32,
+    pub utilization: Option<f64>,
+    pub last_activity: Option<Activity>,
+}
+
 /// A step to take: the new provisioned concurrency and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
@@ -392,9 +402,23 @@ impl Node {
             .collect()
     }
 
-    /// The controller's state, for views.
-    pub fn autoscaling(&self) -> &Autoscaling {
-        &self.autoscaling
+    /// The scalable targets of a function (every function's with `""`), as
+    /// the views show them.
+    pub fn scaling_views(&self, function: &str) -> Vec<ScalingView> {
+        let targets = self.store.list_scaling(function).unwrap_or_default();
+        let provisioned = self.store.list_provisioned(function).unwrap_or_default();
+        targets
+            .into_iter()
+            .map(|t| ScalingView {
+                requested: provisioned
+                    .iter()
+                    .find(|p| p.key() == t.key())
+                    .map_or(0, |p| p.requested),
+                utilization: self.autoscaling.utilization(&t.key()),
+                last_activity: self.autoscaling.last_activity(&t.resource_id()),
+                target: t,
+            })
+            .collect()
     }
 
     /// How often the controller samples.

@@ -44,6 +44,8 @@ pub struct ProvisionedView {
     pub available: u32,
     pub status: ProvisionedStatus,
     pub reason: String,
+    /// Set when a scalable target follows load with it.
+    pub scaling: Option<super::ScalingView>,
 }
 
 /// Why a config failed.
@@ -300,7 +302,12 @@ impl Node {
             None => (ProvisionedStatus::InProgress, String::new()),
         };
         let (region, account) = self.region_account();
+        let scaling = self
+            .scaling_views(&config.function)
+            .into_iter()
+            .find(|v| v.target.key() == key);
         ProvisionedView {
+            scaling,
             function_arn: format!(
                 "arn:aws:lambda:{region}:{account}:function:{}:{}",
                 config.function, config.qualifier

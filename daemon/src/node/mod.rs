@@ -27,7 +27,7 @@ mod concurrency;
 mod status;
 mod versions;
 
-pub use autoscaling::{Activity, Autoscaling};
+pub use autoscaling::{Activity, Autoscaling, ScalingView};
 pub use concurrency::{ProvisionedStatus, ProvisionedView, Provisioning};
 
 #[derive(Debug, thiserror::Error)]
