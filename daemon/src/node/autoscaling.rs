@@ -58,6 +58,8 @@ struct Tracker {
     samples: u32,
     period_started: Option<Instant>,
     points: VecDeque<f64>,
+    /// The last datapoint, kept for the views when `points` is cleared.
+    last: Option<f64>,
     last_out: Option<Instant>,
     last_any: Option<Instant>,
 }
@@ -71,7 +73,9 @@ impl Tracker {
         if now.duration_since(started) < period {
             return false;
         }
-        self.points.push_back(self.sum / f64::from(self.samples));
+        let point = self.sum / f64::from(self.samples);
+        self.points.push_back(point);
+        self.last = Some(point);
         while self.points.len() > SCALE_IN_POINTS {
             self.points.pop_front();
         }
