@@ -670,4 +670,35 @@ mod tests {
         assert_eq!(s.list_layers().unwrap()[0].version, 3);
         assert_eq!(s.list_layer_versions("deps").unwrap().len(), 2);
     }
+
+    #[test]
+    fn scalable_targets_survive_a_reopen_and_go_with_their_alias_or_function() {
+        use crate::functions::scaling::{ScalableTarget, ScalingPolicy};
+        let (dir, s) = store();
+        s.insert(&f("a")).unwrap();
+        let t = |q: &str| ScalableTarget {
+            function: "a".into(),
+            qualifier: q.into(),
+            min_capacity: 1,
+            max_capacity: 4,
+            created: "now".into(),
+            policies: vec![ScalingPolicy {
+                name: "p".into(),
+                target_value: 0.7,
+                scale_out_cooldown_s: 0,
+                scale_in_cooldown_s: 30,
+                disable_scale_in: false,
+                created: "now".into(),
+            }],
+        };
+        s.put_scaling(&t("live")).unwrap();
+        s.put_scaling(&t("2")).unwrap();
+        drop(s);
+        let s = FunctionStore::open(&dir.path().join("db")).unwrap();
+        assert_eq!(s.list_scaling("a").unwrap(), vec![t("2"), t("live")]);
+        assert!(s.delete_scaling("a", "2").unwrap());
+        assert!(!s.delete_scaling("a", "2").unwrap());
+        s.delete("a").unwrap();
+        assert!(s.list_scaling("").unwrap().is_empty());
+    }
 }
