@@ -246,10 +246,8 @@ pub enum Command {
         /// `function:NAME:ALIAS` or `function:NAME:VERSION`.
         #[arg(long)]
         resource_id: String,
-        #[arg(long, default_value = "lambda")]
-        service_namespace: String,
-        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
-        scalable_dimension: String,
+        #[command(flatten)]
+        dimension: ScalingDimension,
         #[arg(long, allow_negative_numbers = true)]
         min_capacity: i64,
         #[arg(long, allow_negative_numbers = true)]
@@ -264,10 +262,8 @@ pub enum Command {
     DeregisterScalableTarget {
         #[arg(long)]
         resource_id: String,
-        #[arg(long, default_value = "lambda")]
-        service_namespace: String,
-        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
-        scalable_dimension: String,
+        #[command(flatten)]
+        dimension: ScalingDimension,
     },
     /// A target tracking policy, e.g. `--target-tracking-scaling-policy-configuration
     /// '{"TargetValue": 0.7, "PredefinedMetricSpecification":
@@ -277,10 +273,8 @@ pub enum Command {
         policy_name: String,
         #[arg(long)]
         resource_id: String,
-        #[arg(long, default_value = "lambda")]
-        service_namespace: String,
-        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
-        scalable_dimension: String,
+        #[command(flatten)]
+        dimension: ScalingDimension,
         #[arg(long, default_value = "TargetTrackingScaling")]
         policy_type: String,
         /// JSON (or `file://PATH`).
@@ -300,10 +294,8 @@ pub enum Command {
         policy_name: String,
         #[arg(long)]
         resource_id: String,
-        #[arg(long, default_value = "lambda")]
-        service_namespace: String,
-        #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
-        scalable_dimension: String,
+        #[command(flatten)]
+        dimension: ScalingDimension,
     },
     DescribeScalingActivities {
         #[arg(long, default_value = "lambda")]
@@ -399,4 +391,14 @@ impl Command {
             _ => Output::Json,
         }
     }
+}
+
+/// The namespace and dimension of an Application Auto Scaling call: only
+/// Lambda's provisioned concurrency, the defaults.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ScalingDimension {
+    #[arg(long, default_value = "lambda")]
+    pub service_namespace: String,
+    #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
+    pub scalable_dimension: String,
 }

@@ -6,7 +6,7 @@ use flint_proto::node::v1::functions_client::FunctionsClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::commands::Command;
+use super::commands::{Command, ScalingDimension};
 use super::{emit, read_file_arg, CliError, Output};
 
 fn svc(op: &'static str) -> impl Fn(tonic::Status) -> CliError {
@@ -150,8 +150,11 @@ pub async fn run(
     match command {
         Command::RegisterScalableTarget {
             resource_id,
-            service_namespace,
-            scalable_dimension,
+            dimension:
+                ScalingDimension {
+                    service_namespace,
+                    scalable_dimension,
+                },
             min_capacity,
             max_capacity,
         } => {
@@ -199,8 +202,11 @@ pub async fn run(
         }
         Command::DeregisterScalableTarget {
             resource_id,
-            service_namespace,
-            scalable_dimension,
+            dimension:
+                ScalingDimension {
+                    service_namespace,
+                    scalable_dimension,
+                },
         } => {
             c.deregister_scalable_target(pb::DeregisterScalableTargetRequest {
                 service_namespace,
@@ -213,8 +219,11 @@ pub async fn run(
         Command::PutScalingPolicy {
             policy_name,
             resource_id,
-            service_namespace,
-            scalable_dimension,
+            dimension:
+                ScalingDimension {
+                    service_namespace,
+                    scalable_dimension,
+                },
             policy_type,
             target_tracking_scaling_policy_configuration,
         } => {
@@ -283,8 +292,11 @@ pub async fn run(
         Command::DeleteScalingPolicy {
             policy_name,
             resource_id,
-            service_namespace,
-            scalable_dimension,
+            dimension:
+                ScalingDimension {
+                    service_namespace,
+                    scalable_dimension,
+                },
         } => {
             c.delete_scaling_policy(pb::DeleteScalingPolicyRequest {
                 policy_name,

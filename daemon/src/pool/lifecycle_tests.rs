@@ -564,21 +564,7 @@ async fn an_idle_instance_is_frozen_and_thawed_for_its_next_invocation() {
     inst.thaw().await.unwrap();
     assert_eq!(p.instances()[0].state, InstanceState::Idle);
     // Answers as before.
-    let inst = lease.instance().unwrap();
-    inst.link()
-        .invoke(&crate::guest::Invocation {
-            request_id: "r1",
-            payload: b"{}",
-            timeout: Duration::from_secs(1),
-            invoked_function_arn: String::new(),
-            trace_id: String::new(),
-            client_context: "",
-        })
-        .unwrap();
-    let answer = inst
-        .link()
-        .answer("r1", Instant::now() + Duration::from_secs(1))
-        .await;
+    let answer = invoke_once(lease.instance().unwrap()).await;
     assert!(
         matches!(answer, crate::guest::Answer::Response { .. }),
         "{answer:?}"
@@ -592,19 +578,7 @@ async fn a_guest_that_dies_mid_invocation_ends_it_and_is_not_lent_again() {
     run_once(&p, dir.path(), "f").await;
     let f = version("f", "$LATEST");
     let mut lease = p.checkout(&f).await.unwrap();
-    let link = lease.instance().unwrap().link();
-    link.invoke(&crate::guest::Invocation {
-        request_id: "r1",
-        payload: b"{}",
-        timeout: Duration::from_secs(1),
-        invoked_function_arn: String::new(),
-        trace_id: String::new(),
-        client_context: "",
-    })
-    .unwrap();
-    let answer = link
-        .answer("r1", Instant::now() + Duration::from_secs(1))
-        .await;
+    let answer = invoke_once(lease.instance().unwrap()).await;
     assert!(
         matches!(
             answer,
@@ -659,4 +633,21 @@ async fn run_once_version(p: &Pool, dir: &Path, f: &Function) -> String {
     let id = lease.id.clone();
     p.release(lease);
     id
+}
+
+/// Sends one event to an instance and waits (a second at most) for how it
+/// ends.
+async fn invoke_once(inst: &mut Instance) -> crate::guest::Answer {
+    let link = inst.link();
+    link.invoke(&crate::guest::Invocation {
+        request_id: "r1",
+        payload: b"{}",
+        timeout: Duration::from_secs(1),
+        invoked_function_arn: String::new(),
+        trace_id: String::new(),
+        client_context: "",
+    })
+    .unwrap();
+    link.answer("r1", Instant::now() + Duration::from_secs(1))
+        .await
 }
