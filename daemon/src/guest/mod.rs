@@ -26,6 +26,10 @@ pub use link::{AgentChannel, Answer, End, FunctionFailure, GuestLink, Invocation
 pub enum GuestError {
     #[error("the agent channel is closed")]
     ChannelClosed,
+    #[error("the guest broke the protocol")]
+    BadFrame(#[source] FrameError),
+    #[error("the agent did not answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// How much is read from the channel at a time.
@@ -71,6 +75,48 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 /// Writes one message as a frame.
 pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &HostMessage) -> std::io::Result<()> {
     w.write_all(&frame::encode(msg)).await
+}
+
+/// A spare's warm-up, on a channel that no link reads yet: `Warm` (a clock,
+/// entropy and a host name; the agent runs the paths a restore will run),
+/// then its `Warmed`, within `limit`. Anything else the guest says
+/// meanwhile (a log line of a runtime printing while parked) is dropped.
+/// Returns the channel, with what arrived after `Warmed`, and the agent's
+/// time.
+pub async fn warm_up(
+    mut stream: tokio::net::UnixStream,
+    instance_id: &str,
+    limit: Duration,
+) -> Result<(AgentChannel, Duration), GuestError> {
+    use flint_proto::agent::v1::{agent_message, host_message, Warm};
+    let msg = HostMessage {
+        kind: Some(host_message::Kind::Warm(Warm {
+            wall_clock_unix_ms: unix_ms(SystemTime::now()),
+            entropy: entropy(),
+            instance_id: instance_id.to_string(),
+        })),
+    };
+    send(&mut stream, &msg)
+        .await
+        .map_err(|_| GuestError::ChannelClosed)?;
+    let mut reader = FrameReader::new(stream, FrameBuffer::default());
+    let answer = async {
+        loop {
+            match reader.next().await {
+                Ok(Some(AgentMessage {
+                    kind: Some(agent_message::Kind::Warmed(w)),
+                })) => return Ok(Duration::from_micros(w.duration_us)),
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(GuestError::ChannelClosed),
+                Err(e) => return Err(GuestError::BadFrame(e)),
+            }
+        }
+    };
+    let took = tokio::time::timeout(limit, answer)
+        .await
+        .map_err(|_| GuestError::TimedOut(limit))??;
+    let (stream, received) = reader.into_parts();
+    Ok((AgentChannel { stream, received }, took))
 }
 
 /// Lambda's error document: `{"errorType": ..., "errorMessage": ...}`.

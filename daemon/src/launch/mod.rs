@@ -66,8 +66,6 @@ pub enum LaunchError {
     PrepareFailed(String),
     #[error("the restored guest did not answer; console: {0}")]
     ResumeFailed(String),
-    #[error("a spare's guest broke the protocol during its warm-up")]
-    WarmUpFrame(#[source] flint_proto::frame::FrameError),
     #[error("a spare's guest did not warm up within {0:?}; console: {1}")]
     WarmUpTimeout(Duration, String),
     /// No start slot came free within the invocation's budget.

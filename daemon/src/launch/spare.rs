@@ -14,16 +14,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use flint_proto::agent::v1::{agent_message, host_message, AgentMessage, HostMessage, Warm};
-use flint_proto::frame::FrameBuffer;
 use tokio::sync::watch;
 
 use super::{LaunchError, Launcher};
 use crate::engine::{Engine, Memory, Vm, VmSpec};
 use crate::functions::Function;
-use crate::guest::{entropy, unix_ms, AgentChannel};
+use crate::guest::{AgentChannel, GuestError};
 use crate::snapshot::Snapshot;
 
 /// How long a spare's guest may take to answer `Warm`.
@@ -142,8 +140,7 @@ impl Launcher {
         let task = tokio::spawn({
             let (id, function) = (id.clone(), function.clone());
             async move {
-                let started =
-                    Spare::start(engine.as_ref(), spec, &state, entropy(), cancelled).await;
+                let started = Spare::start(engine.as_ref(), spec, &state, cancelled).await;
                 let extra = {
                     let mut book = spares.lock();
                     // Gone from the book: its function's spares were dropped.
@@ -221,13 +218,12 @@ impl Spare {
         engine: &dyn Engine,
         spec: VmSpec,
         state: &Path,
-        entropy: Vec<u8>,
         mut cancelled: watch::Receiver<bool>,
     ) -> Result<Option<Spare>, LaunchError> {
         let id = spec.id.clone();
         let mut vm = engine.boot(spec).await?;
         let warmed = tokio::select! {
-            r = warm(vm.as_mut(), state, &id, entropy) => Some(r),
+            r = warm(vm.as_mut(), state, &id) => Some(r),
             _ = cancelled.wait_for(|c| *c) => None,
         };
         match warmed {
@@ -244,51 +240,18 @@ impl Spare {
     }
 }
 
-async fn warm(
-    vm: &mut dyn Vm,
-    state: &Path,
-    id: &str,
-    entropy: Vec<u8>,
-) -> Result<AgentChannel, LaunchError> {
-    let mut stream = vm.take_channel().ok_or(LaunchError::NoChannel)?;
+async fn warm(vm: &mut dyn Vm, state: &Path, id: &str) -> Result<AgentChannel, LaunchError> {
+    let stream = vm.take_channel().ok_or(LaunchError::NoChannel)?;
     vm.load(state).await?;
     vm.resume().await?;
-    let msg = HostMessage {
-        kind: Some(host_message::Kind::Warm(Warm {
-            wall_clock_unix_ms: unix_ms(SystemTime::now()),
-            entropy,
-            instance_id: id.to_string(),
-        })),
-    };
-    crate::guest::send(&mut stream, &msg)
-        .await
-        .map_err(|_| crate::guest::GuestError::ChannelClosed)?;
-    let mut reader = crate::guest::FrameReader::new(stream, FrameBuffer::default());
-    let answer = async {
-        loop {
-            // Nothing else is expected; anything else (a log line of a
-            // runtime that prints while parked) is dropped.
-            match reader.next().await {
-                Ok(Some(AgentMessage {
-                    kind: Some(agent_message::Kind::Warmed(w)),
-                })) => return Ok(Duration::from_micros(w.duration_us)),
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(crate::guest::GuestError::ChannelClosed.into()),
-                Err(e) => return Err(LaunchError::WarmUpFrame(e)),
-            }
+    let (channel, took) = match crate::guest::warm_up(stream, id, WARM_TIMEOUT).await {
+        Ok(warmed) => warmed,
+        Err(GuestError::TimedOut(limit)) => {
+            return Err(LaunchError::WarmUpTimeout(limit, vm.console_tail(2048)))
         }
+        Err(e) => return Err(e.into()),
     };
-    let took = match tokio::time::timeout(WARM_TIMEOUT, answer).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(LaunchError::WarmUpTimeout(
-                WARM_TIMEOUT,
-                vm.console_tail(2048),
-            ))
-        }
-    };
-    let (stream, received) = reader.into_parts();
     vm.pause().await?;
     tracing::debug!(spare = %id, agent_ms = took.as_millis() as u64, "spare warmed");
-    Ok(AgentChannel { stream, received })
+    Ok(channel)
 }
