@@ -15,4 +15,6 @@ pub mod packages;
 pub mod pool;
 pub mod server;
 pub mod snapshot;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod time;

@@ -25,6 +25,8 @@ use crate::pool::{Capacity, Pool, PoolSettings};
 mod autoscaling;
 mod concurrency;
 mod status;
+#[cfg(test)]
+mod tests;
 mod versions;
 
 pub use autoscaling::{Activity, Autoscaling, ScalingView};
@@ -115,6 +117,20 @@ pub struct Node {
 impl Node {
     /// Opens (or creates) the node's state under the data directory.
     pub fn open(config: Config) -> Result<Self, NodeError> {
+        let accel = crate::engine::detect_accel(config.accel)?;
+        if accel.accel == crate::engine::Accel::Tcg {
+            tracing::warn!(reason = %accel.reason, "guests run under TCG");
+        } else {
+            tracing::info!(reason = %accel.reason, "guests run under KVM");
+        }
+        let engine: Arc<dyn Engine> =
+            Arc::new(QemuEngine::new(config.qemu.clone(), accel, &config.vmm)?);
+        Self::with_engine(config, engine)
+    }
+
+    /// Opens the node's state with `engine` running its VMs (QEMU in
+    /// flintd; a fake one in the middle tier of tests).
+    pub fn with_engine(config: Config, engine: Arc<dyn Engine>) -> Result<Self, NodeError> {
         for d in [
             config.data_dir.clone(),
             config.code_dir(),
@@ -133,14 +149,6 @@ impl Node {
                 }
             }
         }
-        let accel = crate::engine::detect_accel(config.accel)?;
-        if accel.accel == crate::engine::Accel::Tcg {
-            tracing::warn!(reason = %accel.reason, "guests run under TCG");
-        } else {
-            tracing::info!(reason = %accel.reason, "guests run under KVM");
-        }
-        let engine: Arc<dyn Engine> =
-            Arc::new(QemuEngine::new(config.qemu.clone(), accel, &config.vmm)?);
         let store = Arc::new(FunctionStore::open(&config.db_path())?);
         let code = Arc::new(CodeStore::new(config.code_dir(), config.tmp_dir()));
         let snapshots = if config.snapshots {
