@@ -2,7 +2,7 @@
 //! and reflection. Proto in, domain types to the node, proto out; errors
 //! mapped in [`status`].
 //!
-//! Why one file of 700 lines: one method per RPC of the two services,
+//! Why one file of 900 lines: one method per RPC of the two services,
 //! each only converting proto to domain types and back; the error mapping
 //! is in `status.rs`.
 

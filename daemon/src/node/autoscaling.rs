@@ -16,6 +16,10 @@
 //! scale-out, scale-in after any scaling) hold further steps back. A step
 //! goes through `PutProvisionedConcurrencyConfig`'s own checks, so it never
 //! takes what reservations or the unreserved share forbid.
+//!
+//! Why one file of 600 lines: the rule, the controller that applies it and
+//! the Application Auto Scaling calls that configure it are one feature;
+//! its tests, a third of the file, run the rule over whole loads.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
