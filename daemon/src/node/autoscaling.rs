@@ -116,9 +116,7 @@ impl Autoscaling {
 
     /// The last datapoint of a target, if one has closed.
     pub fn utilization(&self, key: &str) -> Option<f64> {
-        self.trackers()
-            .get(key)
-            .and_then(|t| t.points.back().copied())
+        self.trackers().get(key).and_then(|t| t.last)
     }
 
     /// The latest activity of a resource.

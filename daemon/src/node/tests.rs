@@ -135,6 +135,9 @@ async fn the_controller_raises_a_busy_config_and_lowers_an_idle_one_within_its_r
             .requested
     };
     assert_eq!(requested(&node), 3, "the maximum, not beyond");
+    // The view keeps the last datapoint after a step clears the window.
+    let view = &node.scaling_views("g")[0];
+    assert!(view.utilization.is_some_and(|u| u > 0.5), "{view:?}");
 
     // Idle: back to the minimum.
     for lease in held {
