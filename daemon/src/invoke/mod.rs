@@ -172,7 +172,7 @@ impl Invoker {
             Ok(None) => {}
             Ok(Some(error_type)) => tracing::warn!(function = %f.name, version = %f.version,
                 %error_type, "the init of a published version failed"),
-            Err(e) => tracing::warn!(function = %f.name, version = %f.version, error = %e,
+            Err(e) => tracing::warn!(function = %f.name, version = %f.version, error = %e.chain(),
                 "building a published version's function snapshot failed"),
         }
     }

@@ -126,7 +126,7 @@ impl Launcher {
         let disks = match self.disks(&images).await {
             Ok(d) => d,
             Err(e) => {
-                self.set_preparation(f, Some(Preparation::SnapshotFailed(e.to_string())));
+                self.set_preparation(f, Some(Preparation::SnapshotFailed(e.chain())));
                 return Err(e);
             }
         };
@@ -240,7 +240,7 @@ impl Launcher {
                 Ok(FunctionSnapshot::InitFailed(failure)) => {
                     Some(Preparation::InitFailed(failure.error_type.clone()))
                 }
-                Err(e) => Some(Preparation::SnapshotFailed(e.to_string())),
+                Err(e) => Some(Preparation::SnapshotFailed(e.chain())),
             },
         );
         r

@@ -76,6 +76,19 @@ pub enum LaunchError {
 }
 
 impl LaunchError {
+    /// The error and every cause under it, `: `-separated: what a log line
+    /// and a version's state reason show.
+    pub fn chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            source = e.source();
+        }
+        s
+    }
+
     /// A failed step of a snapshot's build or restore, keeping its cause.
     fn snapshot(
         what: impl Into<String>,
@@ -290,5 +303,24 @@ pub(crate) fn test_settings(dir: &std::path::Path) -> LaunchSettings {
         snapshot_latest: false,
         spare_vms: false,
         starts: StartSettings::for_host(2, false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_shows_what_failed_and_why() {
+        let e = LaunchError::snapshot(
+            "padding the disks of a restore",
+            std::io::Error::other("no space left on device"),
+        );
+        assert_eq!(e.to_string(), "padding the disks of a restore");
+        assert_eq!(
+            e.chain(),
+            "padding the disks of a restore: no space left on device"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

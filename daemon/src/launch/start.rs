@@ -68,7 +68,7 @@ impl Launcher {
         let disks = match self.disks(&images).await {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(function = %s.f.name, error = %e, "preparing the disks for a restore failed; booting");
+                tracing::warn!(function = %s.f.name, error = %e.chain(), "preparing the disks for a restore failed; booting");
                 return self.boot_and_init(s, images).await;
             }
         };
@@ -81,14 +81,16 @@ impl Launcher {
                     Ok(FunctionSnapshot::Ready(snap)) => {
                         match self.restore_function(s, &snap, &disks, spare).await {
                             Ok(started) => return Ok(started),
-                            Err(e) => tracing::warn!(function = %s.f.name, attempt, error = %e,
-                                "restoring the function snapshot failed"),
+                            Err(e) => {
+                                tracing::warn!(function = %s.f.name, attempt, error = %e.chain(),
+                                "restoring the function snapshot failed")
+                            }
                         }
                     }
                     Ok(FunctionSnapshot::InitFailed(failure)) => {
                         return Ok(Started::InitFailed(failure))
                     }
-                    Err(e) => tracing::warn!(function = %s.f.name, attempt, error = %e,
+                    Err(e) => tracing::warn!(function = %s.f.name, attempt, error = %e.chain(),
                         "building the function snapshot failed"),
                 }
             }
@@ -98,7 +100,7 @@ impl Launcher {
         let rs = match self.runtime_snapshot(s.f).await {
             Ok(rs) => rs,
             Err(e) => {
-                tracing::warn!(function = %s.f.name, error = %e, "no runtime snapshot; booting");
+                tracing::warn!(function = %s.f.name, error = %e.chain(), "no runtime snapshot; booting");
                 return self.boot_and_init(s, images).await;
             }
         };
@@ -114,7 +116,7 @@ impl Launcher {
                     .await)
             }
             Err(e) => {
-                tracing::warn!(function = %s.f.name, error = %e, "restoring the runtime snapshot failed; booting");
+                tracing::warn!(function = %s.f.name, error = %e.chain(), "restoring the runtime snapshot failed; booting");
                 self.boot_and_init(s, images).await
             }
         }
