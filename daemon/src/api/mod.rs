@@ -527,7 +527,7 @@ impl Functions for FunctionsService {
             .ok_or_else(|| {
                 status::invalid("TargetTrackingScalingPolicyConfiguration is required")
             })?;
-        self.node.put_scaling_policy(
+        let (t, p) = self.node.put_scaling_policy(
             &r.service_namespace,
             &r.resource_id,
             &r.scalable_dimension,
@@ -539,13 +539,7 @@ impl Functions for FunctionsService {
             c.disable_scale_in,
         )?;
         let (region, account) = self.node.region_account();
-        let found = self
-            .node
-            .describe_scaling_policies(&r.resource_id, std::slice::from_ref(&r.policy_name))?;
-        let (t, p) = found
-            .first()
-            .ok_or_else(|| Status::internal("the policy just stored is gone"))?;
-        Ok(Response::new(scaling::policy_pb(region, account, t, p)))
+        Ok(Response::new(scaling::policy_pb(region, account, &t, &p)))
     }
 
     async fn describe_scaling_policies(

@@ -15,7 +15,7 @@ pub use super::args::*;
 use super::*;
 use crate::client;
 
-fn svc(op: &'static str) -> impl Fn(tonic::Status) -> CliError {
+pub(super) fn svc(op: &'static str) -> impl Fn(tonic::Status) -> CliError {
     move |s| CliError::from_status(op, s)
 }
 

@@ -6,12 +6,8 @@ use flint_proto::node::v1::functions_client::FunctionsClient;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::commands::{Command, ScalingDimension};
+use super::commands::{svc, Command, ScalingDimension};
 use super::{emit, read_file_arg, CliError, Output};
-
-fn svc(op: &'static str) -> impl Fn(tonic::Status) -> CliError {
-    move |s| CliError::from_status(op, s)
-}
 
 fn target_json(t: &pb::ScalableTarget) -> Value {
     json!({

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{LaunchError, Launcher};
-use crate::engine::{Engine, Memory, Vm, VmSpec};
+use crate::engine::{Engine, Vm, VmSpec};
 use crate::functions::Function;
 use crate::guest::{AgentChannel, GuestError};
 use crate::snapshot::Snapshot;
@@ -126,7 +126,6 @@ impl Launcher {
     pub(super) fn refill_spare(&self, f: &Function, snap: &Snapshot, spec: VmSpec) {
         let spec = VmSpec {
             background: true,
-            memory: Memory::Clone(snap.memory()),
             ..spec
         };
         let id = spec.id.clone();

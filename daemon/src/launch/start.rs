@@ -21,8 +21,8 @@ impl Launcher {
     /// Starts an instance of `f`: a restored function snapshot where there
     /// is one (published versions, and `$LATEST` when configured), else a
     /// restored runtime snapshot that then runs the function's init, else
-    /// (no snapshots, or they fail) a cold boot. `spare`: the node has room
-    /// to start a spare for the next restore.
+    /// (no snapshots, or they fail) a cold boot. `spare`: start a spare for
+    /// the next restore (spares are on and the node has room for one).
     ///
     /// The start waits for a slot ([`super::Starts`]) until `deadline`
     /// (none: as long as it takes); the init limit runs from when it has
@@ -226,7 +226,7 @@ impl Launcher {
             .restore_vm(s, snap, spec, Origin::FunctionSnapshot, taken)
             .await?;
         let restored = started.elapsed();
-        if spare && self.settings.spare_vms {
+        if spare {
             let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
             let spec = self.restore_spec(s.f, &id, Memory::Clone(snap.memory()), disks);
             self.refill_spare(s.f, snap, spec);

@@ -322,7 +322,7 @@ impl Node {
     }
 
     /// `PutScalingPolicy` (target tracking): creates or replaces a policy
-    /// of a registered target.
+    /// of a registered target; returns the target with the policy.
     #[allow(clippy::too_many_arguments)]
     pub fn put_scaling_policy(
         &self,
@@ -335,7 +335,7 @@ impl Node {
         target_value: f64,
         cooldowns: (i64, i64),
         disable_scale_in: bool,
-    ) -> Result<ScalingPolicy, NodeError> {
+    ) -> Result<(ScalableTarget, ScalingPolicy), NodeError> {
         check_dimension(namespace, dimension)?;
         let (out, scale_in) = validate_policy(name, policy_type, metric, target_value, cooldowns)?;
         let mut target = self.scaling_target(resource_id)?;
@@ -355,7 +355,7 @@ impl Node {
         target.policies.retain(|p| p.name != name);
         target.policies.push(policy.clone());
         self.store.put_scaling(&target)?;
-        Ok(policy)
+        Ok((target, policy))
     }
 
     /// `DescribeScalingPolicies`: each with the target it belongs to.

@@ -265,7 +265,7 @@ impl Pool {
 
     /// Starts the instance of a booked lease through the launcher (see
     /// [`Launcher::start`]); a spare for the next restore is started only
-    /// where the memory budget has room for it.
+    /// where spares are on and the memory budget has room for one.
     pub async fn start(
         &self,
         f: &Function,
@@ -274,7 +274,7 @@ impl Pool {
         log: LogStream,
         deadline: Option<Instant>,
     ) -> Result<Started, LaunchError> {
-        let spare = self.has_room(crate::launch::SPARE_MB);
+        let spare = self.launcher.settings().spare_vms && self.has_room(crate::launch::SPARE_MB);
         self.launcher
             .start(f, images, instance_id, log, deadline, spare)
             .await
