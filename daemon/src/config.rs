@@ -137,6 +137,9 @@ pub struct Config {
     /// The period of one utilization datapoint of provisioned-concurrency
     /// autoscaling (`[autoscaling] period_s`; CloudWatch's minute).
     pub autoscaling_period: Duration,
+    /// The dispatcher of asynchronous events (`[async]`, and the test-only
+    /// `[testing] async_time_scale`).
+    pub events: crate::events::EventSettings,
 }
 
 /// The PEM files of mutual TLS on TCP (`[tls]` in flintd.toml).
@@ -175,6 +178,26 @@ pub struct FileConfig {
     pub tls: Option<TlsFiles>,
     pub starts: Option<FileStarts>,
     pub autoscaling: Option<FileAutoscaling>,
+    #[serde(rename = "async")]
+    pub events: Option<FileAsync>,
+    pub testing: Option<FileTesting>,
+}
+
+/// `[async]`: how many asynchronous events run at once, over all functions.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAsync {
+    pub concurrency: Option<u32>,
+}
+
+/// `[testing]`: settings that exist for the test suite only. They shorten
+/// Lambda's fixed delays and are never meant for a node that serves users.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTesting {
+    /// Multiplies every delay and age of asynchronous invocation (retry
+    /// delays, backoffs, maximum event age): 0.001 makes a minute 60 ms.
+    pub async_time_scale: Option<f64>,
 }
 
 /// `[autoscaling]`: how provisioned concurrency that follows load measures
@@ -297,6 +320,7 @@ impl Default for Config {
             tls: None,
             starts: FileStarts::default(),
             autoscaling_period: Duration::from_secs(60),
+            events: crate::events::EventSettings::default(),
         }
     }
 }
@@ -467,6 +491,22 @@ impl Config {
                 ));
             }
             c.autoscaling_period = Duration::from_secs_f64(period);
+        }
+        if let Some(n) = f.events.and_then(|a| a.concurrency) {
+            if !(1..=1000).contains(&n) {
+                return Err(ConfigError::Invalid(
+                    "async.concurrency must be between 1 and 1000".into(),
+                ));
+            }
+            c.events.concurrency = n as usize;
+        }
+        if let Some(scale) = f.testing.and_then(|t| t.async_time_scale) {
+            if !(scale > 0.0 && scale <= 1.0) {
+                return Err(ConfigError::Invalid(
+                    "testing.async_time_scale must be above 0 and at most 1".into(),
+                ));
+            }
+            c.events.time_scale = scale;
         }
         c.check()?;
         if let Some(l) = f.logs {

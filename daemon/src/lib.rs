@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod functions;
 pub mod guest;
 pub mod invoke;

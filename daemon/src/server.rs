@@ -118,6 +118,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     // Log retention, now and then hourly.
     let logs = node.logs().clone();
+    let records = node.events().clone();
     let retention = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
         loop {
@@ -125,6 +126,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let n = logs.enforce_retention();
             if n > 0 {
                 tracing::info!(files = n, "old log files removed");
+            }
+            match records.prune().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(records = n, "old invocation records removed"),
+                Err(e) => tracing::warn!(error = %e, "removing old invocation records failed"),
             }
         }
     });
@@ -151,6 +157,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     });
 
+    // Queued asynchronous events run as they fall due.
+    let settings = node.config().events;
+    if settings.time_scale != 1.0 {
+        tracing::warn!(
+            scale = settings.time_scale,
+            "testing.async_time_scale shortens Lambda's async delays: a setting for tests only"
+        );
+    }
+    let dispatcher = tokio::spawn(node.events().clone().run());
+
     // Provisioned concurrency follows load where a scalable target says so.
     let autoscaler_node = node.clone();
     let autoscaler = tokio::spawn(async move {
@@ -175,6 +191,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reclaimer.abort();
     provisioner.abort();
     autoscaler.abort();
+    dispatcher.abort();
     // Stop accepting; in-flight calls (invocations) get the grace period.
     let _ = stop_tx.send(true);
     health.set_not_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>().await;

@@ -99,7 +99,8 @@ async fn say(s: &mut UnixStream, kind: agent_message::Kind) {
 /// The guest side. A booted guest says `Ready`; a restored one waits for
 /// `Resume` (or a spare's `Warm`), and a restored function snapshot then
 /// reports its restore. `Configure` runs the script's init; `Invoke` echoes
-/// the payload; `PrepareSnapshot` is answered at once.
+/// the payload (one starting `fail` is a handled error, `sleepN` waits N
+/// ms first); `PrepareSnapshot` is answered at once.
 async fn agent(
     mut s: UnixStream,
     script: Script,
@@ -166,6 +167,21 @@ async fn agent(
                 Some(host_message::Kind::Invoke(i)) => {
                     if let Script::CrashOnInvoke = script {
                         return;
+                    }
+                    if i.payload.starts_with(b"fail") {
+                        let e = flint_proto::agent::v1::InvokeError {
+                            request_id: i.request_id,
+                            error_type: "Failed".into(),
+                            payload: br#"{"errorMessage":"asked to fail"}"#.to_vec(),
+                            max_memory_used_kb: 1024,
+                            unhandled: false,
+                        };
+                        say(&mut s, Kind::Error(e)).await;
+                        continue;
+                    }
+                    if let Some(ms) = i.payload.strip_prefix(b"sleep") {
+                        let ms = String::from_utf8_lossy(ms).trim().parse().unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
                     }
                     let r = InvokeResponse {
                         request_id: i.request_id,

@@ -6,6 +6,7 @@
 //! each only converting proto to domain types and back; the error mapping
 //! is in `status.rs`.
 
+mod events;
 mod scaling;
 mod status;
 
@@ -136,6 +137,14 @@ impl FunctionsService {
             ephemeral_storage: f.ephemeral_mb,
             revision_id: f.revision_id(),
         }
+    }
+
+    fn event_config_pb(
+        &self,
+        c: &crate::functions::event_config::EventInvokeConfig,
+    ) -> pb::FunctionEventInvokeConfig {
+        let cfg = self.node.config();
+        events::config_pb(&cfg.region, &cfg.account_id, c)
     }
 
     fn alias_pb(&self, a: &Alias) -> pb::AliasConfiguration {
@@ -478,6 +487,120 @@ impl Functions for FunctionsService {
         ))
     }
 
+    async fn put_function_event_invoke_config(
+        &self,
+        request: Request<pb::PutFunctionEventInvokeConfigRequest>,
+    ) -> Result<Response<pb::FunctionEventInvokeConfig>, Status> {
+        let r = request.into_inner();
+        let c = self.node.put_event_config(
+            &r.function_name,
+            &r.qualifier,
+            events::change(&r),
+            false,
+        )?;
+        Ok(Response::new(self.event_config_pb(&c)))
+    }
+
+    async fn update_function_event_invoke_config(
+        &self,
+        request: Request<pb::PutFunctionEventInvokeConfigRequest>,
+    ) -> Result<Response<pb::FunctionEventInvokeConfig>, Status> {
+        let r = request.into_inner();
+        let c =
+            self.node
+                .put_event_config(&r.function_name, &r.qualifier, events::change(&r), true)?;
+        Ok(Response::new(self.event_config_pb(&c)))
+    }
+
+    async fn get_function_event_invoke_config(
+        &self,
+        request: Request<pb::GetFunctionEventInvokeConfigRequest>,
+    ) -> Result<Response<pb::FunctionEventInvokeConfig>, Status> {
+        let r = request.into_inner();
+        let c = self.node.get_event_config(&r.function_name, &r.qualifier)?;
+        Ok(Response::new(self.event_config_pb(&c)))
+    }
+
+    async fn list_function_event_invoke_configs(
+        &self,
+        request: Request<pb::ListFunctionEventInvokeConfigsRequest>,
+    ) -> Result<Response<pb::ListFunctionEventInvokeConfigsResponse>, Status> {
+        let r = request.into_inner();
+        let list = self.node.list_event_configs(&r.function_name)?;
+        Ok(Response::new(pb::ListFunctionEventInvokeConfigsResponse {
+            function_event_invoke_configs: list.iter().map(|c| self.event_config_pb(c)).collect(),
+        }))
+    }
+
+    async fn delete_function_event_invoke_config(
+        &self,
+        request: Request<pb::GetFunctionEventInvokeConfigRequest>,
+    ) -> Result<Response<pb::DeleteFunctionEventInvokeConfigResponse>, Status> {
+        let r = request.into_inner();
+        self.node
+            .delete_event_config(&r.function_name, &r.qualifier)?;
+        Ok(Response::new(
+            pb::DeleteFunctionEventInvokeConfigResponse {},
+        ))
+    }
+
+    type SubscribeInvocationRecordsStream = RecordStreamOut;
+
+    async fn subscribe_invocation_records(
+        &self,
+        request: Request<pb::SubscribeInvocationRecordsRequest>,
+    ) -> Result<Response<Self::SubscribeInvocationRecordsStream>, Status> {
+        let r = request.into_inner();
+        if r.event_bus.is_empty() {
+            return Err(status::invalid("EventBus: name the event bus"));
+        }
+        let events = self.node.events().clone();
+        // Subscribed before the first read, so nothing written meanwhile
+        // is missed.
+        let mut written = events.records_written();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut after = r.after;
+            loop {
+                let batch = match events.records_after(r.event_bus.clone(), after, 256).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::from(crate::node::NodeError::from(e))))
+                            .await;
+                        return;
+                    }
+                };
+                let full = batch.len() == 256;
+                for rec in batch {
+                    after = rec.seq;
+                    let out = pb::InvocationRecord {
+                        sequence: rec.seq,
+                        event_bus: rec.bus,
+                        function_name: rec.function,
+                        record: rec.record,
+                    };
+                    if tx.send(Ok(out)).await.is_err() {
+                        return;
+                    }
+                }
+                if full {
+                    continue;
+                }
+                if !r.follow {
+                    return;
+                }
+                tokio::select! {
+                    changed = written.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn register_scalable_target(
         &self,
         request: Request<pb::RegisterScalableTargetRequest>,
@@ -705,6 +828,7 @@ fn record_pb(r: LogRecord) -> pb::LogLine {
     }
 }
 
+type RecordStreamOut = Pin<Box<dyn Stream<Item = Result<pb::InvocationRecord, Status>> + Send>>;
 type LogStreamOut = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -808,6 +932,16 @@ impl NodeApi for NodeService {
             .stop_instances(&r.instance_id, &r.function_name)
             .await?;
         Ok(Response::new(pb::StopInstancesResponse { stopped }))
+    }
+
+    async fn get_event_queues(
+        &self,
+        _request: Request<pb::GetEventQueuesRequest>,
+    ) -> Result<Response<pb::GetEventQueuesResponse>, Status> {
+        let queues = self.node.event_queues().await?;
+        Ok(Response::new(pb::GetEventQueuesResponse {
+            queues: queues.iter().map(events::queue_pb).collect(),
+        }))
     }
 
     type TailLogsStream = LogStreamOut;

@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::events::EventsError;
 use crate::functions::FunctionsError;
 use crate::invoke::InvokeError;
 use crate::launch::{LaunchError, START_QUEUE_REASON};
@@ -33,6 +34,9 @@ fn functions(e: &FunctionsError) -> Status {
         }
         FunctionsError::ScalingInvalid(_) => {
             status(Code::InvalidArgument, "ValidationException", e)
+        }
+        FunctionsError::EventConfigNotFound(_) => {
+            status(Code::NotFound, "ResourceNotFoundException", e)
         }
         FunctionsError::ScalingNotFound(_) => status(Code::NotFound, "ObjectNotFoundException", e),
         FunctionsError::PreconditionFailed { .. } => {
@@ -101,6 +105,19 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+fn events(e: &EventsError) -> Status {
+    match e {
+        EventsError::Invoke(i) => invoke(i),
+        EventsError::PayloadTooLarge { .. } => {
+            status(Code::InvalidArgument, "RequestTooLargeException", e)
+        }
+        EventsError::DiskFull => status(Code::ResourceExhausted, "ServiceException", e),
+        EventsError::Store(_) | EventsError::Join(_) => {
+            status(Code::Internal, "ServiceException", chain(e))
+        }
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         match &e {
@@ -110,6 +127,7 @@ impl From<NodeError> for Status {
             NodeError::CodeStorageExceeded { .. } => {
                 status(Code::FailedPrecondition, "CodeStorageExceededException", &e)
             }
+            NodeError::Events(ev) => events(ev),
             NodeError::Engine(_) | NodeError::DataDir(_) | NodeError::Join(_) => {
                 status(Code::Internal, "ServiceException", chain(&e))
             }

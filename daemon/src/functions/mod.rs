@@ -5,6 +5,7 @@
 //! limits) are Lambda's and are checked together by the tests at the
 //! bottom, which are a third of it.
 
+pub mod event_config;
 pub mod scaling;
 mod store;
 
@@ -49,6 +50,8 @@ pub enum FunctionsError {
     Invalid { field: &'static str, rule: String },
     #[error("{0}")]
     ScalingInvalid(String),
+    #[error("The function {0} doesn't have an EventInvokeConfig")]
+    EventConfigNotFound(String),
     #[error("No scalable target or scaling policy found: {0}")]
     ScalingNotFound(String),
     #[error("The Revision Id provided does not match the latest Revision Id ({current}); call GetFunction to get the latest Revision Id")]

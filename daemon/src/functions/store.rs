@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::de::DeserializeOwned;
 
+use super::event_config::EventInvokeConfig;
 use super::scaling::ScalableTarget;
 use super::{Alias, Function, FunctionsError, LayerVersion, ProvisionedConfig, LATEST};
 
@@ -56,6 +57,12 @@ CREATE TABLE IF NOT EXISTS fn_provisioned (
     PRIMARY KEY (function, qualifier)
 );
 CREATE TABLE IF NOT EXISTS fn_scaling (
+    function  TEXT NOT NULL,
+    qualifier TEXT NOT NULL,
+    record    TEXT NOT NULL,
+    PRIMARY KEY (function, qualifier)
+);
+CREATE TABLE IF NOT EXISTS fn_event_invoke (
     function  TEXT NOT NULL,
     qualifier TEXT NOT NULL,
     record    TEXT NOT NULL,
@@ -181,6 +188,10 @@ impl FunctionStore {
             params![name],
         )?;
         tx.execute("DELETE FROM fn_scaling WHERE function = ?1", params![name])?;
+        tx.execute(
+            "DELETE FROM fn_event_invoke WHERE function = ?1",
+            params![name],
+        )?;
         tx.commit()?;
         Ok(deleted)
     }
@@ -337,7 +348,7 @@ impl FunctionStore {
         if n == 0 {
             return Err(FunctionsError::AliasNotFound(format!("{function}:{name}")));
         }
-        for table in ["fn_provisioned", "fn_scaling"] {
+        for table in ["fn_provisioned", "fn_scaling", "fn_event_invoke"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE function = ?1 AND qualifier = ?2"),
                 params![function, name],
@@ -525,6 +536,57 @@ impl FunctionStore {
     }
 
     // ------------------------------------------------------------------ gc
+
+    // ------------------------------------------------- event invoke config
+
+    /// Stores (replaces) an event invoke configuration.
+    pub fn put_event_config(&self, c: &EventInvokeConfig) -> Result<(), FunctionsError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO fn_event_invoke (function, qualifier, record) VALUES (?1, ?2, ?3)",
+            params![c.function, c.qualifier, to_json(&c.function, c)?],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_event_config(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Result<Option<EventInvokeConfig>, FunctionsError> {
+        let rec: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT record FROM fn_event_invoke WHERE function = ?1 AND qualifier = ?2",
+                params![function, qualifier],
+                |r| r.get(0),
+            )
+            .optional()?;
+        rec.map(|r| from_json(function, &r)).transpose()
+    }
+
+    pub fn list_event_configs(
+        &self,
+        function: &str,
+    ) -> Result<Vec<EventInvokeConfig>, FunctionsError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT record FROM fn_event_invoke WHERE function = ?1 ORDER BY qualifier")?;
+        let rows = st.query_map(params![function], |r| r.get::<_, String>(0))?;
+        rows.map(|r| from_json(function, &r?)).collect()
+    }
+
+    /// Removes a configuration; false when there was none.
+    pub fn delete_event_config(
+        &self,
+        function: &str,
+        qualifier: &str,
+    ) -> Result<bool, FunctionsError> {
+        let n = self.conn().execute(
+            "DELETE FROM fn_event_invoke WHERE function = ?1 AND qualifier = ?2",
+            params![function, qualifier],
+        )?;
+        Ok(n > 0)
+    }
 
     /// Digests of every package still referenced: function code (all
     /// versions) and layers (published ones and those functions use).

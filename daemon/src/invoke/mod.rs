@@ -32,7 +32,7 @@ pub enum InvokeError {
     Layers(String),
     #[error("ClientContext: {0}")]
     ClientContext(String),
-    #[error("InvocationType: Event invocations are not supported by this node yet")]
+    #[error("InvocationType: Event invocations are queued by the node, not run here")]
     EventUnsupported,
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -219,7 +219,22 @@ impl Invoker {
             InvocationType::Event => return Err(InvokeError::EventUnsupported),
             InvocationType::RequestResponse => {}
         }
+        self.invoke_resolved(f, &req, request_id).await
+    }
 
+    /// The region and account in this node's ARNs.
+    pub fn region_account(&self) -> (&str, &str) {
+        (&self.region, &self.account_id)
+    }
+
+    /// Runs a checked invocation of the resolved version `f` under
+    /// `request_id` (an asynchronous event keeps its own across retries).
+    pub async fn invoke_resolved(
+        &self,
+        f: Function,
+        req: &InvokeRequest,
+        request_id: String,
+    ) -> Result<InvokeResult, InvokeError> {
         // Admitted first (within the function's reserved concurrency or
         // the node's unreserved share), then given an instance.
         let _ticket = self.pool.admit(&f.name)?;
@@ -244,7 +259,7 @@ impl Invoker {
                     Started::InitFailed(failure) => {
                         return Ok(self.init_failed(
                             &f,
-                            &req,
+                            req,
                             &log,
                             request_id,
                             &failure.error_type,
@@ -274,7 +289,7 @@ impl Invoker {
                 Err(e) => tracing::warn!(instance = %inst.id, error = %e, "thawing failed"),
             }
         }
-        let (outcome, duration, max_kb) = run(inst, &f, &req, &request_id, arn).await;
+        let (outcome, duration, max_kb) = run(inst, &f, req, &request_id, arn).await;
         let init = inst.pending_init.take();
         let restore = inst.pending_restore.take();
         let log = inst.log.clone();

@@ -24,6 +24,9 @@ use crate::pool::{Capacity, Pool, PoolSettings};
 
 mod autoscaling;
 mod concurrency;
+mod events;
+#[cfg(test)]
+mod events_tests;
 mod status;
 #[cfg(test)]
 mod tests;
@@ -42,6 +45,8 @@ pub enum NodeError {
     Invoke(#[from] InvokeError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsError),
     #[error("Code storage limit of {limit} bytes would be exceeded ({used} bytes in use)")]
     CodeStorageExceeded { used: u64, limit: u64 },
     #[error("preparing the data directory failed")]
@@ -109,6 +114,7 @@ pub struct Node {
     pool: Arc<Pool>,
     logs: FunctionLogs,
     invoker: Arc<Invoker>,
+    events: Arc<crate::events::Events>,
     provisioning: Arc<Provisioning>,
     autoscaling: Autoscaling,
     started: SystemTime,
@@ -200,6 +206,12 @@ impl Node {
             region: config.region.clone(),
             account_id: config.account_id.clone(),
         });
+        let events = Arc::new(crate::events::Events::open(
+            &config.data_dir.join("events.db"),
+            invoker.clone(),
+            store.clone(),
+            config.events,
+        )?);
         let node = Self {
             config,
             store,
@@ -207,6 +219,7 @@ impl Node {
             pool,
             logs,
             invoker,
+            events,
             provisioning: Default::default(),
             autoscaling: Default::default(),
             started: SystemTime::now(),
@@ -635,6 +648,14 @@ impl Node {
     /// Runs an invocation to its end even if the caller goes away: an
     /// accepted invocation is never cut off half way.
     pub async fn invoke(&self, req: InvokeRequest) -> Result<InvokeResult, NodeError> {
+        if req.invocation_type == crate::invoke::InvocationType::Event {
+            // Queued whether or not the caller stays for the answer.
+            let events = self.events.clone();
+            return tokio::spawn(async move { events.accept(req).await })
+                .await
+                .map_err(|e| NodeError::Join(e.to_string()))?
+                .map_err(NodeError::from);
+        }
         let invoker = self.invoker.clone();
         tokio::spawn(async move { invoker.invoke(req).await })
             .await
