@@ -593,6 +593,10 @@ async fn a_python_grpcio_client_calls_health_reflection_and_invoke() {
     assert_eq!(v["executed_version"], "$LATEST");
     assert_eq!(v["payload"]["event"]["from"], "grpcio");
     assert_eq!(v["has_log_result"], true);
+    assert_eq!(v["async"]["status_code"], 202);
+    assert_eq!(v["async"]["record_request_id"], v["async"]["request_id"]);
+    assert_eq!(v["async"]["condition"], "Success");
+    assert_eq!(v["async"]["response"]["event"]["async"], true);
     assert!(
         v["missing"]
             .as_str()

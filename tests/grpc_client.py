@@ -1,6 +1,6 @@
 """A gRPC client of flintd that is not ours: Python's grpcio, with stubs
 generated from proto/ at run time. Calls health, reflection's service list
-and Invoke, and prints one JSON document with what it saw.
+Invoke, and an asynchronous invoke with its record, and prints one JSON document with what it saw.
 
 usage: grpc_client.py ENDPOINT FUNCTION_NAME
 
@@ -69,6 +69,24 @@ def main():
                 payload=json.dumps({"from": "grpcio"}).encode(),
                 log_type=node_pb2.TAIL,
             ), timeout=120)
+            # Asynchronous: an event answered 202, its success record read
+            # from an event bus as a controller would.
+            bus = "grpcio-" + function
+            fns.PutFunctionEventInvokeConfig(node_pb2.PutFunctionEventInvokeConfigRequest(
+                function_name=function,
+                destination_config=node_pb2.DestinationConfig(on_success=node_pb2.OnSuccess(
+                    destination=f"arn:aws:events:us-east-1:000000000000:event-bus/{bus}")),
+            ), timeout=10)
+            queued = fns.Invoke(node_pb2.InvokeRequest(
+                function_name=function,
+                invocation_type=node_pb2.EVENT,
+                payload=json.dumps({"from": "grpcio", "async": True}).encode(),
+            ), timeout=30)
+            records = fns.SubscribeInvocationRecords(
+                node_pb2.SubscribeInvocationRecordsRequest(event_bus=bus, follow=True), timeout=120)
+            first = next(iter(records))
+            records.cancel()
+            record = json.loads(first.record)
             try:
                 fns.GetFunction(node_pb2.GetFunctionRequest(function_name="no-such-function"), timeout=10)
                 missing = "found"
@@ -83,6 +101,13 @@ def main():
             "payload": json.loads(r.payload),
             "has_log_result": bool(r.log_result),
             "missing": missing,
+            "async": {
+                "status_code": queued.status_code,
+                "request_id": queued.request_id,
+                "record_request_id": record["requestContext"]["requestId"],
+                "condition": record["requestContext"]["condition"],
+                "response": record["responsePayload"],
+            },
         }))
 
 

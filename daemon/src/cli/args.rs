@@ -303,6 +303,50 @@ pub enum Command {
         #[arg(long)]
         resource_id: Option<String>,
     },
+    /// How a function's asynchronous events are retried, how old they may
+    /// grow, and where their records go; replaces any earlier one.
+    /// `--destination-config '{"OnSuccess":{"Destination":ARN},"OnFailure":{"Destination":ARN}}'`.
+    PutFunctionEventInvokeConfig {
+        #[command(flatten)]
+        config: EventConfigArgs,
+    },
+    /// Changes only the named settings of an event invoke configuration.
+    UpdateFunctionEventInvokeConfig {
+        #[command(flatten)]
+        config: EventConfigArgs,
+    },
+    GetFunctionEventInvokeConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, default_value = "")]
+        qualifier: String,
+    },
+    ListFunctionEventInvokeConfigs {
+        #[arg(long)]
+        function_name: String,
+    },
+    DeleteFunctionEventInvokeConfig {
+        #[arg(long)]
+        function_name: String,
+        #[arg(long, default_value = "")]
+        qualifier: String,
+    },
+    /// Reads the invocation records sent to an event-bus destination
+    /// (`arn:aws:events:REGION:ACCOUNT:event-bus/NAME`), one JSON per line.
+    SubscribeInvocationRecords {
+        /// The bus's name.
+        #[arg(long)]
+        event_bus: String,
+        /// Only records after this sequence number (the cursor to resume from).
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+        /// Keep reading new records as they are written.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// The queue of asynchronous events per function: waiting, in flight,
+    /// the oldest's age, counts and the last dropped events.
+    EventQueues,
     /// Publishes a layer version from a ZIP.
     PublishLayerVersion {
         #[arg(long)]
@@ -385,9 +429,10 @@ impl Command {
     /// Operators' commands print tables by default; the AWS CLI's, JSON.
     pub fn default_output(&self) -> Output {
         match self {
-            Command::Logs { .. } | Command::Node { .. } | Command::Instances { .. } => {
-                Output::Table
-            }
+            Command::Logs { .. }
+            | Command::Node { .. }
+            | Command::Instances { .. }
+            | Command::EventQueues => Output::Table,
             _ => Output::Json,
         }
     }
@@ -401,4 +446,20 @@ pub struct ScalingDimension {
     pub service_namespace: String,
     #[arg(long, default_value = "lambda:function:ProvisionedConcurrency")]
     pub scalable_dimension: String,
+}
+
+/// The settings of a put or an update of an event invoke configuration.
+#[derive(clap::Args)]
+pub struct EventConfigArgs {
+    #[arg(long)]
+    pub function_name: String,
+    #[arg(long, default_value = "")]
+    pub qualifier: String,
+    #[arg(long)]
+    pub maximum_retry_attempts: Option<u32>,
+    #[arg(long)]
+    pub maximum_event_age_in_seconds: Option<u32>,
+    /// JSON: `{"OnSuccess":{"Destination":ARN},"OnFailure":{"Destination":ARN}}`.
+    #[arg(long)]
+    pub destination_config: Option<String>,
 }

@@ -115,6 +115,15 @@ pub async fn run(
         | Command::DescribeScalingActivities { .. }) => {
             super::scaling::run(&mut c, output, cmd).await?;
         }
+        cmd @ (Command::PutFunctionEventInvokeConfig { .. }
+        | Command::UpdateFunctionEventInvokeConfig { .. }
+        | Command::GetFunctionEventInvokeConfig { .. }
+        | Command::ListFunctionEventInvokeConfigs { .. }
+        | Command::DeleteFunctionEventInvokeConfig { .. }
+        | Command::SubscribeInvocationRecords { .. }
+        | Command::EventQueues) => {
+            super::events::run(&mut c, &mut n, output, cmd).await?;
+        }
         Command::CreateFunction {
             function_name,
             runtime,

@@ -3,6 +3,7 @@
 
 mod args;
 pub mod commands;
+mod events;
 mod scaling;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,463 @@
+//! Asynchronous invocation on real microVMs: events answered 202 and run by
+//! the dispatcher, retries after function errors, records to a function and
+//! to an event bus, events that wait for a reservation, events that grow
+//! too old, and acknowledged events that survive `kill -9` of flintd.
+//! Lambda's delays are scaled down by the test-only
+//! `testing.async_time_scale` (a minute is 60 ms at 0.001).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flint_e2e::*;
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::functions_client::FunctionsClient;
+use tonic::transport::Channel;
+
+const REGION: &str = "us-east-1";
+const ACCOUNT: &str = "000000000000";
+
+/// Fails when asked, sleeps when asked, and answers with its request id.
+const WORKER: &[u8] = b"import time
+def handler(event, context):
+    if isinstance(event, dict):
+        if event.get('fail'):
+            raise Exception('asked to fail')
+        time.sleep(event.get('sleep', 0))
+    return {'got': event, 'request_id': context.aws_request_id}
+";
+
+fn flintctl(endpoint: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(bin("flintctl"))
+        .env("FLINT_ENDPOINT", endpoint)
+        .args(args)
+        .output()
+        .expect("run flintctl");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn bus(name: &str) -> String {
+    format!("arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{name}")
+}
+
+async fn create_worker(c: &mut FunctionsClient<Channel>, name: &str) {
+    c.create_function(pb::CreateFunctionRequest {
+        function_name: name.into(),
+        runtime: "python3.11".into(),
+        handler: "app.handler".into(),
+        zip_file: zip_files(&[("app.py", WORKER, 0o644)]),
+        timeout: 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+async fn send(
+    c: &mut FunctionsClient<Channel>,
+    name: &str,
+    payload: &str,
+) -> Result<pb::InvokeResponse, tonic::Status> {
+    c.invoke(pb::InvokeRequest {
+        function_name: name.into(),
+        invocation_type: pb::InvocationType::Event as i32,
+        payload: payload.as_bytes().to_vec(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn put_config(
+    c: &mut FunctionsClient<Channel>,
+    name: &str,
+    retries: Option<u32>,
+    age: Option<u32>,
+    on_success: Option<String>,
+    on_failure: Option<String>,
+) {
+    c.put_function_event_invoke_config(pb::PutFunctionEventInvokeConfigRequest {
+        function_name: name.into(),
+        maximum_retry_attempts: retries,
+        maximum_event_age_in_seconds: age,
+        destination_config: Some(pb::DestinationConfig {
+            on_success: on_success.map(|destination| pb::OnSuccess { destination }),
+            on_failure: on_failure.map(|destination| pb::OnFailure { destination }),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Reads the records on `bus` until `done` holds of them (or panics after
+/// `limit`).
+async fn records_until(
+    c: &mut FunctionsClient<Channel>,
+    bus: &str,
+    limit: Duration,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut stream = c
+            .subscribe_invocation_records(pb::SubscribeInvocationRecordsRequest {
+                event_bus: bus.into(),
+                after: 0,
+                follow: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(r) = stream.message().await.unwrap() {
+            got.push(serde_json::from_str(&r.record).unwrap());
+        }
+        if done(&got) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records on {bus}: {}",
+            serde_json::Value::from(got)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn queue(n: &mut pb::node_client::NodeClient<Channel>, name: &str) -> pb::EventQueue {
+    n.get_event_queues(pb::GetEventQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .queues
+        .into_iter()
+        .find(|q| q.function_name == name)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age() {
+    use flint_daemon::engine::jail::JailSettings;
+    let node = start_node(|c| {
+        c.region = REGION.into();
+        c.account_id = ACCOUNT.into();
+        c.events.time_scale = 0.001;
+        c.vmm = JailSettings {
+            uid_base: JailSettings::default().uid_base + 0x4_0000,
+            uid_count: 1024,
+            ..JailSettings::default()
+        };
+    });
+    let ep = node.endpoint.clone();
+    let channel = flint_daemon::client::channel(&ep).await.unwrap();
+    let mut c = FunctionsClient::new(channel.clone());
+    let mut n = pb::node_client::NodeClient::new(channel);
+    let (worker, sink) = ("async-worker", "async-sink");
+    create_worker(&mut c, worker).await;
+    create_worker(&mut c, sink).await;
+
+    // flintctl: the configuration (a failure goes to the sink function) and
+    // an event, answered 202.
+    let failure = format!("arn:aws:lambda:{REGION}:{ACCOUNT}:function:{sink}");
+    let dest = format!(
+        r#"{{"OnSuccess":{{"Destination":"{}"}},"OnFailure":{{"Destination":"{failure}"}}}}"#,
+        bus("ok")
+    );
+    let put = flintctl(
+        &ep,
+        &[
+            "put-function-event-invoke-config",
+            "--function-name",
+            worker,
+            "--maximum-retry-attempts",
+            "1",
+            "--destination-config",
+            &dest,
+        ],
+    )
+    .unwrap();
+    let put: serde_json::Value = serde_json::from_str(&put).unwrap();
+    assert_eq!(put["MaximumRetryAttempts"], 1);
+    assert_eq!(put["DestinationConfig"]["OnFailure"]["Destination"], failure.as_str());
+    put_config(&mut c, sink, None, None, Some(bus("sink")), None).await;
+    let out = flintctl(
+        &ep,
+        &[
+            "invoke",
+            "--function-name",
+            worker,
+            "--invocation-type",
+            "Event",
+            "--payload",
+            r#"{"n": 1}"#,
+            "/dev/null",
+        ],
+    )
+    .unwrap();
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["StatusCode"], 202, "{out}");
+
+    // A failing event: run twice (the retry 1 "minute" later), then its
+    // record reaches the sink as the sink's event.
+    let failing = send(&mut c, worker, r#"{"fail": true}"#).await.unwrap();
+    assert_eq!(failing.status_code, 202);
+    let ok = records_until(&mut c, "ok", Duration::from_secs(240), |r| !r.is_empty()).await;
+    assert_eq!(ok[0]["requestContext"]["condition"], "Success");
+    assert_eq!(ok[0]["requestPayload"]["n"], 1);
+    // The function saw the event's own request id.
+    assert_eq!(
+        ok[0]["responsePayload"]["request_id"],
+        ok[0]["requestContext"]["requestId"]
+    );
+    let sunk = records_until(&mut c, "sink", Duration::from_secs(240), |r| {
+        !r.is_empty()
+    })
+    .await;
+    let first = &sunk[0]["requestPayload"];
+    assert_eq!(
+        first["requestContext"]["requestId"],
+        failing.request_id.as_str()
+    );
+    assert_eq!(first["requestContext"]["condition"], "RetriesExhausted");
+    assert_eq!(first["requestContext"]["approximateInvokeCount"], 2);
+    assert_eq!(first["responseContext"]["functionError"], "Handled");
+    assert_eq!(first["responsePayload"]["errorMessage"], "asked to fail");
+    assert_eq!(first["requestPayload"]["fail"], true);
+    // Both runs of the failing event carry its request id in the log.
+    let logs = flintctl(&ep, &["logs", "tail", worker, "--output", "json"]).unwrap();
+    let starts = logs
+        .lines()
+        .filter(|l| l.contains(&format!("START RequestId: {}", failing.request_id)))
+        .count();
+    assert_eq!(starts, 2, "{logs}");
+
+    // flintctl reads the same records.
+    let lines = flintctl(
+        &ep,
+        &["subscribe-invocation-records", "--event-bus", "ok"],
+    )
+    .unwrap();
+    let line: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(line["Record"]["requestContext"]["condition"], "Success");
+
+    // Reserved at 2: six events of a second each run two at a time; none is
+    // dropped while it waits.
+    let reserved = "async-reserved";
+    create_worker(&mut c, reserved).await;
+    c.put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+        function_name: reserved.into(),
+        reserved_concurrent_executions: 2,
+    })
+    .await
+    .unwrap();
+    put_config(&mut c, reserved, None, None, Some(bus("reserved")), None).await;
+    for _ in 0..6 {
+        send(&mut c, reserved, r#"{"sleep": 1}"#).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut most = 0;
+    loop {
+        let q = queue(&mut n, reserved).await;
+        most = most.max(q.in_flight);
+        if q.events_succeeded == 6 {
+            assert_eq!(q.events_dropped, 0, "{q:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{q:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(most, 2, "two at a time");
+
+    // Reserved at 0: the event is throttled until it is older than its
+    // 60 "seconds" and goes to the failure destination as such.
+    let shut = "async-shut";
+    create_worker(&mut c, shut).await;
+    c.put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+        function_name: shut.into(),
+        reserved_concurrent_executions: 0,
+    })
+    .await
+    .unwrap();
+    put_config(&mut c, shut, Some(0), Some(60), None, Some(bus("late"))).await;
+    let late = send(&mut c, shut, "{}").await.unwrap();
+    let recs = records_until(&mut c, "late", Duration::from_secs(60), |r| {
+        !r.is_empty()
+    })
+    .await;
+    assert_eq!(recs[0]["requestContext"]["requestId"], late.request_id.as_str());
+    assert_eq!(recs[0]["requestContext"]["condition"], "EventAgeExceeded");
+    assert_eq!(recs[0]["requestContext"]["approximateInvokeCount"], 0);
+    let q = queue(&mut n, shut).await;
+    assert_eq!(q.dropped[0].reason, "EventAgeExceeded");
+
+    // What the queue view shows for the worker.
+    let table = flintctl(&ep, &["event-queues"]).unwrap();
+    assert!(table.contains("FUNCTION") && table.contains(worker), "{table}");
+    let q = queue(&mut n, worker).await;
+    assert_eq!((q.events_received, q.events_succeeded, q.events_dropped), (2, 1, 1));
+
+    // Bad calls: too large, unknown function, DryRun.
+    let big = "x".repeat(1024 * 1024 + 1);
+    let e = send(&mut c, worker, &big).await.unwrap_err();
+    assert!(e.message().starts_with("RequestTooLargeException"), "{e}");
+    let e = send(&mut c, "async-nope", "{}").await.unwrap_err();
+    assert!(e.message().starts_with("ResourceNotFoundException"), "{e}");
+    let dry = c
+        .invoke(pb::InvokeRequest {
+            function_name: worker.into(),
+            invocation_type: pb::InvocationType::DryRun as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dry.status_code, 204);
+}
+
+struct Flintd {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Flintd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_flintd(dir: &Path) -> Flintd {
+    let sock = dir.join("flintd.sock");
+    let config = dir.join("flintd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [{:?}]\nartifacts_dir = {:?}\nregion = {REGION:?}\naccount_id = {ACCOUNT:?}\n\
+             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.001\n",
+            dir.join("data"),
+            format!("unix:{}", sock.display()),
+            artifacts_dir(),
+            flint_daemon::engine::jail::JailSettings::default().uid_base + 0x5_0000,
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("flintd.log"))
+        .unwrap();
+    let child = Command::new(bin("flintd"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start flintd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "flintd did not start: {}",
+            std::fs::read_to_string(dir.join("flintd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Flintd {
+        child,
+        endpoint: format!("unix:{}", sock.display()),
+    }
+}
+
+#[tokio::test]
+async fn acknowledged_events_survive_kill_9_and_each_completes() {
+    let dir = tempfile::Builder::new()
+        .prefix("flint-async-crash-")
+        .tempdir()
+        .unwrap();
+    let name = "async-crash";
+    let mut acked: Vec<String> = Vec::new();
+    let mut refused = 0;
+    for round in 0..4 {
+        let mut flintd = spawn_flintd(dir.path());
+        let mut c = flint_daemon::client::functions(&flintd.endpoint)
+            .await
+            .unwrap();
+        if round == 0 {
+            create_worker(&mut c, name).await;
+            put_config(&mut c, name, None, None, Some(bus("done")), None).await;
+        }
+        if round == 3 {
+            // The last run drains what is left.
+            break;
+        }
+        // Events are sent while the node runs them; flintd is killed at a
+        // moment that depends on how far the runs got.
+        let sender = {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut failed = 0;
+                for i in 0.. {
+                    // About 50 events a second: the drain after the last
+                    // kill stays short on a slow machine.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    match send(&mut c, name, &format!(r#"{{"i": {i}}}"#)).await {
+                        Ok(r) => {
+                            assert_eq!(r.status_code, 202);
+                            mine.push(r.request_id);
+                        }
+                        Err(_) => {
+                            failed += 1;
+                            if failed > 3 {
+                                break;
+                            }
+                        }
+                    }
+                }
+                (mine, failed)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1500 + 1000 * round as u64)).await;
+        flintd.child.kill().unwrap();
+        flintd.child.wait().unwrap();
+        let (mine, failed) = sender.await.unwrap();
+        assert!(!mine.is_empty(), "round {round}: no event was acknowledged");
+        acked.extend(mine);
+        refused += failed;
+    }
+    let flintd = spawn_flintd(dir.path());
+    let mut c = flint_daemon::client::functions(&flintd.endpoint)
+        .await
+        .unwrap();
+    let records = records_until(&mut c, "done", Duration::from_secs(600), |r| {
+        let seen: std::collections::HashSet<&str> = r
+            .iter()
+            .filter_map(|x| x["requestContext"]["requestId"].as_str())
+            .collect();
+        acked.iter().all(|id| seen.contains(id.as_str()))
+    })
+    .await;
+    let mut times: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        assert_eq!(r["requestContext"]["condition"], "Success");
+        *times
+            .entry(r["requestContext"]["requestId"].as_str().unwrap().into())
+            .or_default() += 1;
+    }
+    let duplicates: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "kill -9 three times: {} events acknowledged, all completed; {} duplicates (in flight at a kill); {} calls cut off by a kill",
+        acked.len(),
+        duplicates.len(),
+        refused
+    );
+    // Nothing the node never acknowledged is invented.
+    assert!(records.len() >= acked.len());
+    drop(flintd);
+}
