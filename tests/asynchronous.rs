@@ -183,7 +183,10 @@ async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age()
     .unwrap();
     let put: serde_json::Value = serde_json::from_str(&put).unwrap();
     assert_eq!(put["MaximumRetryAttempts"], 1);
-    assert_eq!(put["DestinationConfig"]["OnFailure"]["Destination"], failure.as_str());
+    assert_eq!(
+        put["DestinationConfig"]["OnFailure"]["Destination"],
+        failure.as_str()
+    );
     put_config(&mut c, sink, None, None, Some(bus("sink")), None).await;
     let out = flintctl(
         &ep,
@@ -214,10 +217,7 @@ async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age()
         ok[0]["responsePayload"]["request_id"],
         ok[0]["requestContext"]["requestId"]
     );
-    let sunk = records_until(&mut c, "sink", Duration::from_secs(240), |r| {
-        !r.is_empty()
-    })
-    .await;
+    let sunk = records_until(&mut c, "sink", Duration::from_secs(240), |r| !r.is_empty()).await;
     let first = &sunk[0]["requestPayload"];
     assert_eq!(
         first["requestContext"]["requestId"],
@@ -237,11 +237,7 @@ async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age()
     assert_eq!(starts, 2, "{logs}");
 
     // flintctl reads the same records.
-    let lines = flintctl(
-        &ep,
-        &["subscribe-invocation-records", "--event-bus", "ok"],
-    )
-    .unwrap();
+    let lines = flintctl(&ep, &["subscribe-invocation-records", "--event-bus", "ok"]).unwrap();
     let line: serde_json::Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(line["Record"]["requestContext"]["condition"], "Success");
 
@@ -285,11 +281,11 @@ async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age()
     .unwrap();
     put_config(&mut c, shut, Some(0), Some(60), None, Some(bus("late"))).await;
     let late = send(&mut c, shut, "{}").await.unwrap();
-    let recs = records_until(&mut c, "late", Duration::from_secs(60), |r| {
-        !r.is_empty()
-    })
-    .await;
-    assert_eq!(recs[0]["requestContext"]["requestId"], late.request_id.as_str());
+    let recs = records_until(&mut c, "late", Duration::from_secs(60), |r| !r.is_empty()).await;
+    assert_eq!(
+        recs[0]["requestContext"]["requestId"],
+        late.request_id.as_str()
+    );
     assert_eq!(recs[0]["requestContext"]["condition"], "EventAgeExceeded");
     assert_eq!(recs[0]["requestContext"]["approximateInvokeCount"], 0);
     let q = queue(&mut n, shut).await;
@@ -297,9 +293,15 @@ async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age()
 
     // What the queue view shows for the worker.
     let table = flintctl(&ep, &["event-queues"]).unwrap();
-    assert!(table.contains("FUNCTION") && table.contains(worker), "{table}");
+    assert!(
+        table.contains("FUNCTION") && table.contains(worker),
+        "{table}"
+    );
     let q = queue(&mut n, worker).await;
-    assert_eq!((q.events_received, q.events_succeeded, q.events_dropped), (2, 1, 1));
+    assert_eq!(
+        (q.events_received, q.events_succeeded, q.events_dropped),
+        (2, 1, 1)
+    );
 
     // Bad calls: too large, unknown function, DryRun.
     let big = "x".repeat(1024 * 1024 + 1);

@@ -14,8 +14,13 @@
 //!
 //! `--suite bursts`: 16 and 64 invocations at once against a function with
 //! no instance, with and without the start scheduler (see `bursts.rs`).
+//!
+//! `--suite async`: `Event` invocations acknowledged per second and the
+//! 202's latency, against one synced write; the time to drain the queued
+//! events into a function with reserved concurrency 4 (see `events.rs`).
 
 mod bursts;
+mod events;
 mod load;
 
 use std::io::Write;
@@ -82,6 +87,10 @@ struct Args {
     /// Burst suite: the sizes of the bursts from zero instances.
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     bursts: Vec<usize>,
+    /// Async suite: events sent by 16 clients (one client sends a tenth
+    /// as many first); all of them are then drained.
+    #[arg(long, default_value_t = 10_000)]
+    async_events: usize,
     /// Load suite: the memory budget filled with frozen instances, MB.
     #[arg(long, default_value_t = 4096)]
     budget_mb: u64,
@@ -240,12 +249,20 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }
+    if args.suite == "async" {
+        let r = rt.block_on(events::run(&args, &accel, &root));
+        let _ = std::fs::remove_dir_all(&root);
+        return r;
+    }
     if args.suite == "load" {
         let r = rt.block_on(load::run(&args, &accel, &root));
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }
-    anyhow::ensure!(args.suite == "start", "--suite is start, load or bursts");
+    anyhow::ensure!(
+        args.suite == "start",
+        "--suite is start, load, bursts or async"
+    );
     let config = |name: &str, snapshots: bool| Config {
         data_dir: root.join(name).join("data"),
         listen: vec![Listen::Unix(root.join(name).join("flintd.sock"))],
