@@ -463,3 +463,222 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
     assert!(records.len() >= acked.len());
     drop(flintd);
 }
+
+/// Receives one message from `queue` and deletes it, waiting up to `limit`.
+async fn receive_until(
+    q: &mut pb::queues_client::QueuesClient<Channel>,
+    queue: &str,
+    limit: Duration,
+) -> pb::QueueMessage {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = q
+            .receive_message(pb::ReceiveMessageRequest {
+                queue_name: queue.into(),
+                max_number_of_messages: 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        if let Some(m) = got.into_iter().next() {
+            // Consumed: deleted, or it would come back after its
+            // visibility timeout.
+            q.delete_message(pb::DeleteMessageRequest {
+                queue_name: queue.into(),
+                receipt_handle: m.receipt_handle.clone(),
+            })
+            .await
+            .unwrap();
+            return m;
+        }
+        assert!(Instant::now() < deadline, "no message on {queue}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn queue_destinations_and_the_dead_letter_queue_survive_a_broker_that_goes_away() {
+    use flint_daemon::engine::jail::JailSettings;
+    let dir = tempfile::Builder::new()
+        .prefix("flint-redis-")
+        .tempdir()
+        .unwrap();
+    let mut redis = Redis::start(dir.path());
+    let url = redis.url();
+    let node = start_node(|c| {
+        c.region = REGION.into();
+        c.account_id = ACCOUNT.into();
+        c.events.time_scale = 0.001;
+        c.broker_url = Some(url);
+        c.vmm = JailSettings {
+            uid_base: JailSettings::default().uid_base + 0x6_0000,
+            uid_count: 1024,
+            ..JailSettings::default()
+        };
+    });
+    let ep = node.endpoint.clone();
+    let channel = flint_daemon::client::channel(&ep).await.unwrap();
+    let mut c = FunctionsClient::new(channel.clone());
+    let mut q = pb::queues_client::QueuesClient::new(channel.clone());
+    let mut n = pb::node_client::NodeClient::new(channel);
+
+    // Queues through flintctl, shaped like `aws sqs`.
+    for name in ["failures", "dlq", "plain"] {
+        flintctl(
+            &ep,
+            &[
+                "create-queue",
+                "--queue-name",
+                name,
+                "--attributes",
+                "VisibilityTimeout=1",
+            ],
+        )
+        .unwrap();
+    }
+    let listed = flintctl(&ep, &["list-queues"]).unwrap();
+    assert!(
+        listed.contains(&format!("arn:aws:sqs:{REGION}:{ACCOUNT}:dlq")),
+        "{listed}"
+    );
+    flintctl(
+        &ep,
+        &[
+            "send-message",
+            "--queue-name",
+            "plain",
+            "--message-body",
+            "hello",
+        ],
+    )
+    .unwrap();
+    let got: serde_json::Value = serde_json::from_str(
+        &flintctl(&ep, &["receive-message", "--queue-name", "plain"]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got["Messages"][0]["Body"], "hello");
+    assert_eq!(
+        got["Messages"][0]["Attributes"]["ApproximateReceiveCount"],
+        "1"
+    );
+    // Not deleted: it comes back after its visibility timeout (1 s).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = receive_until(&mut q, "plain", Duration::from_secs(10)).await;
+    assert_eq!(
+        (again.body.as_str(), again.approximate_receive_count),
+        ("hello", 2)
+    );
+    flintctl(
+        &ep,
+        &[
+            "delete-message",
+            "--queue-name",
+            "plain",
+            "--receipt-handle",
+            &again.receipt_handle,
+        ],
+    )
+    .unwrap();
+    flintctl(
+        &ep,
+        &[
+            "send-message",
+            "--queue-name",
+            "plain",
+            "--message-body",
+            "x",
+        ],
+    )
+    .unwrap();
+    flintctl(&ep, &["purge-queue", "--queue-name", "plain"]).unwrap();
+    let attrs: serde_json::Value = serde_json::from_str(
+        &flintctl(&ep, &["get-queue-attributes", "--queue-name", "plain"]).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        attrs["Attributes"]["ApproximateNumberOfMessages"], "0",
+        "{attrs}"
+    );
+    let missing = flintctl(&ep, &["receive-message", "--queue-name", "nope"]).unwrap_err();
+    assert!(missing.contains("NonExistentQueue"), "{missing}");
+
+    // A function whose failures go to a queue, with a dead-letter queue.
+    let name = "async-dlq";
+    let arn = |q: &str| format!("arn:aws:sqs:{REGION}:{ACCOUNT}:{q}");
+    c.create_function(pb::CreateFunctionRequest {
+        function_name: name.into(),
+        runtime: "python3.11".into(),
+        handler: "app.handler".into(),
+        zip_file: zip_files(&[("app.py", WORKER, 0o644)]),
+        timeout: 30,
+        dead_letter_config: Some(pb::DeadLetterConfig {
+            target_arn: arn("dlq"),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let f = c
+        .get_function(pb::GetFunctionRequest {
+            function_name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        f.configuration
+            .unwrap()
+            .dead_letter_config
+            .unwrap()
+            .target_arn,
+        arn("dlq")
+    );
+    put_config(&mut c, name, Some(0), None, None, Some(arn("failures"))).await;
+    let failed = send(&mut c, name, r#"{"fail": true, "k": "v"}"#)
+        .await
+        .unwrap();
+    let record = receive_until(&mut q, "failures", Duration::from_secs(240)).await;
+    let record: serde_json::Value = serde_json::from_str(&record.body).unwrap();
+    assert_eq!(
+        record["requestContext"]["requestId"],
+        failed.request_id.as_str()
+    );
+    assert_eq!(record["requestContext"]["condition"], "RetriesExhausted");
+    let dead = receive_until(&mut q, "dlq", Duration::from_secs(30)).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&dead.body).unwrap(),
+        serde_json::json!({"fail": true, "k": "v"}),
+        "the unchanged event"
+    );
+    assert_eq!(dead.message_attributes["RequestID"], failed.request_id);
+    assert_eq!(dead.message_attributes["ErrorCode"], "200");
+    assert_eq!(dead.message_attributes["ErrorMessage"], "asked to fail");
+
+    // The broker goes away: what fails meanwhile waits, and arrives once
+    // it is back.
+    redis.stop();
+    let waiting = send(&mut c, name, r#"{"fail": true}"#).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let queue = queue(&mut n, name).await;
+        if queue.undelivered >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{queue:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let table = flintctl(&ep, &["event-queues"]).unwrap();
+    assert!(table.contains("UNDELIVERED"), "{table}");
+    redis.restart();
+    let record = receive_until(&mut q, "failures", Duration::from_secs(120)).await;
+    let record: serde_json::Value = serde_json::from_str(&record.body).unwrap();
+    assert_eq!(
+        record["requestContext"]["requestId"],
+        waiting.request_id.as_str()
+    );
+    let dead = receive_until(&mut q, "dlq", Duration::from_secs(60)).await;
+    assert_eq!(dead.message_attributes["RequestID"], waiting.request_id);
+    assert_eq!(queue(&mut n, name).await.undelivered, 0);
+}

@@ -82,6 +82,10 @@ impl std::str::FromStr for AccelChoice {
     }
 }
 
+/// The broker `scripts/setup` installs and starts for the embedded
+/// defaults: Debian's redis-server on loopback.
+pub const DEFAULT_BROKER_URL: &str = "redis://127.0.0.1:6379/";
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Metadata, code, logs and per-instance files.
@@ -140,6 +144,9 @@ pub struct Config {
     /// The dispatcher of asynchronous events (`[async]`, and the test-only
     /// `[testing] async_time_scale`).
     pub events: crate::events::EventSettings,
+    /// The broker that holds queues (`[broker] url`, a `redis://` URL);
+    /// `None` (or empty): no queues on this node.
+    pub broker_url: Option<String>,
 }
 
 /// The PEM files of mutual TLS on TCP (`[tls]` in flintd.toml).
@@ -181,6 +188,15 @@ pub struct FileConfig {
     #[serde(rename = "async")]
     pub events: Option<FileAsync>,
     pub testing: Option<FileTesting>,
+    pub broker: Option<FileBroker>,
+}
+
+/// `[broker]`: the Redis server that holds SQS-shaped queues.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBroker {
+    /// `redis://HOST:PORT[/DB]`; empty: no broker.
+    pub url: Option<String>,
 }
 
 /// `[async]`: how many asynchronous events run at once, over all functions.
@@ -321,6 +337,7 @@ impl Default for Config {
             starts: FileStarts::default(),
             autoscaling_period: Duration::from_secs(60),
             events: crate::events::EventSettings::default(),
+            broker_url: Some(DEFAULT_BROKER_URL.into()),
         }
     }
 }
@@ -499,6 +516,9 @@ impl Config {
                 ));
             }
             c.events.concurrency = n as usize;
+        }
+        if let Some(url) = f.broker.and_then(|b| b.url) {
+            c.broker_url = Some(url);
         }
         if let Some(scale) = f.testing.and_then(|t| t.async_time_scale) {
             if !(scale > 0.0 && scale <= 1.0) {

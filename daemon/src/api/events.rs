@@ -60,6 +60,7 @@ pub fn queue_pb(v: &QueueView) -> pb::EventQueue {
         events_dropped: v.dropped,
         events_succeeded: v.succeeded,
         last_event_age_ms: v.last_event_age_ms,
+        undelivered: v.undelivered,
         dropped: v
             .recent_drops
             .iter()

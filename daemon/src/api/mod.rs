@@ -7,6 +7,7 @@
 //! is in `status.rs`.
 
 mod events;
+mod queues;
 mod scaling;
 mod status;
 
@@ -28,6 +29,8 @@ use crate::node::{AliasSpec, InstanceStatus, Node};
 
 /// Large enough for a 50 MB package plus framing.
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
+
+pub use queues::QueuesService;
 
 pub struct FunctionsService {
     node: Arc<Node>,
@@ -135,6 +138,9 @@ impl FunctionsService {
                 })
                 .collect(),
             ephemeral_storage: f.ephemeral_mb,
+            dead_letter_config: f.dead_letter_target.as_ref().map(|t| pb::DeadLetterConfig {
+                target_arn: t.clone(),
+            }),
             revision_id: f.revision_id(),
         }
     }
@@ -200,6 +206,10 @@ impl Functions for FunctionsService {
             description: r.description,
             layers: r.layers,
             ephemeral_mb: r.ephemeral_storage,
+            dead_letter_target: r
+                .dead_letter_config
+                .map(|d| d.target_arn)
+                .filter(|t| !t.is_empty()),
         };
         if r.zip_file.is_empty() {
             return Err(status::invalid("ZipFile: a deployment package is required"));
@@ -270,6 +280,7 @@ impl Functions for FunctionsService {
             layers: r.layers.map(|l| l.arns),
             ephemeral_mb: r.ephemeral_storage,
             description: r.description,
+            dead_letter_target: r.dead_letter_config.map(|d| d.target_arn),
             revision_id: non_empty(r.revision_id),
         };
         let f = self

@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::broker::BrokerError;
 use crate::events::EventsError;
 use crate::functions::FunctionsError;
 use crate::invoke::InvokeError;
@@ -118,6 +119,17 @@ fn events(e: &EventsError) -> Status {
     }
 }
 
+fn broker(e: &BrokerError) -> Status {
+    match e {
+        BrokerError::NoSuchQueue(_) => {
+            status(Code::NotFound, "AWS.SimpleQueueService.NonExistentQueue", e)
+        }
+        BrokerError::Invalid { .. } => status(Code::InvalidArgument, "InvalidParameterValue", e),
+        BrokerError::Unreachable { .. } => status(Code::Unavailable, "ServiceUnavailable", e),
+        BrokerError::Protocol(_) => status(Code::Internal, "InternalError", e),
+    }
+}
+
 impl From<NodeError> for Status {
     fn from(e: NodeError) -> Self {
         match &e {
@@ -128,6 +140,8 @@ impl From<NodeError> for Status {
                 status(Code::FailedPrecondition, "CodeStorageExceededException", &e)
             }
             NodeError::Events(ev) => events(ev),
+            NodeError::Broker(b) => broker(b),
+            NodeError::NoBroker => status(Code::FailedPrecondition, "ServiceUnavailable", &e),
             NodeError::Engine(_) | NodeError::DataDir(_) | NodeError::Join(_) => {
                 status(Code::Internal, "ServiceException", chain(&e))
             }

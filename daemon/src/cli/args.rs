@@ -62,6 +62,10 @@ pub enum Command {
         /// `Size=MB` for /tmp.
         #[arg(long)]
         ephemeral_storage: Option<String>,
+        /// `TargetArn=arn:aws:sqs:...` (or `{"TargetArn":"..."}`): the
+        /// dead-letter queue of asynchronous events.
+        #[arg(long)]
+        dead_letter_config: Option<String>,
     },
     /// Shows a function (at a version or alias with --qualifier).
     GetFunction {
@@ -117,6 +121,9 @@ pub enum Command {
         /// Update only if the function's RevisionId is still this one.
         #[arg(long)]
         revision_id: Option<String>,
+        /// `TargetArn=ARN`; `TargetArn=` removes the dead-letter queue.
+        #[arg(long)]
+        dead_letter_config: Option<String>,
     },
     /// Invokes a function; writes the response payload to OUTFILE.
     Invoke {
@@ -347,6 +354,51 @@ pub enum Command {
     /// The queue of asynchronous events per function: waiting, in flight,
     /// the oldest's age, counts and the last dropped events.
     EventQueues,
+    /// Creates a queue on the node's broker (`aws sqs create-queue`).
+    CreateQueue {
+        #[arg(long)]
+        queue_name: String,
+        /// `VisibilityTimeout=SECONDS`.
+        #[arg(long)]
+        attributes: Option<String>,
+    },
+    DeleteQueue {
+        #[arg(long)]
+        queue_name: String,
+    },
+    ListQueues {
+        #[arg(long, default_value = "")]
+        queue_name_prefix: String,
+    },
+    /// A queue's ARN, visibility timeout and message counts.
+    GetQueueAttributes {
+        #[arg(long)]
+        queue_name: String,
+    },
+    SendMessage {
+        #[arg(long)]
+        queue_name: String,
+        #[arg(long)]
+        message_body: String,
+    },
+    /// Hands out messages; each stays hidden for the visibility timeout
+    /// unless it is deleted.
+    ReceiveMessage {
+        #[arg(long)]
+        queue_name: String,
+        #[arg(long, default_value_t = 1)]
+        max_number_of_messages: u32,
+    },
+    DeleteMessage {
+        #[arg(long)]
+        queue_name: String,
+        #[arg(long)]
+        receipt_handle: String,
+    },
+    PurgeQueue {
+        #[arg(long)]
+        queue_name: String,
+    },
     /// Publishes a layer version from a ZIP.
     PublishLayerVersion {
         #[arg(long)]

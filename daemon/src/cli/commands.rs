@@ -104,7 +104,7 @@ pub async fn run(
     let mut c = flint_proto::node::v1::functions_client::FunctionsClient::new(channel.clone())
         .max_decoding_message_size(crate::api::MAX_MESSAGE)
         .max_encoding_message_size(crate::api::MAX_MESSAGE);
-    let mut n = NodeClient::new(channel);
+    let mut n = NodeClient::new(channel.clone());
     match command {
         cmd @ (Command::RegisterScalableTarget { .. }
         | Command::DescribeScalableTargets { .. }
@@ -124,6 +124,17 @@ pub async fn run(
         | Command::EventQueues) => {
             super::events::run(&mut c, &mut n, output, cmd).await?;
         }
+        cmd @ (Command::CreateQueue { .. }
+        | Command::DeleteQueue { .. }
+        | Command::ListQueues { .. }
+        | Command::GetQueueAttributes { .. }
+        | Command::SendMessage { .. }
+        | Command::ReceiveMessage { .. }
+        | Command::DeleteMessage { .. }
+        | Command::PurgeQueue { .. }) => {
+            let mut q = flint_proto::node::v1::queues_client::QueuesClient::new(channel.clone());
+            super::queues::run(&mut q, output, cmd).await?;
+        }
         Command::CreateFunction {
             function_name,
             runtime,
@@ -135,6 +146,7 @@ pub async fn run(
             description,
             layers,
             ephemeral_storage,
+            dead_letter_config,
         } => {
             let f = c
                 .create_function(pb::CreateFunctionRequest {
@@ -151,6 +163,9 @@ pub async fn run(
                         .map(|e| parse_ephemeral(&e))
                         .transpose()?
                         .unwrap_or(0),
+                    dead_letter_config: dead_letter_config
+                        .map(|d| super::queues::dead_letter_config(&d))
+                        .transpose()?,
                 })
                 .await
                 .map_err(svc("CreateFunction"))?
@@ -214,6 +229,7 @@ pub async fn run(
             ephemeral_storage,
             description,
             revision_id,
+            dead_letter_config,
         } => {
             let layers = if no_layers { Some(Vec::new()) } else { layers };
             let f = c
@@ -232,6 +248,9 @@ pub async fn run(
                         .transpose()?,
                     description,
                     revision_id: revision_id.unwrap_or_default(),
+                    dead_letter_config: dead_letter_config
+                        .map(|d| super::queues::dead_letter_config(&d))
+                        .transpose()?,
                 })
                 .await
                 .map_err(svc("UpdateFunctionConfiguration"))?

@@ -202,6 +202,7 @@ pub async fn run(
                 "AsyncEventsSucceeded": q.events_succeeded,
                 "AsyncEventsDropped": q.events_dropped,
                 "AsyncEventAgeMs": q.last_event_age_ms,
+                "Undelivered": q.undelivered,
                 "Dropped": q.dropped.iter().map(|d| json!({
                     "RequestId": d.request_id,
                     "Qualifier": d.qualifier,
@@ -224,6 +225,7 @@ pub async fn run(
                     q.events_received.to_string(),
                     q.events_succeeded.to_string(),
                     q.events_dropped.to_string(),
+                    q.undelivered.to_string(),
                     last_drop,
                 ]);
             }
@@ -238,6 +240,7 @@ pub async fn run(
                     "RECEIVED",
                     "SUCCEEDED",
                     "DROPPED",
+                    "UNDELIVERED",
                     "LAST DROPPED",
                 ],
                 rows,

@@ -4,6 +4,7 @@
 mod args;
 pub mod commands;
 mod events;
+mod queues;
 mod scaling;
 
 use std::collections::BTreeMap;

@@ -21,7 +21,9 @@ use crate::functions::event_config::{parse_destination, Destination, EventInvoke
 use crate::functions::{FunctionStore, FunctionsError, LATEST};
 use crate::invoke::{InvocationType, InvokeError, InvokeRequest, InvokeResult, Invoker};
 
-pub use queue::{BusRecord, DroppedEvent, EventQueue, Finish, NewEvent, QueuedEvent};
+pub use queue::{
+    BusRecord, DroppedEvent, EventQueue, Finish, NewEvent, OutboxMessage, QueuedEvent,
+};
 pub use record::{Condition, LastResponse};
 
 /// Lambda's limit on an asynchronous event, 1 MB.
@@ -31,6 +33,11 @@ const RETRY_DELAY_MS: i64 = 60_000;
 /// Throttles and system errors back off from 1 s to 5 minutes.
 const BACKOFF_FIRST_MS: i64 = 1_000;
 const BACKOFF_MAX_MS: i64 = 300_000;
+/// A dead-letter message's `ErrorMessage` is cut to 1 KB.
+const MAX_DLQ_ERROR: usize = 1024;
+/// Writes to a broker that is down are tried again after 1 s doubling to
+/// this.
+const OUTBOX_BACKOFF_MAX_MS: i64 = 30_000;
 /// Records on an event bus are kept this long for subscribers to catch up.
 pub const RECORD_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -92,6 +99,8 @@ pub struct QueueView {
     pub dropped: u64,
     pub last_event_age_ms: u64,
     pub recent_drops: Vec<DroppedEvent>,
+    /// Destination and dead-letter messages not yet written to the broker.
+    pub undelivered: u64,
 }
 
 #[derive(Default)]
@@ -106,8 +115,10 @@ pub struct Events {
     queue: Arc<EventQueue>,
     invoker: Arc<Invoker>,
     store: Arc<FunctionStore>,
+    broker: Option<Arc<crate::broker::Broker>>,
     settings: EventSettings,
     wake: tokio::sync::Notify,
+    outbox_wake: tokio::sync::Notify,
     written: tokio::sync::watch::Sender<u64>,
     running: Mutex<Running>,
 }
@@ -133,17 +144,24 @@ impl Events {
         path: &std::path::Path,
         invoker: Arc<Invoker>,
         store: Arc<FunctionStore>,
+        broker: Option<Arc<crate::broker::Broker>>,
         settings: EventSettings,
     ) -> Result<Self, EventsError> {
         Ok(Self {
             queue: Arc::new(EventQueue::open(path)?),
             invoker,
             store,
+            broker,
             settings,
             wake: tokio::sync::Notify::new(),
+            outbox_wake: tokio::sync::Notify::new(),
             written: tokio::sync::watch::channel(0).0,
             running: Mutex::new(Running::default()),
         })
+    }
+
+    pub fn broker(&self) -> Option<&Arc<crate::broker::Broker>> {
+        self.broker.as_ref()
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -196,8 +214,13 @@ impl Events {
         })
     }
 
-    /// Runs queued events as they fall due, for ever.
+    /// Runs queued events as they fall due, and writes what they leave
+    /// for the broker, for ever.
     pub async fn run(self: Arc<Self>) {
+        tokio::join!(self.clone().run_outbox(), self.run_queue());
+    }
+
+    async fn run_queue(self: Arc<Self>) {
         loop {
             let wait = match self.dispatch().await {
                 Ok(wait) => wait,
@@ -278,6 +301,81 @@ impl Events {
             Some(d) => Duration::from_millis((d - now_ms()).clamp(1, 1000) as u64),
             None => Duration::from_secs(1),
         })
+    }
+
+    /// Writes broker messages (destination records, dead-letter messages)
+    /// once their event's outcome is committed. A broker that is down keeps
+    /// them waiting, with a warning, until it is back.
+    async fn run_outbox(self: Arc<Self>) {
+        let mut down_since: Option<std::time::Instant> = None;
+        loop {
+            let due = match self.blocking(|q| q.outbox_due(now_ms(), 64)).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the broker outbox failed");
+                    Vec::new()
+                }
+            };
+            for m in &due {
+                match self.send_outbox(m).await {
+                    Ok(()) => {
+                        if let Some(t) = down_since.take() {
+                            tracing::info!(
+                                down_s = t.elapsed().as_secs(),
+                                "the broker is back; waiting messages are delivered"
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        if down_since.is_none() {
+                            down_since = Some(std::time::Instant::now());
+                        }
+                        tracing::warn!(queue = %m.queue, function = %m.function, error = %e,
+                            "a message for the broker waits: it is not reachable");
+                        let attempts = m.attempts + 1;
+                        let delay = BACKOFF_FIRST_MS
+                            .saturating_mul(1 << (attempts - 1).min(20))
+                            .min(OUTBOX_BACKOFF_MAX_MS);
+                        let seq = m.seq;
+                        let _ = self
+                            .blocking(move |q| q.outbox_retry(seq, now_ms() + delay, attempts))
+                            .await;
+                        // The rest wait for the broker too.
+                        break;
+                    }
+                }
+            }
+            if due.len() == 64 && down_since.is_none() {
+                continue;
+            }
+            tokio::select! {
+                _ = self.outbox_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Writes one outbox message; `Err` only when the broker is not
+    /// reachable (other failures drop the message with an error).
+    async fn send_outbox(&self, m: &OutboxMessage) -> Result<(), crate::broker::BrokerError> {
+        let result = match &self.broker {
+            Some(b) => b.send_message(&m.queue, &m.body, &m.attributes).await,
+            None => Err(crate::broker::BrokerError::Unreachable {
+                url: "(none configured)".into(),
+                reason: "this node has no broker".into(),
+            }),
+        };
+        match result {
+            Ok(_) => {}
+            Err(e @ crate::broker::BrokerError::Unreachable { .. }) => return Err(e),
+            Err(e) => tracing::error!(queue = %m.queue, function = %m.function, error = %e,
+                "a destination or dead-letter message cannot be delivered; it is dropped"),
+        }
+        let seq = m.seq;
+        if let Err(e) = self.blocking(move |q| q.outbox_done(seq)).await {
+            tracing::warn!(error = %e, "a delivered broker message could not be marked; it may be sent again");
+        }
+        Ok(())
     }
 
     async fn attempt(self: Arc<Self>, ev: QueuedEvent) {
@@ -402,9 +500,67 @@ impl Events {
     ) -> Result<(), EventsError> {
         tracing::warn!(function = %ev.function, request_id = %ev.request_id,
             condition = condition.name(), invocations = count, "an asynchronous event is dropped");
+        let dead_letter = self.dead_letter(ev, condition, last.as_ref());
         let mut finish = self.deliver(ev, cfg, condition, count, last);
+        finish.outbox.extend(dead_letter);
         finish.dropped = Some(condition.name().to_string());
         self.finish(ev.clone(), finish).await
+    }
+
+    /// The dead-letter message of a dropped event, when the version it
+    /// resolves to has a dead-letter queue: the unchanged event with
+    /// `RequestID`, `ErrorCode` and `ErrorMessage`.
+    fn dead_letter(
+        &self,
+        ev: &QueuedEvent,
+        condition: Condition,
+        last: Option<&LastResponse>,
+    ) -> Option<OutboxMessage> {
+        let f = self.invoker.resolve(&ev.function, &ev.qualifier).ok()?;
+        let target = f.dead_letter_target.as_deref()?;
+        let (region, account) = self.invoker.region_account();
+        let queue = match crate::broker::parse_queue_arn(target, region, account) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(function = %ev.function, error = %e, "the dead-letter queue is not valid");
+                return None;
+            }
+        };
+        let (code, mut message) = match last {
+            Some(r) => (
+                r.status_code.to_string(),
+                serde_json::from_str::<serde_json::Value>(&r.payload)
+                    .ok()
+                    .and_then(|v| v["errorMessage"].as_str().map(String::from))
+                    .unwrap_or_else(|| r.payload.clone()),
+            ),
+            None => (
+                "EventAgeExceeded".to_string(),
+                format!(
+                    "{}: the event was not run before its maximum age",
+                    condition.name()
+                ),
+            ),
+        };
+        if message.len() > MAX_DLQ_ERROR {
+            let mut cut = MAX_DLQ_ERROR;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Some(OutboxMessage {
+            function: ev.function.clone(),
+            queue,
+            body: String::from_utf8_lossy(&ev.payload).into_owned(),
+            attributes: [
+                ("RequestID".to_string(), ev.request_id.clone()),
+                ("ErrorCode".to_string(), code),
+                ("ErrorMessage".to_string(), message),
+            ]
+            .into(),
+            ..OutboxMessage::default()
+        })
     }
 
     /// The record and where it goes.
@@ -433,6 +589,12 @@ impl Events {
         let record = record::invocation_record(ev, &arn, condition, count, last.as_ref());
         match parse_destination(target, region, account) {
             Ok(Destination::EventBus(bus)) => finish.records.push((bus, record)),
+            Ok(Destination::Queue(queue)) => finish.outbox.push(OutboxMessage {
+                function: ev.function.clone(),
+                queue,
+                body: record,
+                ..OutboxMessage::default()
+            }),
             Ok(Destination::Function { name, qualifier }) => finish.follow_ups.push(NewEvent {
                 request_id: uuid::Uuid::new_v4().to_string(),
                 function: name,
@@ -449,6 +611,7 @@ impl Events {
     async fn finish(&self, ev: QueuedEvent, finish: Finish) -> Result<(), EventsError> {
         let wrote = !finish.records.is_empty();
         let more = !finish.follow_ups.is_empty();
+        let outbox = !finish.outbox.is_empty();
         self.blocking(move |q| q.finish(&ev, &finish, now_ms()))
             .await?;
         if wrote {
@@ -456,6 +619,9 @@ impl Events {
         }
         if more {
             self.wake.notify_one();
+        }
+        if outbox {
+            self.outbox_wake.notify_one();
         }
         Ok(())
     }
@@ -485,6 +651,11 @@ impl Events {
     /// The queue per function.
     pub async fn queues(&self) -> Result<Vec<QueueView>, EventsError> {
         let counts = self.blocking(|q| q.counts()).await?;
+        let undelivered: HashMap<String, u64> = self
+            .blocking(|q| q.outbox_waiting())
+            .await?
+            .into_iter()
+            .collect();
         let now = now_ms();
         let mut views = Vec::new();
         for c in counts {
@@ -504,6 +675,7 @@ impl Events {
                 dropped: c.dropped,
                 last_event_age_ms: r.last_age_ms.get(&c.function).copied().unwrap_or(0),
                 recent_drops,
+                undelivered: undelivered.get(&c.function).copied().unwrap_or(0),
                 function: c.function,
             });
         }

@@ -42,6 +42,15 @@ CREATE TABLE IF NOT EXISTS dropped (
     reason     TEXT NOT NULL,
     at_ms      INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    function   TEXT NOT NULL,
+    queue      TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    due_ms     INTEGER NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS counts (
     function  TEXT PRIMARY KEY,
     received  INTEGER NOT NULL DEFAULT 0,
@@ -91,6 +100,20 @@ pub struct Finish {
     pub records: Vec<(String, String)>,
     /// Events for function destinations.
     pub follow_ups: Vec<NewEvent>,
+    /// Messages for the broker's queues (destinations and the
+    /// dead-letter queue), delivered after the commit.
+    pub outbox: Vec<OutboxMessage>,
+}
+
+/// A message waiting to be written to a queue on the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OutboxMessage {
+    pub seq: i64,
+    pub function: String,
+    pub queue: String,
+    pub body: String,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub attempts: u32,
 }
 
 /// A record on an event bus.
@@ -259,6 +282,18 @@ impl EventQueue {
         for next in &f.follow_ups {
             insert(&tx, next)?;
         }
+        for m in &f.outbox {
+            tx.execute(
+                "INSERT INTO outbox (function, queue, body, attributes, due_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    m.function,
+                    m.queue,
+                    m.body,
+                    serde_json::to_string(&m.attributes).unwrap_or_else(|_| "{}".into()),
+                    now_ms
+                ],
+            )?;
+        }
         if f.succeeded {
             tx.execute(
                 "INSERT INTO counts (function, succeeded) VALUES (?1, 1)
@@ -285,6 +320,50 @@ impl EventQueue {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Broker messages due by `now_ms`, oldest first.
+    pub fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<OutboxMessage>, EventsError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT seq, function, queue, body, attributes, attempts FROM outbox
+             WHERE due_ms <= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![now_ms, limit as i64], |r| {
+            Ok(OutboxMessage {
+                seq: r.get(0)?,
+                function: r.get(1)?,
+                queue: r.get(2)?,
+                body: r.get(3)?,
+                attributes: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                attempts: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A broker message was written (or given up on).
+    pub fn outbox_done(&self, seq: i64) -> Result<(), EventsError> {
+        self.conn()
+            .execute("DELETE FROM outbox WHERE seq = ?1", params![seq])?;
+        Ok(())
+    }
+
+    /// A broker message waits until `due_ms`.
+    pub fn outbox_retry(&self, seq: i64, due_ms: i64, attempts: u32) -> Result<(), EventsError> {
+        self.conn().execute(
+            "UPDATE outbox SET due_ms = ?2, attempts = ?3 WHERE seq = ?1",
+            params![seq, due_ms, attempts],
+        )?;
+        Ok(())
+    }
+
+    /// Broker messages not yet written, per function.
+    pub fn outbox_waiting(&self) -> Result<Vec<(String, u64)>, EventsError> {
+        let conn = self.conn();
+        let mut st = conn.prepare("SELECT function, COUNT(*) FROM outbox GROUP BY function")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records on `bus` after `after`, oldest first.
@@ -441,6 +520,12 @@ mod tests {
                 dropped: Some("RetriesExhausted".into()),
                 records: vec![("ops".into(), "{\"r\":1}".into())],
                 follow_ups: vec![ev("d", "h", 600)],
+                outbox: vec![OutboxMessage {
+                    function: "f".into(),
+                    queue: "dlq".into(),
+                    body: "{}".into(),
+                    ..OutboxMessage::default()
+                }],
             },
             600,
         )
@@ -460,5 +545,13 @@ mod tests {
         let d = q.dropped("f", 10).unwrap();
         assert_eq!(d[0].reason, "RetriesExhausted");
         assert_eq!(q.prune_records(601).unwrap(), 1);
+        // The broker message waits in the outbox until it is written.
+        let out = q.outbox_due(600, 10).unwrap();
+        assert_eq!((out.len(), out[0].queue.as_str()), (1, "dlq"));
+        assert_eq!(q.outbox_waiting().unwrap(), vec![("f".to_string(), 1)]);
+        q.outbox_retry(out[0].seq, 900, 1).unwrap();
+        assert!(q.outbox_due(899, 10).unwrap().is_empty());
+        q.outbox_done(out[0].seq).unwrap();
+        assert!(q.outbox_due(i64::MAX, 10).unwrap().is_empty());
     }
 }

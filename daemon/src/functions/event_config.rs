@@ -128,6 +128,8 @@ pub enum Destination {
     /// reads over gRPC (`SubscribeInvocationRecords`) and forwards: an
     /// EventBridge event bus's ARN, `arn:aws:events:R:A:event-bus/NAME`.
     EventBus(String),
+    /// A queue on the node's broker, `arn:aws:sqs:R:A:NAME`.
+    Queue(String),
 }
 
 /// Parses a destination ARN of this node's region and account.
@@ -178,16 +180,13 @@ pub fn parse_destination(
             }
             Ok(Destination::EventBus(bus.to_string()))
         }
-        "sqs" => Err(invalid(
-            field,
-            format!(
-                "{arn:?}: queue destinations need the broker, which this node does not have yet"
-            ),
-        )),
+        "sqs" => crate::broker::parse_queue_arn(arn, region, account)
+            .map(Destination::Queue)
+            .map_err(|e| invalid(field, e.to_string())),
         other => Err(invalid(
             field,
             format!(
-                "{arn:?}: destinations are functions (lambda) or event buses (events), not {other}"
+                "{arn:?}: destinations are functions (lambda), queues (sqs) or event buses (events), not {other}"
             ),
         )),
     }
@@ -279,6 +278,10 @@ mod tests {
             p("arn:aws:events:us-east-1:123456789012:event-bus/ops").unwrap(),
             Destination::EventBus("ops".into())
         );
+        assert_eq!(
+            p("arn:aws:sqs:us-east-1:123456789012:failed").unwrap(),
+            Destination::Queue("failed".into())
+        );
         for bad in [
             "next",
             "arn:aws:lambda:eu-west-1:123456789012:function:next",
@@ -287,7 +290,7 @@ mod tests {
             "arn:aws:lambda:us-east-1:123456789012:function:bad/name",
             "arn:aws:events:us-east-1:123456789012:rule/x",
             "arn:aws:events:us-east-1:123456789012:event-bus/../x",
-            "arn:aws:sqs:us-east-1:123456789012:q",
+            "arn:aws:sqs:us-east-1:123456789012:bad.name",
             "arn:aws:sns:us-east-1:123456789012:t",
         ] {
             assert!(p(bad).is_err(), "{bad}");

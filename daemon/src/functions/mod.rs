@@ -99,6 +99,9 @@ pub struct FunctionSpec {
     pub description: String,
     pub layers: Vec<String>,
     pub ephemeral_mb: u32,
+    /// `DeadLetterConfig.TargetArn`: the queue that receives asynchronous
+    /// events that failed for good.
+    pub dead_letter_target: Option<String>,
 }
 
 /// A change of `$LATEST`'s configuration: only the fields that are set change.
@@ -112,6 +115,8 @@ pub struct ConfigUpdate {
     pub layers: Option<Vec<String>>,
     pub ephemeral_mb: Option<u32>,
     pub description: Option<String>,
+    /// `Some("")` removes the dead-letter queue.
+    pub dead_letter_target: Option<String>,
     /// Apply only if `$LATEST` is still at this `RevisionId`.
     pub revision_id: Option<String>,
 }
@@ -143,6 +148,9 @@ pub struct Function {
     pub unzipped_size: u64,
     pub layers: Vec<LayerRef>,
     pub ephemeral_mb: u32,
+    /// `DeadLetterConfig.TargetArn` (a queue), fixed in a published version.
+    #[serde(default)]
+    pub dead_letter_target: Option<String>,
     pub last_modified: String,
     /// Bumped by every change of `$LATEST`; instances of an older revision
     /// are retired.
@@ -172,6 +180,7 @@ impl Function {
     /// A function with default settings and no code, to compute keys from.
     pub fn placeholder() -> Self {
         Function {
+            dead_letter_target: None,
             name: String::new(),
             version: LATEST.into(),
             runtime: Runtime::Provided,

@@ -622,6 +622,7 @@ mod tests {
 
     fn f(name: &str) -> Function {
         Function {
+            dead_letter_target: None,
             name: name.into(),
             version: LATEST.into(),
             runtime: Runtime::Python311,
@@ -664,6 +665,43 @@ mod tests {
         drop(s);
         let s = FunctionStore::open(&dir.path().join("db")).unwrap();
         assert_eq!(s.list().unwrap(), vec![f("b")]);
+    }
+
+    #[test]
+    fn event_invoke_configs_survive_a_reopen_and_go_with_their_alias_or_function() {
+        use crate::functions::event_config::EventInvokeConfig;
+        let (dir, s) = store();
+        s.insert(&f("a")).unwrap();
+        let mut dlq = f("a");
+        dlq.dead_letter_target = Some("arn:aws:sqs:r:a:dlq".into());
+        s.update(&dlq).unwrap();
+        let c = |q: &str| EventInvokeConfig {
+            maximum_retry_attempts: Some(1),
+            ..EventInvokeConfig::defaults("a", q)
+        };
+        s.put_event_config(&c(LATEST)).unwrap();
+        s.put_event_config(&c("live")).unwrap();
+        s.insert_alias(&Alias {
+            function: "a".into(),
+            name: "live".into(),
+            version: "1".into(),
+            description: String::new(),
+            additional: None,
+        })
+        .unwrap();
+        drop(s);
+        let s = FunctionStore::open(&dir.path().join("db")).unwrap();
+        assert_eq!(s.get_event_config("a", LATEST).unwrap(), Some(c(LATEST)));
+        assert_eq!(s.list_event_configs("a").unwrap().len(), 2);
+        assert_eq!(
+            s.get("a").unwrap().dead_letter_target.as_deref(),
+            Some("arn:aws:sqs:r:a:dlq")
+        );
+        s.delete_alias("a", "live").unwrap();
+        assert_eq!(s.get_event_config("a", "live").unwrap(), None);
+        s.delete("a").unwrap();
+        assert!(s.list_event_configs("a").unwrap().is_empty());
+        assert!(!s.delete_event_config("a", LATEST).unwrap());
     }
 
     #[test]

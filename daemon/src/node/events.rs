@@ -45,7 +45,10 @@ impl Node {
             .flatten()
         {
             if !d.is_empty() {
-                parse_destination(d, &self.config.region, &self.config.account_id)?;
+                let dest = parse_destination(d, &self.config.region, &self.config.account_id)?;
+                if matches!(dest, crate::functions::event_config::Destination::Queue(_)) {
+                    self.broker()?;
+                }
             }
         }
         let base =
@@ -85,6 +88,27 @@ impl Node {
             return Err(FunctionsError::EventConfigNotFound(format!("{function}:{q}")).into());
         }
         Ok(())
+    }
+
+    /// A `DeadLetterConfig.TargetArn`: a queue of this node's region and
+    /// account, on a node with a broker (empty: none).
+    pub(super) fn check_dead_letter(&self, target: Option<&str>) -> Result<(), NodeError> {
+        let Some(t) = target.filter(|t| !t.is_empty()) else {
+            return Ok(());
+        };
+        crate::broker::parse_queue_arn(t, &self.config.region, &self.config.account_id).map_err(
+            |e| FunctionsError::Invalid {
+                field: "DeadLetterConfig",
+                rule: e.to_string(),
+            },
+        )?;
+        self.broker()?;
+        Ok(())
+    }
+
+    /// The node's broker, if its configuration names one.
+    pub fn broker(&self) -> Result<&Arc<crate::broker::Broker>, NodeError> {
+        self.events.broker().ok_or(NodeError::NoBroker)
     }
 
     /// The asynchronous queue per function.

@@ -47,6 +47,10 @@ pub enum NodeError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Events(#[from] crate::events::EventsError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
+    #[error("this node has no broker: set [broker] url in its configuration")]
+    NoBroker,
     #[error("Code storage limit of {limit} bytes would be exceeded ({used} bytes in use)")]
     CodeStorageExceeded { used: u64, limit: u64 },
     #[error("preparing the data directory failed")]
@@ -206,10 +210,15 @@ impl Node {
             region: config.region.clone(),
             account_id: config.account_id.clone(),
         });
+        let broker = match config.broker_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => Some(Arc::new(crate::broker::Broker::new(url)?)),
+            None => None,
+        };
         let events = Arc::new(crate::events::Events::open(
             &config.data_dir.join("events.db"),
             invoker.clone(),
             store.clone(),
+            broker,
             config.events,
         )?);
         let node = Self {
@@ -376,6 +385,7 @@ impl Node {
         zip: Vec<u8>,
     ) -> Result<Function, NodeError> {
         let runtime = functions::validate_spec(&mut spec)?;
+        self.check_dead_letter(spec.dead_letter_target.as_deref())?;
         match self.store.get(&spec.name) {
             Ok(_) => return Err(FunctionsError::AlreadyExists(spec.name).into()),
             Err(FunctionsError::NotFound(_)) => {}
@@ -410,6 +420,7 @@ impl Node {
             unzipped_size: image.unzipped_size,
             layers,
             ephemeral_mb: spec.ephemeral_mb,
+            dead_letter_target: spec.dead_letter_target,
             last_modified: crate::time::lambda_timestamp(SystemTime::now()),
             revision: 1,
         };
@@ -514,6 +525,7 @@ impl Node {
         u: ConfigUpdate,
     ) -> Result<Function, NodeError> {
         functions::validate_update(&u)?;
+        self.check_dead_letter(u.dead_letter_target.as_deref())?;
         let old = self.store.get(name)?;
         old.check_revision(u.revision_id.as_deref())?;
         let (spec, runtime) = Self::apply_update(&old, &u)?;
@@ -552,6 +564,7 @@ impl Node {
                 description: spec.description,
                 layers: layers.clone().unwrap_or_else(|| old.layers.clone()),
                 ephemeral_mb: spec.ephemeral_mb,
+                dead_letter_target: spec.dead_letter_target,
                 ..old.clone()
             })
         })?;
@@ -587,6 +600,11 @@ impl Node {
                 .clone()
                 .unwrap_or_else(|| old.layers.iter().map(|l| l.arn.clone()).collect()),
             ephemeral_mb: u.ephemeral_mb.unwrap_or(old.ephemeral_mb),
+            dead_letter_target: match &u.dead_letter_target {
+                Some(t) if t.is_empty() => None,
+                Some(t) => Some(t.clone()),
+                None => old.dead_letter_target.clone(),
+            },
         };
         let runtime = functions::validate_spec(&mut spec)?;
         Ok((spec, runtime))

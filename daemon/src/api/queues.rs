@@ -1,0 +1,175 @@
+//! gRPC service `flint.node.v1.Queues`: SQS-shaped queues on the node's
+//! broker. Proto in, the node's broker calls, proto out.
+
+use std::sync::Arc;
+
+use flint_proto::node::v1 as pb;
+use flint_proto::node::v1::queues_server::{Queues, QueuesServer};
+use tonic::{Request, Response, Status};
+
+use crate::broker::{Message, QueueInfo};
+use crate::node::Node;
+
+pub struct QueuesService {
+    node: Arc<Node>,
+}
+
+impl QueuesService {
+    pub fn server(node: Arc<Node>) -> QueuesServer<Self> {
+        QueuesServer::new(Self { node })
+    }
+
+    fn arn(&self, name: &str) -> String {
+        let c = self.node.config();
+        format!("arn:aws:sqs:{}:{}:{name}", c.region, c.account_id)
+    }
+
+    fn attributes(&self, q: &QueueInfo) -> pb::QueueAttributes {
+        pb::QueueAttributes {
+            queue_name: q.name.clone(),
+            queue_arn: self.arn(&q.name),
+            visibility_timeout: q.visibility_timeout_s,
+            created_timestamp: timestamp(q.created_ms),
+            approximate_number_of_messages: q.visible,
+            approximate_number_of_messages_not_visible: q.not_visible,
+        }
+    }
+}
+
+fn timestamp(ms: i64) -> String {
+    crate::time::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
+fn message_pb(m: Message) -> pb::QueueMessage {
+    pb::QueueMessage {
+        message_id: m.message_id,
+        receipt_handle: m.receipt_handle,
+        body: m.body,
+        message_attributes: m.attributes.into_iter().collect(),
+        approximate_receive_count: m.receive_count,
+        sent_timestamp: timestamp(m.sent_ms),
+    }
+}
+
+#[tonic::async_trait]
+impl Queues for QueuesService {
+    async fn create_queue(
+        &self,
+        request: Request<pb::CreateQueueRequest>,
+    ) -> Result<Response<pb::QueueAttributes>, Status> {
+        let r = request.into_inner();
+        let b = self.node.broker()?;
+        b.create_queue(&r.queue_name, r.visibility_timeout)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        let q = b
+            .queue_info(&r.queue_name)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(self.attributes(&q)))
+    }
+
+    async fn delete_queue(
+        &self,
+        request: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::DeleteQueueResponse>, Status> {
+        let r = request.into_inner();
+        self.node
+            .broker()?
+            .delete_queue(&r.queue_name)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(pb::DeleteQueueResponse {}))
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let r = request.into_inner();
+        let names = self
+            .node
+            .broker()?
+            .list_queues(&r.queue_name_prefix)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(pb::ListQueuesResponse {
+            queue_arns: names.iter().map(|n| self.arn(n)).collect(),
+        }))
+    }
+
+    async fn get_queue_attributes(
+        &self,
+        request: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::QueueAttributes>, Status> {
+        let r = request.into_inner();
+        let q = self
+            .node
+            .broker()?
+            .queue_info(&r.queue_name)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(self.attributes(&q)))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        let r = request.into_inner();
+        let id = self
+            .node
+            .broker()?
+            .send_message(
+                &r.queue_name,
+                &r.message_body,
+                &r.message_attributes.into_iter().collect(),
+            )
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(pb::SendMessageResponse { message_id: id }))
+    }
+
+    async fn receive_message(
+        &self,
+        request: Request<pb::ReceiveMessageRequest>,
+    ) -> Result<Response<pb::ReceiveMessageResponse>, Status> {
+        let r = request.into_inner();
+        let max = r.max_number_of_messages.max(1);
+        let got = self
+            .node
+            .broker()?
+            .receive_message(&r.queue_name, max)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(pb::ReceiveMessageResponse {
+            messages: got.into_iter().map(message_pb).collect(),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        let r = request.into_inner();
+        self.node
+            .broker()?
+            .delete_message(&r.queue_name, &r.receipt_handle)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(pb::DeleteMessageResponse {}))
+    }
+
+    async fn purge_queue(
+        &self,
+        request: Request<pb::QueueRequest>,
+    ) -> Result<Response<pb::PurgeQueueResponse>, Status> {
+        let r = request.into_inner();
+        self.node
+            .broker()?
+            .purge_queue(&r.queue_name)
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(pb::PurgeQueueResponse {}))
+    }
+}
