@@ -682,3 +682,109 @@ async fn queue_destinations_and_the_dead_letter_queue_survive_a_broker_that_goes
     assert_eq!(dead.message_attributes["RequestID"], waiting.request_id);
     assert_eq!(queue(&mut n, name).await.undelivered, 0);
 }
+
+#[tokio::test]
+async fn a_full_disk_refuses_new_events_and_keeps_the_accepted_ones() {
+    use flint_daemon::engine::jail::JailSettings;
+    // The node's data on a small filesystem of its own, filled up below.
+    let dir = tempfile::Builder::new()
+        .prefix("flint-full-")
+        .tempdir()
+        .unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=24m"),
+    )
+    .expect("mount a tmpfs (the tests run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let data = small.join("data");
+    let node = start_node(|c| {
+        c.data_dir = data;
+        c.vmm = JailSettings {
+            uid_base: JailSettings::default().uid_base + 0x7_0000,
+            uid_count: 1024,
+            ..JailSettings::default()
+        };
+    });
+    let ep = node.endpoint.clone();
+    let channel = flint_daemon::client::channel(&ep).await.unwrap();
+    let mut c = FunctionsClient::new(channel.clone());
+    let mut n = pb::node_client::NodeClient::new(channel);
+    let name = "async-full";
+    create_worker(&mut c, name).await;
+    // Reserved at 0: the accepted events stay queued (throttled).
+    c.put_function_concurrency(pb::PutFunctionConcurrencyRequest {
+        function_name: name.into(),
+        reserved_concurrent_executions: 0,
+    })
+    .await
+    .unwrap();
+    let mut accepted = 0;
+    for _ in 0..5 {
+        send(&mut c, name, r#"{"k": "before"}"#).await.unwrap();
+        accepted += 1;
+    }
+
+    // Fill the filesystem.
+    let filler = small.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Events are accepted while the queue's file still has room, then
+    // refused with a clear error; none of the accepted ones is lost.
+    let mut refused = None;
+    for i in 0..5000 {
+        match send(
+            &mut c,
+            name,
+            &format!(
+                r#"{{"k": "full", "i": {i}, "pad": "{}"}}"#,
+                "x".repeat(2000)
+            ),
+        )
+        .await
+        {
+            Ok(r) => {
+                assert_eq!(r.status_code, 202);
+                accepted += 1;
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a full disk refuses events");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("disk is full"), "{refused}");
+    // The node keeps serving.
+    c.get_function(pb::GetFunctionRequest {
+        function_name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    std::fs::remove_file(&filler).unwrap();
+    send(&mut c, name, r#"{"k": "after"}"#).await.unwrap();
+    accepted += 1;
+    let q = queue(&mut n, name).await;
+    assert_eq!(q.waiting + q.in_flight, accepted, "{q:?}");
+    assert_eq!(q.events_received, accepted as u64);
+    assert_eq!(q.events_dropped, 0);
+}

@@ -221,6 +221,7 @@ impl Function {
             && self.code_sha256_hex == other.code_sha256_hex
             && self.layers == other.layers
             && self.ephemeral_mb == other.ephemeral_mb
+            && self.dead_letter_target == other.dead_letter_target
     }
 }
 

@@ -715,8 +715,14 @@ mod tests {
         changed.code_sha256_hex = "cd".into();
         s.update(&changed).unwrap();
         assert_eq!(s.publish_version("a", "second").unwrap().version, "2");
+        // A new dead-letter queue is a new configuration: a new version.
+        changed.dead_letter_target = Some("arn:aws:sqs:r:a:dlq".into());
+        s.update(&changed).unwrap();
+        let v3 = s.publish_version("a", "").unwrap();
+        assert_eq!(v3.version, "3");
+        assert_eq!(v3.dead_letter_target, changed.dead_letter_target);
         let vs = s.list_versions("a").unwrap();
-        assert_eq!(vs.len(), 2);
+        assert_eq!(vs.len(), 3);
         assert_eq!(vs[1].description, "second");
         assert_eq!(s.get_qualified("a", "1").unwrap().code_sha256_hex, "ab");
         assert!(matches!(
@@ -725,7 +731,7 @@ mod tests {
         ));
         // Deleting the function deletes its versions; numbers restart only
         // for a new function.
-        assert_eq!(s.delete("a").unwrap().len(), 3);
+        assert_eq!(s.delete("a").unwrap().len(), 4);
         assert!(s.list_versions("a").unwrap().is_empty());
     }
 
