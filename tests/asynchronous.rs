@@ -785,6 +785,6 @@ async fn a_full_disk_refuses_new_events_and_keeps_the_accepted_ones() {
     accepted += 1;
     let q = queue(&mut n, name).await;
     assert_eq!(q.waiting + q.in_flight, accepted, "{q:?}");
-    assert_eq!(q.events_received, accepted as u64);
+    assert_eq!(q.events_received, accepted);
     assert_eq!(q.events_dropped, 0);
 }
