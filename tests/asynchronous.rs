@@ -1,7 +1,9 @@
 //! Asynchronous invocation on real microVMs: events answered 202 and run by
 //! the dispatcher, retries after function errors, records to a function and
 //! to an event bus, events that wait for a reservation, events that grow
-//! too old, and acknowledged events that survive `kill -9` of flintd.
+//! too old, queues and dead-letter queues on a real broker (Redis) that
+//! goes away and comes back, a full disk, and acknowledged events that
+//! survive `kill -9` of flintd.
 //! Lambda's delays are scaled down by the test-only
 //! `testing.async_time_scale` (a minute is 60 ms at 0.001).
 
@@ -333,14 +335,14 @@ impl Drop for Flintd {
     }
 }
 
-fn spawn_flintd(dir: &Path) -> Flintd {
+fn spawn_flintd(dir: &Path, broker: &str) -> Flintd {
     let sock = dir.join("flintd.sock");
     let config = dir.join("flintd.toml");
     std::fs::write(
         &config,
         format!(
             "data_dir = {:?}\nlisten = [{:?}]\nartifacts_dir = {:?}\nregion = {REGION:?}\naccount_id = {ACCOUNT:?}\n\
-             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.001\n",
+             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.001\n[broker]\nurl = {broker:?}\n",
             dir.join("data"),
             format!("unix:{}", sock.display()),
             artifacts_dir(),
@@ -382,17 +384,32 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
         .prefix("flint-async-crash-")
         .tempdir()
         .unwrap();
+    let redis = Redis::start(dir.path());
     let name = "async-crash";
     let mut acked: Vec<String> = Vec::new();
     let mut refused = 0;
     for round in 0..4 {
-        let mut flintd = spawn_flintd(dir.path());
+        let mut flintd = spawn_flintd(dir.path(), &redis.url());
         let mut c = flint_daemon::client::functions(&flintd.endpoint)
             .await
             .unwrap();
         if round == 0 {
             create_worker(&mut c, name).await;
-            put_config(&mut c, name, None, None, Some(bus("done")), None).await;
+            // Records go to a queue on the broker: through the outbox, the
+            // path with most steps after the event's own commit.
+            let mut q = pb::queues_client::QueuesClient::new(
+                flint_daemon::client::channel(&flintd.endpoint)
+                    .await
+                    .unwrap(),
+            );
+            q.create_queue(pb::CreateQueueRequest {
+                queue_name: "crash-done".into(),
+                visibility_timeout: Some(600),
+            })
+            .await
+            .unwrap();
+            let done = format!("arn:aws:sqs:{REGION}:{ACCOUNT}:crash-done");
+            put_config(&mut c, name, None, None, Some(done), None).await;
         }
         if round == 3 {
             // The last run drains what is left.
@@ -433,18 +450,52 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
         acked.extend(mine);
         refused += failed;
     }
-    let flintd = spawn_flintd(dir.path());
-    let mut c = flint_daemon::client::functions(&flintd.endpoint)
-        .await
-        .unwrap();
-    let records = records_until(&mut c, "done", Duration::from_secs(600), |r| {
-        let seen: std::collections::HashSet<&str> = r
-            .iter()
-            .filter_map(|x| x["requestContext"]["requestId"].as_str())
-            .collect();
-        acked.iter().all(|id| seen.contains(id.as_str()))
-    })
-    .await;
+    let flintd = spawn_flintd(dir.path(), &redis.url());
+    let mut q = pb::queues_client::QueuesClient::new(
+        flint_daemon::client::channel(&flintd.endpoint)
+            .await
+            .unwrap(),
+    );
+    // Every acknowledged event's record reaches the queue.
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !acked.iter().all(|id| seen.contains(id)) {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} acknowledged events reached their destination",
+            acked.iter().filter(|id| seen.contains(*id)).count(),
+            acked.len()
+        );
+        let got = q
+            .receive_message(pb::ReceiveMessageRequest {
+                queue_name: "crash-done".into(),
+                max_number_of_messages: 10,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .messages;
+        if got.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for m in got {
+            let r: serde_json::Value = serde_json::from_str(&m.body).unwrap();
+            seen.insert(
+                r["requestContext"]["requestId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+            records.push(r);
+            q.delete_message(pb::DeleteMessageRequest {
+                queue_name: "crash-done".into(),
+                receipt_handle: m.receipt_handle,
+            })
+            .await
+            .unwrap();
+        }
+    }
     let mut times: HashMap<String, usize> = HashMap::new();
     for r in &records {
         assert_eq!(r["requestContext"]["condition"], "Success");
