@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use flint_daemon::config::Config;
 use flint_e2e::*;
 use flint_proto::node::v1 as pb;
 use flint_proto::node::v1::functions_client::FunctionsClient;
@@ -131,6 +132,42 @@ async fn records_until(
     }
 }
 
+/// A node of one of these tests, with its clients.
+struct Clients {
+    _node: TestNode,
+    ep: String,
+    c: FunctionsClient<Channel>,
+    q: pb::queues_client::QueuesClient<Channel>,
+    n: pb::node_client::NodeClient<Channel>,
+}
+
+/// A node with this file's region and account, Lambda's async delays
+/// shrunk 1000 times, and VMM uids of its own (`uid_offset` above the
+/// default base).
+async fn test_node(uid_offset: u32, configure: impl FnOnce(&mut Config)) -> Clients {
+    use flint_daemon::engine::jail::JailSettings;
+    let node = start_node(|c| {
+        c.region = REGION.into();
+        c.account_id = ACCOUNT.into();
+        c.events.time_scale = 0.001;
+        c.vmm = JailSettings {
+            uid_base: JailSettings::default().uid_base + uid_offset,
+            uid_count: 1024,
+            ..JailSettings::default()
+        };
+        configure(c);
+    });
+    let ep = node.endpoint.clone();
+    let channel = flint_daemon::client::channel(&ep).await.unwrap();
+    Clients {
+        _node: node,
+        ep,
+        c: FunctionsClient::new(channel.clone()),
+        q: pb::queues_client::QueuesClient::new(channel.clone()),
+        n: pb::node_client::NodeClient::new(channel),
+    }
+}
+
 async fn queue(n: &mut pb::node_client::NodeClient<Channel>, name: &str) -> pb::EventQueue {
     n.get_event_queues(pb::GetEventQueuesRequest {})
         .await
@@ -144,21 +181,13 @@ async fn queue(n: &mut pb::node_client::NodeClient<Channel>, name: &str) -> pb::
 
 #[tokio::test]
 async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age() {
-    use flint_daemon::engine::jail::JailSettings;
-    let node = start_node(|c| {
-        c.region = REGION.into();
-        c.account_id = ACCOUNT.into();
-        c.events.time_scale = 0.001;
-        c.vmm = JailSettings {
-            uid_base: JailSettings::default().uid_base + 0x4_0000,
-            uid_count: 1024,
-            ..JailSettings::default()
-        };
-    });
-    let ep = node.endpoint.clone();
-    let channel = flint_daemon::client::channel(&ep).await.unwrap();
-    let mut c = FunctionsClient::new(channel.clone());
-    let mut n = pb::node_client::NodeClient::new(channel);
+    let Clients {
+        _node,
+        ep,
+        mut c,
+        mut n,
+        ..
+    } = test_node(0x4_0000, |_| {}).await;
     let (worker, sink) = ("async-worker", "async-sink");
     create_worker(&mut c, worker).await;
     create_worker(&mut c, sink).await;
@@ -550,29 +579,19 @@ async fn receive_until(
 
 #[tokio::test]
 async fn queue_destinations_and_the_dead_letter_queue_survive_a_broker_that_goes_away() {
-    use flint_daemon::engine::jail::JailSettings;
     let dir = tempfile::Builder::new()
         .prefix("flint-redis-")
         .tempdir()
         .unwrap();
     let mut redis = Redis::start(dir.path());
     let url = redis.url();
-    let node = start_node(|c| {
-        c.region = REGION.into();
-        c.account_id = ACCOUNT.into();
-        c.events.time_scale = 0.001;
-        c.broker_url = Some(url);
-        c.vmm = JailSettings {
-            uid_base: JailSettings::default().uid_base + 0x6_0000,
-            uid_count: 1024,
-            ..JailSettings::default()
-        };
-    });
-    let ep = node.endpoint.clone();
-    let channel = flint_daemon::client::channel(&ep).await.unwrap();
-    let mut c = FunctionsClient::new(channel.clone());
-    let mut q = pb::queues_client::QueuesClient::new(channel.clone());
-    let mut n = pb::node_client::NodeClient::new(channel);
+    let Clients {
+        _node,
+        ep,
+        mut c,
+        mut q,
+        mut n,
+    } = test_node(0x6_0000, |c| c.broker_url = Some(url)).await;
 
     // Queues through flintctl, shaped like `aws sqs`.
     for name in ["failures", "dlq", "plain"] {
@@ -736,7 +755,6 @@ async fn queue_destinations_and_the_dead_letter_queue_survive_a_broker_that_goes
 
 #[tokio::test]
 async fn a_full_disk_refuses_new_events_and_keeps_the_accepted_ones() {
-    use flint_daemon::engine::jail::JailSettings;
     // The node's data on a small filesystem of its own, filled up below.
     let dir = tempfile::Builder::new()
         .prefix("flint-full-")
@@ -760,18 +778,12 @@ async fn a_full_disk_refuses_new_events_and_keeps_the_accepted_ones() {
     }
     let _unmount = Unmount(small.clone());
     let data = small.join("data");
-    let node = start_node(|c| {
-        c.data_dir = data;
-        c.vmm = JailSettings {
-            uid_base: JailSettings::default().uid_base + 0x7_0000,
-            uid_count: 1024,
-            ..JailSettings::default()
-        };
-    });
-    let ep = node.endpoint.clone();
-    let channel = flint_daemon::client::channel(&ep).await.unwrap();
-    let mut c = FunctionsClient::new(channel.clone());
-    let mut n = pb::node_client::NodeClient::new(channel);
+    let Clients {
+        _node,
+        mut c,
+        mut n,
+        ..
+    } = test_node(0x7_0000, |c| c.data_dir = data).await;
     let name = "async-full";
     create_worker(&mut c, name).await;
     // Reserved at 0: the accepted events stay queued (throttled).

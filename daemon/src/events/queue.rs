@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS counts (
 );
 ";
 
+/// The columns [`event_row`] reads, in its order.
+const EVENT_COLUMNS: &str =
+    "id, request_id, function, qualifier, payload, received_ms, due_ms, attempts, backoffs, last";
+
 /// Dropped events kept per function for `flintctl`.
 const DROPPED_KEPT: i64 = 100;
 
@@ -203,10 +207,7 @@ impl EventQueue {
         skip_functions: &[String],
         limit: usize,
     ) -> Result<Vec<QueuedEvent>, EventsError> {
-        let mut sql = String::from(
-            "SELECT id, request_id, function, qualifier, payload, received_ms, due_ms, attempts, backoffs, last
-             FROM events WHERE due_ms <= ?",
-        );
+        let mut sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE due_ms <= ?");
         let mut args: Vec<rusqlite::types::Value> = vec![now_ms.into()];
         if !skip_ids.is_empty() {
             sql.push_str(&format!(" AND id NOT IN ({})", marks(skip_ids.len())));
@@ -222,20 +223,7 @@ impl EventQueue {
         sql.push_str(&format!(" ORDER BY due_ms, id LIMIT {limit}"));
         let conn = self.conn();
         let mut st = conn.prepare(&sql)?;
-        let rows = st.query_map(params_from_iter(args), |r| {
-            Ok(QueuedEvent {
-                id: r.get(0)?,
-                request_id: r.get(1)?,
-                function: r.get(2)?,
-                qualifier: r.get(3)?,
-                payload: r.get(4)?,
-                received_ms: r.get(5)?,
-                due_ms: r.get(6)?,
-                attempts: r.get(7)?,
-                backoffs: r.get(8)?,
-                last: r.get(9)?,
-            })
-        })?;
+        let rows = st.query_map(params_from_iter(args), event_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -442,26 +430,28 @@ impl EventQueue {
         let conn = self.conn();
         Ok(conn
             .query_row(
-                "SELECT id, request_id, function, qualifier, payload, received_ms, due_ms, attempts, backoffs, last
-                 FROM events WHERE request_id = ?1",
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE request_id = ?1"),
                 params![request_id],
-                |r| {
-                    Ok(QueuedEvent {
-                        id: r.get(0)?,
-                        request_id: r.get(1)?,
-                        function: r.get(2)?,
-                        qualifier: r.get(3)?,
-                        payload: r.get(4)?,
-                        received_ms: r.get(5)?,
-                        due_ms: r.get(6)?,
-                        attempts: r.get(7)?,
-                        backoffs: r.get(8)?,
-                        last: r.get(9)?,
-                    })
-                },
+                event_row,
             )
             .optional()?)
     }
+}
+
+/// An event from a row of `SELECT` [`EVENT_COLUMNS`].
+fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
+    Ok(QueuedEvent {
+        id: r.get(0)?,
+        request_id: r.get(1)?,
+        function: r.get(2)?,
+        qualifier: r.get(3)?,
+        payload: r.get(4)?,
+        received_ms: r.get(5)?,
+        due_ms: r.get(6)?,
+        attempts: r.get(7)?,
+        backoffs: r.get(8)?,
+        last: r.get(9)?,
+    })
 }
 
 fn marks(n: usize) -> String {
