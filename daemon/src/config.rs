@@ -685,5 +685,16 @@ mod tests {
         assert_eq!(c.data_dir, Config::default().data_dir);
         assert_eq!(c.listen, Config::default().listen);
         assert_eq!(c.code_storage_limit, Config::default().code_storage_limit);
+        assert_eq!(c.broker_url, Config::default().broker_url);
+        assert_eq!(c.events.concurrency, Config::default().events.concurrency);
+        // The async settings, and the test-only time scale, within bounds.
+        let t = Config::from_toml(
+            "[async]\nconcurrency = 4\n[testing]\nasync_time_scale = 0.01\n[broker]\nurl = \"\"\n",
+        )
+        .unwrap();
+        assert_eq!((t.events.concurrency, t.events.time_scale), (4, 0.01));
+        assert_eq!(t.broker_url.as_deref(), Some(""));
+        assert!(Config::from_toml("[async]\nconcurrency = 0").is_err());
+        assert!(Config::from_toml("[testing]\nasync_time_scale = 2.0").is_err());
     }
 }
