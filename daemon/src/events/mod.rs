@@ -109,7 +109,13 @@ struct Running {
     per_function: HashMap<String, usize>,
     /// AsyncEventAge of the last event taken, per function.
     last_age_ms: HashMap<String, u64>,
+    /// Events whose outcome could not be stored (a full disk): left alone
+    /// until then, so that they do not run again and again meanwhile.
+    held: HashMap<i64, std::time::Instant>,
 }
+
+/// How long an event whose outcome could not be stored is left alone.
+const HOLD: Duration = Duration::from_secs(5);
 
 pub struct Events {
     queue: Arc<EventQueue>,
@@ -247,14 +253,16 @@ impl Events {
             .map(|(f, n)| (f, n as usize))
             .collect();
         let (skip_ids, skip_functions, free) = {
-            let r = self.running();
+            let mut r = self.running();
+            let now = std::time::Instant::now();
+            r.held.retain(|_, until| *until > now);
             let full: Vec<String> = r
                 .per_function
                 .iter()
                 .filter(|(f, n)| caps.get(*f).is_some_and(|c| **n >= *c))
                 .map(|(f, _)| f.clone())
                 .collect();
-            let ids: Vec<i64> = r.ids.keys().copied().collect();
+            let ids: Vec<i64> = r.ids.keys().chain(r.held.keys()).copied().collect();
             (
                 ids,
                 full,
@@ -270,6 +278,7 @@ impl Events {
             .blocking(move |q| q.due(now, &ids, &fns, free * 4))
             .await?;
         let mut started = 0;
+        let mut capped = false;
         for ev in due {
             if started == free {
                 break;
@@ -278,6 +287,7 @@ impl Events {
                 let mut r = self.running();
                 let n = r.per_function.get(&ev.function).copied().unwrap_or(0);
                 if caps.get(&ev.function).is_some_and(|c| n >= *c) {
+                    capped = true;
                     continue;
                 }
                 r.ids.insert(ev.id, ev.function.clone());
@@ -289,10 +299,15 @@ impl Events {
             let me = self.clone();
             tokio::spawn(async move { me.attempt(ev).await });
         }
-        if started == free {
+        // Full, or rows of a function that reached its reservation hid
+        // others: look again (that function is now left out of the query).
+        if started == free || capped {
             return Ok(Duration::ZERO);
         }
-        let ids: Vec<i64> = self.running().ids.keys().copied().collect();
+        let ids: Vec<i64> = {
+            let r = self.running();
+            r.ids.keys().chain(r.held.keys()).copied().collect()
+        };
         let next = self.blocking(move |q| q.next_due(&ids)).await?;
         Ok(match next {
             // Due ones left over belong to functions at their limit: a
@@ -381,12 +396,14 @@ impl Events {
     async fn attempt(self: Arc<Self>, ev: QueuedEvent) {
         let id = ev.id;
         let function = ev.function.clone();
-        if let Err(e) = self.process(ev).await {
-            // The event stays queued as it was and runs again.
-            tracing::warn!(%function, error = %e, "an asynchronous event's outcome could not be stored");
-        }
+        let failed = self.process(ev).await.err();
         {
             let mut r = self.running();
+            if let Some(e) = failed {
+                // The event stays queued as it was and runs again later.
+                tracing::warn!(%function, error = %e, "an asynchronous event's outcome could not be stored; it runs again in 5 s");
+                r.held.insert(id, std::time::Instant::now() + HOLD);
+            }
             r.ids.remove(&id);
             if let Some(n) = r.per_function.get_mut(&function) {
                 *n = n.saturating_sub(1);
