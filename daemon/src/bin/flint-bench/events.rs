@@ -121,6 +121,21 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
         .await?;
     // The runtime snapshot is built before anything is measured.
     s.invoke("drain", "", 0).await?;
+    // A gRPC round trip that reads the function, as the 202 does, for
+    // comparison.
+    let mut rt = Vec::new();
+    for _ in 0..500 {
+        let t = Instant::now();
+        s.fns
+            .get_function(pb::GetFunctionRequest {
+                function_name: "drain".into(),
+                ..Default::default()
+            })
+            .await?;
+        rt.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    rt.sort_by(|a, b| a.total_cmp(b));
+    let (rt_p50, rt_p99) = (percentile(&rt, 50.0), percentile(&rt, 99.0));
 
     let started = Instant::now();
     let mut accepted = vec![accept(&s.fns, 1, args.async_events / 10).await?];
@@ -164,6 +179,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     println!(
         "one synced commit of the queue on this disk: p50 {write_p50:.2} ms, p99 {write_p99:.2} ms"
     );
+    println!("one GetFunction round trip (one client): p50 {rt_p50:.2} ms, p99 {rt_p99:.2} ms");
     println!();
     println!(
         "{:>8} {:>8} {:>12} {:>10} {:>10}",
@@ -188,6 +204,8 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
         "memory_mb": args.memory,
         "synced_write_p50_ms": write_p50,
         "synced_write_p99_ms": write_p99,
+        "get_function_p50_ms": rt_p50,
+        "get_function_p99_ms": rt_p99,
         "accept": accepted.iter().map(|a| serde_json::json!({
             "clients": a.clients, "events": a.events, "accepted_per_s": a.per_s,
             "p50_ms": a.p50_ms, "p99_ms": a.p99_ms,
