@@ -113,7 +113,7 @@ fn events(e: &EventsError) -> Status {
             status(Code::InvalidArgument, "RequestTooLargeException", e)
         }
         EventsError::DiskFull => status(Code::ResourceExhausted, "ServiceException", e),
-        EventsError::Store(_) | EventsError::Join(_) => {
+        EventsError::Store(_) | EventsError::Join(_) | EventsError::Commit(_) => {
             status(Code::Internal, "ServiceException", chain(e))
         }
     }

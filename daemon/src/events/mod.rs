@@ -55,6 +55,8 @@ pub enum EventsError {
     Invoke(#[from] InvokeError),
     #[error("a blocking task failed: {0}")]
     Join(String),
+    #[error("the event queue's commit failed: {0}")]
+    Commit(String),
 }
 
 impl From<rusqlite::Error> for EventsError {
@@ -117,8 +119,61 @@ struct Running {
 /// How long an event whose outcome could not be stored is left alone.
 const HOLD: Duration = Duration::from_secs(5);
 
+/// An event handed to the committer, and where its outcome goes.
+type Accepting = (
+    NewEvent,
+    tokio::sync::oneshot::Sender<Result<(), EventsError>>,
+);
+
+/// Events accepted together share one commit: a thread takes every event
+/// waiting (up to 256), writes them in one transaction with one sync, and
+/// answers each. One client waits for one commit as before; many clients
+/// share theirs.
+fn spawn_committer(queue: Arc<EventQueue>) -> std::sync::mpsc::Sender<Accepting> {
+    let (tx, rx) = std::sync::mpsc::channel::<Accepting>();
+    let run = move || {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match rx.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
+            let result = queue.accept_all(&events);
+            for (_, reply) in batch {
+                let _ = reply.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(EventsError::DiskFull) => Err(EventsError::DiskFull),
+                    Err(e) => Err(EventsError::Commit(chain(e))),
+                });
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("flint-accept".into())
+        .spawn(run)
+    {
+        tracing::error!(error = %e, "the event queue's committer could not start");
+    }
+    tx
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
 pub struct Events {
     queue: Arc<EventQueue>,
+    committer: std::sync::mpsc::Sender<Accepting>,
     invoker: Arc<Invoker>,
     store: Arc<FunctionStore>,
     broker: Option<Arc<crate::broker::Broker>>,
@@ -153,8 +208,10 @@ impl Events {
         broker: Option<Arc<crate::broker::Broker>>,
         settings: EventSettings,
     ) -> Result<Self, EventsError> {
+        let queue = Arc::new(EventQueue::open(path)?);
         Ok(Self {
-            queue: Arc::new(EventQueue::open(path)?),
+            committer: spawn_committer(queue.clone()),
+            queue,
             invoker,
             store,
             broker,
@@ -208,7 +265,13 @@ impl Events {
             received_ms: now_ms(),
         };
         let request_id = event.request_id.clone();
-        self.blocking(move |q| q.accept(&event)).await?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.committer
+            .send((event, reply))
+            .map_err(|_| EventsError::Commit("the committer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| EventsError::Commit("the committer has stopped".into()))??;
         self.wake.notify_one();
         Ok(InvokeResult {
             status_code: 202,
@@ -641,6 +704,12 @@ impl Events {
             self.outbox_wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Whether an event is still queued (waiting or running).
+    pub async fn find(&self, request_id: &str) -> Result<bool, EventsError> {
+        let id = request_id.to_string();
+        Ok(self.blocking(move |q| q.find(&id)).await?.is_some())
     }
 
     /// Records on an event bus after a cursor, oldest first.

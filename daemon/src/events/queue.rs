@@ -191,9 +191,16 @@ impl EventQueue {
 
     /// Queues an event; when this returns, it is on disk.
     pub fn accept(&self, e: &NewEvent) -> Result<(), EventsError> {
+        self.accept_all(&[e])
+    }
+
+    /// Queues events in one transaction (one sync for all of them).
+    pub fn accept_all(&self, events: &[&NewEvent]) -> Result<(), EventsError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        insert(&tx, e)?;
+        for e in events {
+            insert(&tx, e)?;
+        }
         tx.commit()?;
         Ok(())
     }

@@ -218,6 +218,29 @@ async fn events_of_a_function_reserved_at_two_run_two_at_a_time_and_all_complete
 }
 
 #[tokio::test]
+async fn events_sent_at_once_share_commits_and_every_one_is_queued() {
+    let (node, _dir) = node();
+    create(&node, "f");
+    node.put_function_concurrency("f", 0).unwrap();
+    let mut sends = Vec::new();
+    for i in 0..64 {
+        let node = node.clone();
+        sends.push(tokio::spawn(async move {
+            send(&node, "f", format!("{{\"i\": {i}}}").as_bytes()).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for s in sends {
+        let r = s.await.unwrap().unwrap();
+        assert_eq!(r.status_code, 202);
+        assert!(node.events().find(&r.request_id).await.unwrap());
+        ids.insert(r.request_id);
+    }
+    assert_eq!(ids.len(), 64, "each event has its own request id");
+    assert_eq!(queue(&node, "f").await.received, 64);
+}
+
+#[tokio::test]
 async fn bad_events_and_configurations_get_typed_errors() {
     let (node, _dir) = node();
     create(&node, "f");
