@@ -6,6 +6,10 @@
 //! survive `kill -9` of flintd.
 //! Lambda's delays are scaled down by the test-only
 //! `testing.async_time_scale` (a minute is 60 ms at 0.001).
+//!
+//! Why one file of 850 lines: the tests share one node helper, one worker
+//! function and the readers of records and queues; each test is a story
+//! that reads top to bottom.
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! flintd's settings, with embedded defaults so that `flintd` alone runs.
 //!
-//! Why one file of 600 lines: the whole schema of `flintd.toml`, its
+//! Why one file of 700 lines: the whole schema of `flintd.toml`, its
 //! embedded defaults and their checks stay side by side, so that a setting
 //! and the rule that refuses a bad value of it are read together.
 

@@ -1,10 +1,11 @@
 //! gRPC services: `flint.node.v1.Functions` and `flint.node.v1.Node`, health
-//! and reflection. Proto in, domain types to the node, proto out; errors
-//! mapped in [`status`].
+//! and reflection (`flint.node.v1.Queues` is in `queues.rs`). Proto in,
+//! domain types to the node, proto out; errors mapped in [`status`].
 //!
-//! Why one file of 900 lines: one method per RPC of the two services,
-//! each only converting proto to domain types and back; the error mapping
-//! is in `status.rs`.
+//! Why one file of 1,000 lines: one method per RPC of the two services,
+//! each only converting proto to domain types and back; the shapes of
+//! scaling and async are in `scaling.rs` and `events.rs`, the error
+//! mapping in `status.rs`.
 
 mod events;
 mod queues;

@@ -1,7 +1,7 @@
 //! flintctl's commands, named like the AWS CLI's `aws lambda` commands, plus
 //! `logs`, `node` and `instances` for operators.
 //!
-//! Why one file of 700 lines: one match arm per command, each a request
+//! Why one file of 800 lines: one match arm per command, each a request
 //! and its output, so that a command is read in one place; the command
 //! line itself is in `args.rs`.
 

@@ -10,6 +10,8 @@
 //!
 //! Layering: `node/` → `events/` → `invoke/`.
 
+mod commit;
+mod outbox;
 pub mod queue;
 mod record;
 
@@ -26,6 +28,8 @@ pub use queue::{
 };
 pub use record::{Condition, LastResponse};
 
+use commit::{spawn_committer, Accepting};
+
 /// Lambda's limit on an asynchronous event, 1 MB.
 pub const MAX_ASYNC_PAYLOAD: usize = 1024 * 1024;
 /// Function errors are retried after 1 minute, then 2.
@@ -33,11 +37,6 @@ const RETRY_DELAY_MS: i64 = 60_000;
 /// Throttles and system errors back off from 1 s to 5 minutes.
 const BACKOFF_FIRST_MS: i64 = 1_000;
 const BACKOFF_MAX_MS: i64 = 300_000;
-/// A dead-letter message's `ErrorMessage` is cut to 1 KB.
-const MAX_DLQ_ERROR: usize = 1024;
-/// Writes to a broker that is down are tried again after 1 s doubling to
-/// this.
-const OUTBOX_BACKOFF_MAX_MS: i64 = 30_000;
 /// Records on an event bus are kept this long for subscribers to catch up.
 pub const RECORD_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -118,58 +117,6 @@ struct Running {
 
 /// How long an event whose outcome could not be stored is left alone.
 const HOLD: Duration = Duration::from_secs(5);
-
-/// An event handed to the committer, and where its outcome goes.
-type Accepting = (
-    NewEvent,
-    tokio::sync::oneshot::Sender<Result<(), EventsError>>,
-);
-
-/// Events accepted together share one commit: a thread takes every event
-/// waiting (up to 256), writes them in one transaction with one sync, and
-/// answers each. One client waits for one commit as before; many clients
-/// share theirs.
-fn spawn_committer(queue: Arc<EventQueue>) -> std::sync::mpsc::Sender<Accepting> {
-    let (tx, rx) = std::sync::mpsc::channel::<Accepting>();
-    let run = move || {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < 256 {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
-            let events: Vec<&NewEvent> = batch.iter().map(|(e, _)| e).collect();
-            let result = queue.accept_all(&events);
-            for (_, reply) in batch {
-                let _ = reply.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(EventsError::DiskFull) => Err(EventsError::DiskFull),
-                    Err(e) => Err(EventsError::Commit(chain(e))),
-                });
-            }
-        }
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("flint-accept".into())
-        .spawn(run)
-    {
-        tracing::error!(error = %e, "the event queue's committer could not start");
-    }
-    tx
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
 
 pub struct Events {
     queue: Arc<EventQueue>,
@@ -381,81 +328,6 @@ impl Events {
         })
     }
 
-    /// Writes broker messages (destination records, dead-letter messages)
-    /// once their event's outcome is committed. A broker that is down keeps
-    /// them waiting, with a warning, until it is back.
-    async fn run_outbox(self: Arc<Self>) {
-        let mut down_since: Option<std::time::Instant> = None;
-        loop {
-            let due = match self.blocking(|q| q.outbox_due(now_ms(), 64)).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the broker outbox failed");
-                    Vec::new()
-                }
-            };
-            for m in &due {
-                match self.send_outbox(m).await {
-                    Ok(()) => {
-                        if let Some(t) = down_since.take() {
-                            tracing::info!(
-                                down_s = t.elapsed().as_secs(),
-                                "the broker is back; waiting messages are delivered"
-                            );
-                        }
-                    }
-                    Err(e) => {
-                        if down_since.is_none() {
-                            down_since = Some(std::time::Instant::now());
-                        }
-                        tracing::warn!(queue = %m.queue, function = %m.function, error = %e,
-                            "a message for the broker waits: it is not reachable");
-                        let attempts = m.attempts + 1;
-                        let delay = BACKOFF_FIRST_MS
-                            .saturating_mul(1 << (attempts - 1).min(20))
-                            .min(OUTBOX_BACKOFF_MAX_MS);
-                        let seq = m.seq;
-                        let _ = self
-                            .blocking(move |q| q.outbox_retry(seq, now_ms() + delay, attempts))
-                            .await;
-                        // The rest wait for the broker too.
-                        break;
-                    }
-                }
-            }
-            if due.len() == 64 && down_since.is_none() {
-                continue;
-            }
-            tokio::select! {
-                _ = self.outbox_wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-            }
-        }
-    }
-
-    /// Writes one outbox message; `Err` only when the broker is not
-    /// reachable (other failures drop the message with an error).
-    async fn send_outbox(&self, m: &OutboxMessage) -> Result<(), crate::broker::BrokerError> {
-        let result = match &self.broker {
-            Some(b) => b.send_message(&m.queue, &m.body, &m.attributes).await,
-            None => Err(crate::broker::BrokerError::Unreachable {
-                url: "(none configured)".into(),
-                reason: "this node has no broker".into(),
-            }),
-        };
-        match result {
-            Ok(_) => {}
-            Err(e @ crate::broker::BrokerError::Unreachable { .. }) => return Err(e),
-            Err(e) => tracing::error!(queue = %m.queue, function = %m.function, error = %e,
-                "a destination or dead-letter message cannot be delivered; it is dropped"),
-        }
-        let seq = m.seq;
-        if let Err(e) = self.blocking(move |q| q.outbox_done(seq)).await {
-            tracing::warn!(error = %e, "a delivered broker message could not be marked; it may be sent again");
-        }
-        Ok(())
-    }
-
     async fn attempt(self: Arc<Self>, ev: QueuedEvent) {
         let id = ev.id;
         let function = ev.function.clone();
@@ -585,62 +457,6 @@ impl Events {
         finish.outbox.extend(dead_letter);
         finish.dropped = Some(condition.name().to_string());
         self.finish(ev.clone(), finish).await
-    }
-
-    /// The dead-letter message of a dropped event, when the version it
-    /// resolves to has a dead-letter queue: the unchanged event with
-    /// `RequestID`, `ErrorCode` and `ErrorMessage`.
-    fn dead_letter(
-        &self,
-        ev: &QueuedEvent,
-        condition: Condition,
-        last: Option<&LastResponse>,
-    ) -> Option<OutboxMessage> {
-        let f = self.invoker.resolve(&ev.function, &ev.qualifier).ok()?;
-        let target = f.dead_letter_target.as_deref()?;
-        let (region, account) = self.invoker.region_account();
-        let queue = match crate::broker::parse_queue_arn(target, region, account) {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(function = %ev.function, error = %e, "the dead-letter queue is not valid");
-                return None;
-            }
-        };
-        let (code, mut message) = match last {
-            Some(r) => (
-                r.status_code.to_string(),
-                serde_json::from_str::<serde_json::Value>(&r.payload)
-                    .ok()
-                    .and_then(|v| v["errorMessage"].as_str().map(String::from))
-                    .unwrap_or_else(|| r.payload.clone()),
-            ),
-            None => (
-                "EventAgeExceeded".to_string(),
-                format!(
-                    "{}: the event was not run before its maximum age",
-                    condition.name()
-                ),
-            ),
-        };
-        if message.len() > MAX_DLQ_ERROR {
-            let mut cut = MAX_DLQ_ERROR;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
-        Some(OutboxMessage {
-            function: ev.function.clone(),
-            queue,
-            body: String::from_utf8_lossy(&ev.payload).into_owned(),
-            attributes: [
-                ("RequestID".to_string(), ev.request_id.clone()),
-                ("ErrorCode".to_string(), code),
-                ("ErrorMessage".to_string(), message),
-            ]
-            .into(),
-            ..OutboxMessage::default()
-        })
     }
 
     /// The record and where it goes.

@@ -1,7 +1,7 @@
 //! The node: functions, packages, instances and invocations wired together.
 //! The API layer calls these methods with domain types only.
 //!
-//! Why one file of 600 lines: creating and updating functions (packages,
+//! Why one file of 700 lines: creating and updating functions (packages,
 //! layers, garbage collection of stored code) is one sequence of steps that
 //! must stay in order; versions and aliases (`versions.rs`), concurrency
 //! (`concurrency.rs`) and what the node shows (`status.rs`) live apart.
