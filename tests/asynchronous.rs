@@ -709,6 +709,49 @@ async fn queue_destinations_and_the_dead_letter_queue_survive_a_broker_that_goes
             .target_arn,
         arn("dlq")
     );
+    // flintctl shows it, and changes it (and back).
+    let shown = flintctl(&ep, &["get-function", "--function-name", name]).unwrap();
+    assert!(shown.contains(&arn("dlq")), "{shown}");
+    let other = format!("TargetArn={}", arn("plain"));
+    let updated = flintctl(
+        &ep,
+        &[
+            "update-function-configuration",
+            "--function-name",
+            name,
+            "--dead-letter-config",
+            &other,
+        ],
+    )
+    .unwrap();
+    assert!(updated.contains(&arn("plain")), "{updated}");
+    let back = format!("TargetArn={}", arn("dlq"));
+    flintctl(
+        &ep,
+        &[
+            "update-function-configuration",
+            "--function-name",
+            name,
+            "--dead-letter-config",
+            &back,
+        ],
+    )
+    .unwrap();
+    let refused = flintctl(
+        &ep,
+        &[
+            "update-function-configuration",
+            "--function-name",
+            name,
+            "--dead-letter-config",
+            "TargetArn=arn:aws:sns:us-east-1:000000000000:t",
+        ],
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains("InvalidParameterValueException"),
+        "{refused}"
+    );
     put_config(&mut c, name, Some(0), None, None, Some(arn("failures"))).await;
     let failed = send(&mut c, name, r#"{"fail": true, "k": "v"}"#)
         .await

@@ -264,6 +264,9 @@ pub fn configuration_json(f: &pb::FunctionConfiguration) -> Value {
             .collect::<Vec<_>>());
     }
     v["EphemeralStorage"] = json!({"Size": f.ephemeral_storage});
+    if let Some(d) = &f.dead_letter_config {
+        v["DeadLetterConfig"] = json!({"TargetArn": d.target_arn});
+    }
     v["RevisionId"] = json!(f.revision_id);
     if !f.last_update_status.is_empty() {
         v["LastUpdateStatus"] = json!(f.last_update_status);
