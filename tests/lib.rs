@@ -41,8 +41,25 @@ pub fn artifacts_dir() -> PathBuf {
 
 /// Starts flintd once per test binary, in its own runtime thread. With
 /// `FLINT_TEST_LOG=FILE`, flintd's log goes to FILE (for diagnosing a failure).
+///
+/// A static is never dropped, so its temporary directory (hundreds of MB of
+/// snapshot memory) is removed when the test binary exits.
 pub fn node() -> &'static TestNode {
-    NODE.get_or_init(|| start_node(|_| {}))
+    NODE.get_or_init(|| {
+        let node = start_node(|_| {});
+        // SAFETY: registers a plain function that takes nothing and reads
+        // only the static set just above; atexit calls it once at exit.
+        unsafe {
+            libc::atexit(remove_shared_node_dir);
+        }
+        node
+    })
+}
+
+extern "C" fn remove_shared_node_dir() {
+    if let Some(dir) = NODE.get().and_then(|n| n.data_dir.parent()) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// Starts another flintd in this process, with the defaults of [`node`]
