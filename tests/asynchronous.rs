@@ -35,18 +35,6 @@ def handler(event, context):
     return {'got': event, 'request_id': context.aws_request_id}
 ";
 
-fn flintctl(endpoint: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(bin("flintctl"))
-        .env("FLINT_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .expect("run flintctl");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn bus(name: &str) -> String {
     format!("arn:aws:events:{REGION}:{ACCOUNT}:event-bus/{name}")
 }

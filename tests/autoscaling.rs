@@ -14,16 +14,9 @@ def handler(e, c):
     return {'slept': e.get('sleep', 0)}
 ";
 
+/// flintctl's JSON output (`Null` when it prints nothing).
 fn flintctl(endpoint: &str, args: &[&str]) -> Result<serde_json::Value, String> {
-    let out = std::process::Command::new(bin("flintctl"))
-        .env("FLINT_ENDPOINT", endpoint)
-        .args(args)
-        .output()
-        .expect("run flintctl");
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = flint_e2e::flintctl(endpoint, args)?;
     Ok(if text.trim().is_empty() {
         serde_json::Value::Null
     } else {

@@ -512,6 +512,20 @@ pub fn python_with_grpcio() -> PathBuf {
     py
 }
 
+/// Runs the flintctl binary against `endpoint`: its stdout, or its stderr
+/// when it fails.
+pub fn flintctl(endpoint: &str, args: &[&str]) -> Result<String, String> {
+    let out = std::process::Command::new(bin("flintctl"))
+        .env("FLINT_ENDPOINT", endpoint)
+        .args(args)
+        .output()
+        .expect("run flintctl");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A redis-server (Debian's) of a test, on a free loopback port, with its
 /// data (append-only file) in `dir` so that a restart finds its queues.
 pub struct Redis {

@@ -20,3 +20,16 @@ pub mod snapshot;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod time;
+
+/// An error and every cause under it, `: `-separated: what log lines,
+/// statuses that are the node's fault and a version's state reason show.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(x) = source {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        source = x.source();
+    }
+    s
+}

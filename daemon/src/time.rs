@@ -2,6 +2,24 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Now, in milliseconds since the Unix epoch, as the event queue stores
+/// times.
+pub fn now_ms() -> i64 {
+    unix_ms(SystemTime::now()) as i64
+}
+
+/// [`rfc3339`] of a time in milliseconds since the Unix epoch.
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+}
+
 /// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's
 /// civil-from-days algorithm).
 fn civil(days: i64) -> (i64, u32, u32) {

@@ -5,7 +5,6 @@ use flint_proto::node::v1 as pb;
 
 use crate::events::QueueView;
 use crate::functions::event_config::{EventConfigChange, EventInvokeConfig};
-use crate::functions::LATEST;
 
 pub fn change(r: &pb::PutFunctionEventInvokeConfigRequest) -> EventConfigChange {
     let d = r.destination_config.as_ref();
@@ -26,11 +25,8 @@ pub fn config_pb(
     account: &str,
     c: &EventInvokeConfig,
 ) -> pb::FunctionEventInvokeConfig {
-    let q = if c.qualifier.is_empty() {
-        LATEST
-    } else {
-        &c.qualifier
-    };
+    // Stored qualifiers are `$LATEST`, a version or an alias, never empty.
+    let q = &c.qualifier;
     pb::FunctionEventInvokeConfig {
         function_arn: format!(
             "arn:aws:lambda:{region}:{account}:function:{}:{q}",
@@ -68,9 +64,7 @@ pub fn queue_pb(v: &QueueView) -> pb::EventQueue {
                 request_id: d.request_id.clone(),
                 qualifier: d.qualifier.clone(),
                 reason: d.reason.clone(),
-                dropped_at: crate::time::rfc3339(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(d.at_ms.max(0) as u64),
-                ),
+                dropped_at: crate::time::rfc3339_ms(d.at_ms),
             })
             .collect(),
     }

@@ -36,9 +36,7 @@ impl QueuesService {
     }
 }
 
-fn timestamp(ms: i64) -> String {
-    crate::time::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
-}
+use crate::time::rfc3339_ms as timestamp;
 
 fn message_pb(m: Message) -> pb::QueueMessage {
     pb::QueueMessage {

@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::broker::BrokerError;
+use crate::error_chain as chain;
 use crate::events::EventsError;
 use crate::functions::FunctionsError;
 use crate::invoke::InvokeError;
@@ -92,18 +93,6 @@ fn invoke(e: &InvokeError) -> Status {
             status(Code::Unavailable, "ServiceException", chain(e))
         }
     }
-}
-
-/// The message with all its sources, for errors that are the node's fault.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 fn events(e: &EventsError) -> Status {

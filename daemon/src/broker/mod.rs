@@ -230,7 +230,7 @@ impl Broker {
                 rule: format!("must be between 0 and {MAX_VISIBILITY_S} (got {vis})"),
             });
         }
-        let created = crate::events::now_ms();
+        let created = crate::time::now_ms();
         self.run(
             redis::cmd("HSETNX")
                 .arg(attributes_key(name))
@@ -320,7 +320,7 @@ impl Broker {
                     .arg("attributes")
                     .arg(attrs)
                     .arg("sent_ms")
-                    .arg(crate::events::now_ms()),
+                    .arg(crate::time::now_ms()),
             )
             .await?;
         text(&v).ok_or_else(|| BrokerError::Protocol(format!("XADD answered {v:?}")))

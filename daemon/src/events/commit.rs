@@ -31,7 +31,7 @@ pub(super) fn spawn_committer(queue: Arc<EventQueue>) -> std::sync::mpsc::Sender
                 let _ = reply.send(match &result {
                     Ok(()) => Ok(()),
                     Err(EventsError::DiskFull) => Err(EventsError::DiskFull),
-                    Err(e) => Err(EventsError::Commit(chain(e))),
+                    Err(e) => Err(EventsError::Commit(crate::error_chain(e))),
                 });
             }
         }
@@ -43,15 +43,4 @@ pub(super) fn spawn_committer(queue: Arc<EventQueue>) -> std::sync::mpsc::Sender
         tracing::error!(error = %e, "the event queue's committer could not start");
     }
     tx
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }

@@ -17,7 +17,7 @@ mod record;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::functions::event_config::{parse_destination, Destination, EventInvokeConfig};
 use crate::functions::{FunctionStore, FunctionsError, LATEST};
@@ -37,6 +37,13 @@ const RETRY_DELAY_MS: i64 = 60_000;
 /// Throttles and system errors back off from 1 s to 5 minutes.
 const BACKOFF_FIRST_MS: i64 = 1_000;
 const BACKOFF_MAX_MS: i64 = 300_000;
+/// The `n`th wait (from 1) of a backoff from 1 s, doubling up to `max_ms`.
+fn backoff_ms(n: u32, max_ms: i64) -> i64 {
+    BACKOFF_FIRST_MS
+        .saturating_mul(1 << n.saturating_sub(1).min(20))
+        .min(max_ms)
+}
+
 /// Records on an event bus are kept this long for subscribers to catch up.
 pub const RECORD_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
@@ -131,12 +138,7 @@ pub struct Events {
     running: Mutex<Running>,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::time::now_ms;
 
 /// The stored key of an invocation's qualifier.
 fn config_key(qualifier: &str) -> &str {
@@ -430,9 +432,7 @@ impl Events {
             Err(e) => {
                 // A throttle or a system error: the invocation never ran.
                 let backoffs = ev.backoffs + 1;
-                let delay = BACKOFF_FIRST_MS
-                    .saturating_mul(1 << (backoffs - 1).min(20))
-                    .min(BACKOFF_MAX_MS);
+                let delay = backoff_ms(backoffs, BACKOFF_MAX_MS);
                 let due = (now_ms() + self.scaled(delay)).min(expiry);
                 tracing::debug!(function = %ev.function, request_id = %ev.request_id, error = %e,
                     delay_ms = delay, "an asynchronous event waits");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::record::{Condition, LastResponse};
-use super::{now_ms, Events, OutboxMessage, QueuedEvent, BACKOFF_FIRST_MS};
+use super::{backoff_ms, now_ms, Events, OutboxMessage, QueuedEvent};
 
 /// A dead-letter message's `ErrorMessage` is cut to 1 KB.
 const MAX_DLQ_ERROR: usize = 1024;
@@ -45,9 +45,7 @@ impl Events {
                         tracing::warn!(queue = %m.queue, function = %m.function, error = %e,
                             "a message for the broker waits: it is not reachable");
                         let attempts = m.attempts + 1;
-                        let delay = BACKOFF_FIRST_MS
-                            .saturating_mul(1 << (attempts - 1).min(20))
-                            .min(OUTBOX_BACKOFF_MAX_MS);
+                        let delay = backoff_ms(attempts, OUTBOX_BACKOFF_MAX_MS);
                         let seq = m.seq;
                         let _ = self
                             .blocking(move |q| q.outbox_retry(seq, now_ms() + delay, attempts))

@@ -13,7 +13,7 @@ mod events;
 mod link;
 
 use std::io::Read;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use flint_proto::agent::v1::{AgentMessage, HostMessage};
 use flint_proto::frame::{self, FrameBuffer, FrameError};
@@ -159,11 +159,7 @@ pub fn protocol_error(request_id: &str, what: &str) -> Vec<u8> {
 }
 
 /// Milliseconds since the Unix epoch, as the protocol carries times.
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::time::unix_ms;
 
 /// Fresh entropy for a guest (every clone of a snapshot gets its own).
 pub fn entropy() -> Vec<u8> {

@@ -79,14 +79,7 @@ impl LaunchError {
     /// The error and every cause under it, `: `-separated: what a log line
     /// and a version's state reason show.
     pub fn chain(&self) -> String {
-        let mut s = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(e) = source {
-            s.push_str(": ");
-            s.push_str(&e.to_string());
-            source = e.source();
-        }
-        s
+        crate::error_chain(self)
     }
 
     /// A failed step of a snapshot's build or restore, keeping its cause.
