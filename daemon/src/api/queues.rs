@@ -7,7 +7,7 @@ use flint_proto::node::v1 as pb;
 use flint_proto::node::v1::queues_server::{Queues, QueuesServer};
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Message, QueueInfo};
+use crate::broker::{BrokerError, Message, QueueInfo, QueueSettings, RedrivePolicy, SendOptions};
 use crate::node::Node;
 
 pub struct QueuesService {
@@ -32,6 +32,22 @@ impl QueuesService {
             created_timestamp: timestamp(q.created_ms),
             approximate_number_of_messages: q.visible,
             approximate_number_of_messages_not_visible: q.not_visible,
+            approximate_number_of_messages_delayed: q.delayed,
+            delay_seconds: q.delay_s,
+            message_retention_period: q.retention_s,
+            fifo_queue: q.fifo,
+            content_based_deduplication: q.content_based_deduplication,
+            redrive_policy: q
+                .redrive
+                .as_ref()
+                .map(|(dlq, n)| {
+                    serde_json::json!({
+                        "deadLetterTargetArn": self.arn(dlq),
+                        "maxReceiveCount": n,
+                    })
+                    .to_string()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -40,6 +56,10 @@ use crate::time::rfc3339_ms as timestamp;
 
 fn message_pb(m: Message) -> pb::QueueMessage {
     pb::QueueMessage {
+        md5_of_body: m.md5_of_body(),
+        approximate_first_receive_timestamp: timestamp(m.first_receive_ms),
+        message_group_id: m.group_id.unwrap_or_default(),
+        message_deduplication_id: m.deduplication_id.unwrap_or_default(),
         message_id: m.message_id,
         receipt_handle: m.receipt_handle,
         body: m.body,
@@ -57,7 +77,27 @@ impl Queues for QueuesService {
     ) -> Result<Response<pb::QueueAttributes>, Status> {
         let r = request.into_inner();
         let b = self.node.broker()?;
-        b.create_queue(&r.queue_name, r.visibility_timeout)
+        let redrive_policy = match r.redrive_policy.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(json) => Some(Some(serde_json::from_str::<RedrivePolicy>(json).map_err(
+                |e| {
+                    crate::node::NodeError::from(BrokerError::Invalid {
+                        field: "RedrivePolicy",
+                        rule: format!("not SQS's redrive policy JSON: {e}"),
+                    })
+                },
+            )?)),
+        };
+        let settings = QueueSettings {
+            visibility_timeout_s: r.visibility_timeout,
+            delay_s: r.delay_seconds,
+            retention_s: r.message_retention_period,
+            fifo: r.fifo_queue,
+            content_based_deduplication: r.content_based_deduplication,
+            redrive_policy,
+        };
+        b.create_queue(&r.queue_name, &settings)
             .await
             .map_err(crate::node::NodeError::from)?;
         let q = b
@@ -122,6 +162,11 @@ impl Queues for QueuesService {
                 &r.queue_name,
                 &r.message_body,
                 &r.message_attributes.into_iter().collect(),
+                &SendOptions {
+                    delay_s: r.delay_seconds,
+                    group_id: Some(r.message_group_id).filter(|g| !g.is_empty()),
+                    deduplication_id: Some(r.message_deduplication_id).filter(|d| !d.is_empty()),
+                },
             )
             .await
             .map_err(crate::node::NodeError::from)?;
@@ -137,7 +182,7 @@ impl Queues for QueuesService {
         let got = self
             .node
             .broker()?
-            .receive_message(&r.queue_name, max)
+            .receive_message(&r.queue_name, max, r.visibility_timeout)
             .await
             .map_err(crate::node::NodeError::from)?;
         Ok(Response::new(pb::ReceiveMessageResponse {

@@ -114,6 +114,9 @@ fn broker(e: &BrokerError) -> Status {
             status(Code::NotFound, "AWS.SimpleQueueService.NonExistentQueue", e)
         }
         BrokerError::Invalid { .. } => status(Code::InvalidArgument, "InvalidParameterValue", e),
+        BrokerError::ReceiptHandleIsInvalid(_) => {
+            status(Code::InvalidArgument, "ReceiptHandleIsInvalid", e)
+        }
         BrokerError::Unreachable { .. } => status(Code::Unavailable, "ServiceUnavailable", e),
         BrokerError::Protocol(_) => status(Code::Internal, "InternalError", e),
     }

@@ -358,7 +358,9 @@ pub enum Command {
     CreateQueue {
         #[arg(long)]
         queue_name: String,
-        /// `VisibilityTimeout=SECONDS`.
+        /// SQS's attributes, as `Key=Value,Key=Value` or a JSON object:
+        /// VisibilityTimeout, DelaySeconds, MessageRetentionPeriod,
+        /// FifoQueue, ContentBasedDeduplication, RedrivePolicy (JSON).
         #[arg(long)]
         attributes: Option<String>,
     },
@@ -380,6 +382,15 @@ pub enum Command {
         queue_name: String,
         #[arg(long)]
         message_body: String,
+        /// Standard queues: seconds the message stays hidden.
+        #[arg(long)]
+        delay_seconds: Option<u32>,
+        /// FIFO queues: the message group.
+        #[arg(long, default_value = "")]
+        message_group_id: String,
+        /// FIFO queues: the deduplication id.
+        #[arg(long, default_value = "")]
+        message_deduplication_id: String,
     },
     /// Hands out messages; each stays hidden for the visibility timeout
     /// unless it is deleted.
@@ -388,6 +399,9 @@ pub enum Command {
         queue_name: String,
         #[arg(long, default_value_t = 1)]
         max_number_of_messages: u32,
+        /// Seconds these messages stay hidden (the queue's by default).
+        #[arg(long)]
+        visibility_timeout: Option<u32>,
     },
     DeleteMessage {
         #[arg(long)]

@@ -28,23 +28,97 @@ pub fn dead_letter_config(s: &str) -> Result<pb::DeadLetterConfig, CliError> {
 }
 
 fn attributes_json(a: &pb::QueueAttributes) -> Value {
-    json!({"Attributes": {
+    let mut m = json!({
         "QueueArn": a.queue_arn,
         "VisibilityTimeout": a.visibility_timeout.to_string(),
+        "DelaySeconds": a.delay_seconds.to_string(),
+        "MessageRetentionPeriod": a.message_retention_period.to_string(),
         "CreatedTimestamp": a.created_timestamp,
         "ApproximateNumberOfMessages": a.approximate_number_of_messages.to_string(),
         "ApproximateNumberOfMessagesNotVisible": a.approximate_number_of_messages_not_visible.to_string(),
-    }})
+        "ApproximateNumberOfMessagesDelayed": a.approximate_number_of_messages_delayed.to_string(),
+    });
+    if a.fifo_queue {
+        m["FifoQueue"] = json!("true");
+        m["ContentBasedDeduplication"] = json!(a.content_based_deduplication.to_string());
+    }
+    if !a.redrive_policy.is_empty() {
+        m["RedrivePolicy"] = json!(a.redrive_policy);
+    }
+    json!({ "Attributes": m })
 }
 
-fn visibility(attributes: Option<String>) -> Result<Option<u32>, CliError> {
-    let Some(a) = attributes else { return Ok(None) };
-    let v = a
-        .strip_prefix("VisibilityTimeout=")
-        .ok_or_else(|| CliError::Usage("--attributes: VisibilityTimeout=SECONDS".into()))?;
-    v.parse()
-        .map(Some)
-        .map_err(|_| CliError::Usage(format!("--attributes: {v:?} is not a number of seconds")))
+/// `--attributes` of create-queue: `Key=Value,Key=Value` (a value may be
+/// a JSON object, commas and all) or a JSON object of strings.
+fn queue_attributes(
+    queue_name: String,
+    attributes: Option<String>,
+) -> Result<pb::CreateQueueRequest, CliError> {
+    let mut r = pb::CreateQueueRequest {
+        queue_name,
+        ..Default::default()
+    };
+    let Some(text) = attributes else { return Ok(r) };
+    let usage = |m: String| CliError::Usage(format!("--attributes: {m}"));
+    let pairs: Vec<(String, String)> = if text.trim_start().starts_with('{') {
+        let v: serde_json::Map<String, Value> =
+            serde_json::from_str(&text).map_err(|e| usage(e.to_string()))?;
+        v.into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, v)
+            })
+            .collect()
+    } else {
+        let mut pairs = Vec::new();
+        let (mut depth, mut start) = (0i32, 0usize);
+        let bytes = text.as_bytes();
+        for i in 0..=bytes.len() {
+            let c = bytes.get(i).copied();
+            match c {
+                Some(b'{') => depth += 1,
+                Some(b'}') => depth -= 1,
+                Some(b',') | None if depth == 0 => {
+                    let item = &text[start..i];
+                    let (k, v) = item
+                        .split_once('=')
+                        .ok_or_else(|| usage(format!("{item:?} is not Key=Value")))?;
+                    pairs.push((k.trim().to_string(), v.trim().to_string()));
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        pairs
+    };
+    let num = |k: &str, v: &str| {
+        v.parse::<u32>()
+            .map_err(|_| usage(format!("{k}: {v:?} is not a number")))
+    };
+    let flag = |k: &str, v: &str| match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(usage(format!("{k}: {v:?} is not true or false"))),
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "VisibilityTimeout" => r.visibility_timeout = Some(num(&k, &v)?),
+            "DelaySeconds" => r.delay_seconds = Some(num(&k, &v)?),
+            "MessageRetentionPeriod" => r.message_retention_period = Some(num(&k, &v)?),
+            "FifoQueue" => r.fifo_queue = Some(flag(&k, &v)?),
+            "ContentBasedDeduplication" => r.content_based_deduplication = Some(flag(&k, &v)?),
+            "RedrivePolicy" => r.redrive_policy = Some(v),
+            other => {
+                return Err(usage(format!(
+                    "{other} is not an attribute Flint's queues have"
+                )))
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// Runs one of the queue commands.
@@ -59,10 +133,7 @@ pub async fn run(
             attributes,
         } => {
             let a = q
-                .create_queue(pb::CreateQueueRequest {
-                    queue_name,
-                    visibility_timeout: visibility(attributes)?,
-                })
+                .create_queue(queue_attributes(queue_name, attributes)?)
                 .await
                 .map_err(svc("CreateQueue"))?
                 .into_inner();
@@ -97,12 +168,18 @@ pub async fn run(
         Command::SendMessage {
             queue_name,
             message_body,
+            delay_seconds,
+            message_group_id,
+            message_deduplication_id,
         } => {
             let r = q
                 .send_message(pb::SendMessageRequest {
                     queue_name,
                     message_body,
                     message_attributes: Default::default(),
+                    delay_seconds,
+                    message_group_id,
+                    message_deduplication_id,
                 })
                 .await
                 .map_err(svc("SendMessage"))?
@@ -112,11 +189,13 @@ pub async fn run(
         Command::ReceiveMessage {
             queue_name,
             max_number_of_messages,
+            visibility_timeout,
         } => {
             let r = q
                 .receive_message(pb::ReceiveMessageRequest {
                     queue_name,
                     max_number_of_messages,
+                    visibility_timeout,
                 })
                 .await
                 .map_err(svc("ReceiveMessage"))?
@@ -132,7 +211,11 @@ pub async fn run(
                         "Attributes": {
                             "ApproximateReceiveCount": m.approximate_receive_count.to_string(),
                             "SentTimestamp": m.sent_timestamp,
+                            "ApproximateFirstReceiveTimestamp": m.approximate_first_receive_timestamp,
+                            "MessageGroupId": m.message_group_id,
+                            "MessageDeduplicationId": m.message_deduplication_id,
                         },
+                        "MD5OfBody": m.md5_of_body,
                         "MessageAttributes": m.message_attributes.iter().map(|(k, v)| {
                             (k.clone(), json!({"DataType": "String", "StringValue": v}))
                         }).collect::<serde_json::Map<_, _>>(),
@@ -181,10 +264,25 @@ mod tests {
         );
         assert!(dead_letter_config("arn:z").is_err());
         assert!(dead_letter_config("{}").is_err());
+        let r = queue_attributes(
+            "q".into(),
+            Some(r#"VisibilityTimeout=5,RedrivePolicy={"deadLetterTargetArn":"arn:d","maxReceiveCount":2},DelaySeconds=1"#.into()),
+        )
+        .unwrap();
+        assert_eq!(r.visibility_timeout, Some(5));
+        assert_eq!(r.delay_seconds, Some(1));
         assert_eq!(
-            visibility(Some("VisibilityTimeout=5".into())).unwrap(),
-            Some(5)
+            r.redrive_policy.as_deref(),
+            Some(r#"{"deadLetterTargetArn":"arn:d","maxReceiveCount":2}"#)
         );
-        assert!(visibility(Some("Visibility=5".into())).is_err());
+        let r = queue_attributes(
+            "q.fifo".into(),
+            Some(r#"{"FifoQueue": "true", "ContentBasedDeduplication": true}"#.into()),
+        )
+        .unwrap();
+        assert_eq!(r.fifo_queue, Some(true));
+        assert_eq!(r.content_based_deduplication, Some(true));
+        assert!(queue_attributes("q".into(), Some("Visibility=5".into())).is_err());
+        assert!(queue_attributes("q".into(), Some("VisibilityTimeout=x".into())).is_err());
     }
 }

@@ -69,7 +69,10 @@ impl Events {
     /// reachable (other failures drop the message with an error).
     async fn send_outbox(&self, m: &OutboxMessage) -> Result<(), crate::broker::BrokerError> {
         let result = match &self.broker {
-            Some(b) => b.send_message(&m.queue, &m.body, &m.attributes).await,
+            Some(b) => {
+                b.send_message(&m.queue, &m.body, &m.attributes, &Default::default())
+                    .await
+            }
             None => Err(crate::broker::BrokerError::Unreachable {
                 url: "(none configured)".into(),
                 reason: "this node has no broker".into(),
