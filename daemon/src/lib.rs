@@ -17,6 +17,7 @@ pub mod packages;
 pub mod pool;
 pub mod server;
 pub mod snapshot;
+pub mod sources;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod time;

@@ -167,6 +167,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         );
     }
     let dispatcher = tokio::spawn(node.events().clone().run());
+    // Event source mappings poll their sources.
+    let pollers = tokio::spawn(node.sources().clone().run());
 
     // Provisioned concurrency follows load where a scalable target says so.
     let autoscaler_node = node.clone();
@@ -193,6 +195,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     provisioner.abort();
     autoscaler.abort();
     dispatcher.abort();
+    pollers.abort();
     // Stop accepting; in-flight calls (invocations) get the grace period.
     let _ = stop_tx.send(true);
     health.set_not_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>().await;

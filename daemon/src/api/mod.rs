@@ -10,6 +10,7 @@
 mod events;
 mod queues;
 mod scaling;
+mod sources;
 mod status;
 
 use std::pin::Pin;
@@ -188,6 +189,13 @@ impl FunctionsService {
 
 fn routing(r: Option<pb::AliasRoutingConfiguration>) -> Option<Vec<(String, f64)>> {
     r.map(|r| r.additional_version_weights.into_iter().collect())
+}
+
+impl FunctionsService {
+    fn mapping_pb(&self, v: crate::sources::MappingView) -> pb::EventSourceMappingConfiguration {
+        let (r, a) = self.node.region_account();
+        sources::mapping_pb(r, a, &v)
+    }
 }
 
 #[tonic::async_trait]
@@ -554,6 +562,78 @@ impl Functions for FunctionsService {
         Ok(Response::new(
             pb::DeleteFunctionEventInvokeConfigResponse {},
         ))
+    }
+
+    async fn create_event_source_mapping(
+        &self,
+        request: Request<pb::CreateEventSourceMappingRequest>,
+    ) -> Result<Response<pb::EventSourceMappingConfiguration>, Status> {
+        let r = request.into_inner();
+        let src = self.node.sources();
+        let m = src
+            .create(
+                &r.event_source_arn,
+                &r.function_name,
+                &sources::create_change(&r),
+            )
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(self.mapping_pb(src.view(m).await)))
+    }
+
+    async fn update_event_source_mapping(
+        &self,
+        request: Request<pb::UpdateEventSourceMappingRequest>,
+    ) -> Result<Response<pb::EventSourceMappingConfiguration>, Status> {
+        let r = request.into_inner();
+        let src = self.node.sources();
+        let function = Some(r.function_name.as_str()).filter(|f| !f.is_empty());
+        let m = src
+            .update(&r.uuid, function, &sources::update_change(&r))
+            .await
+            .map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(self.mapping_pb(src.view(m).await)))
+    }
+
+    async fn get_event_source_mapping(
+        &self,
+        request: Request<pb::EventSourceMappingRequest>,
+    ) -> Result<Response<pb::EventSourceMappingConfiguration>, Status> {
+        let r = request.into_inner();
+        let src = self.node.sources();
+        let m = src.get(&r.uuid).map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(self.mapping_pb(src.view(m).await)))
+    }
+
+    async fn delete_event_source_mapping(
+        &self,
+        request: Request<pb::EventSourceMappingRequest>,
+    ) -> Result<Response<pb::EventSourceMappingConfiguration>, Status> {
+        let r = request.into_inner();
+        let src = self.node.sources();
+        let m = src.delete(&r.uuid).map_err(crate::node::NodeError::from)?;
+        Ok(Response::new(self.mapping_pb(src.view(m).await)))
+    }
+
+    async fn list_event_source_mappings(
+        &self,
+        request: Request<pb::ListEventSourceMappingsRequest>,
+    ) -> Result<Response<pb::ListEventSourceMappingsResponse>, Status> {
+        let r = request.into_inner();
+        let src = self.node.sources();
+        let list = src
+            .list(
+                Some(r.event_source_arn.as_str()).filter(|a| !a.is_empty()),
+                Some(r.function_name.as_str()).filter(|f| !f.is_empty()),
+            )
+            .map_err(crate::node::NodeError::from)?;
+        let mut out = Vec::new();
+        for m in list {
+            out.push(self.mapping_pb(src.view(m).await));
+        }
+        Ok(Response::new(pb::ListEventSourceMappingsResponse {
+            event_source_mappings: out,
+        }))
     }
 
     type SubscribeInvocationRecordsStream = RecordStreamOut;

@@ -12,6 +12,7 @@ use crate::launch::{LaunchError, START_QUEUE_REASON};
 use crate::node::NodeError;
 use crate::packages::PackageError;
 use crate::pool::PoolError;
+use crate::sources::SourcesError;
 
 fn status(code: Code, exception: &str, message: impl std::fmt::Display) -> Status {
     Status::new(code, format!("{exception}: {message}"))
@@ -108,6 +109,23 @@ fn events(e: &EventsError) -> Status {
     }
 }
 
+fn sources(e: &SourcesError) -> Status {
+    match e {
+        SourcesError::NotFound(_) => status(Code::NotFound, "ResourceNotFoundException", e),
+        SourcesError::Conflict(_) => status(Code::AlreadyExists, "ResourceConflictException", e),
+        SourcesError::InUse(_) => status(Code::FailedPrecondition, "ResourceInUseException", e),
+        SourcesError::Invalid { .. } | SourcesError::Filter(_) => {
+            status(Code::InvalidArgument, "InvalidParameterValueException", e)
+        }
+        SourcesError::Broker(b) => broker(b),
+        SourcesError::Functions(f) => functions(f),
+        SourcesError::NoBroker => status(Code::FailedPrecondition, "ServiceUnavailable", e),
+        SourcesError::Store(_) | SourcesError::Corrupt(_) => {
+            status(Code::Internal, "ServiceException", chain(e))
+        }
+    }
+}
+
 fn broker(e: &BrokerError) -> Status {
     match e {
         BrokerError::NoSuchQueue(_) => {
@@ -133,6 +151,7 @@ impl From<NodeError> for Status {
             }
             NodeError::Events(ev) => events(ev),
             NodeError::Broker(b) => broker(b),
+            NodeError::Sources(s) => sources(s),
             NodeError::NoBroker => status(Code::FailedPrecondition, "ServiceUnavailable", &e),
             NodeError::Engine(_) | NodeError::DataDir(_) | NodeError::Join(_) => {
                 status(Code::Internal, "ServiceException", chain(&e))

@@ -41,6 +41,7 @@ static RECEIVE: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/rec
 static DELETE: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/delete.lua")));
 static PURGE: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/purge.lua")));
 static INFO: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/info.lua")));
+static RELEASE: LazyLock<String> = LazyLock::new(|| script(include_str!("lua/release.lua")));
 
 /// SQS's `RedrivePolicy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -511,6 +512,29 @@ impl Broker {
                 "the message {id} was received again after this receipt"
             )))
         }
+    }
+
+    /// Returns messages that were handed out but never reached a consumer:
+    /// visible again after `delay_ms`, their receive not counted (so that a
+    /// throttle never moves a message to the dead-letter queue). Stale
+    /// receipts are skipped. Answers how many were returned.
+    pub async fn release_messages(
+        &self,
+        name: &str,
+        receipt_handles: &[String],
+        delay_ms: u64,
+    ) -> Result<u64, BrokerError> {
+        if receipt_handles.is_empty() {
+            return Ok(0);
+        }
+        let mut args = vec![crate::time::now_ms().to_string(), delay_ms.to_string()];
+        for h in receipt_handles {
+            let (id, token) = parse_receipt(h)?;
+            args.push(id.to_string());
+            args.push(token.to_string());
+        }
+        let v = self.queue_script(&RELEASE, name, &args).await?;
+        Ok(int(&v).unwrap_or(0).max(0) as u64)
     }
 
     /// Removes every message.

@@ -413,6 +413,42 @@ pub enum Command {
         #[arg(long)]
         queue_name: String,
     },
+    /// Feeds a function from a queue on the node's broker: batches of its
+    /// messages, deleted when the function succeeds.
+    CreateEventSourceMapping {
+        /// `arn:aws:sqs:REGION:ACCOUNT:NAME`.
+        #[arg(long)]
+        event_source_arn: String,
+        /// A name, `NAME:QUALIFIER`, or a function ARN.
+        #[arg(long)]
+        function_name: String,
+        #[command(flatten)]
+        settings: MappingArgs,
+    },
+    /// Changes only the named settings of a mapping.
+    UpdateEventSourceMapping {
+        #[arg(long)]
+        uuid: String,
+        #[arg(long, default_value = "")]
+        function_name: String,
+        #[command(flatten)]
+        settings: MappingArgs,
+    },
+    GetEventSourceMapping {
+        #[arg(long)]
+        uuid: String,
+    },
+    DeleteEventSourceMapping {
+        #[arg(long)]
+        uuid: String,
+    },
+    /// Every mapping with its state, lag, batches, failures and last error.
+    ListEventSourceMappings {
+        #[arg(long, default_value = "")]
+        event_source_arn: String,
+        #[arg(long, default_value = "")]
+        function_name: String,
+    },
     /// Publishes a layer version from a ZIP.
     PublishLayerVersion {
         #[arg(long)]
@@ -528,4 +564,30 @@ pub struct EventConfigArgs {
     /// JSON: `{"OnSuccess":{"Destination":ARN},"OnFailure":{"Destination":ARN}}`.
     #[arg(long)]
     pub destination_config: Option<String>,
+}
+
+/// The settings of a create or an update of an event source mapping.
+#[derive(clap::Args)]
+pub struct MappingArgs {
+    /// The mapping polls (the default on create).
+    #[arg(long, conflicts_with = "no_enabled")]
+    pub enabled: bool,
+    /// The mapping is kept but does not poll.
+    #[arg(long)]
+    pub no_enabled: bool,
+    /// 1 to 10000 (10 by default); over 10 needs a batching window.
+    #[arg(long)]
+    pub batch_size: Option<u32>,
+    /// 0 to 300.
+    #[arg(long)]
+    pub maximum_batching_window_in_seconds: Option<u32>,
+    /// JSON: `{"Filters":[{"Pattern":"{...}"}]}`; `{"Filters":[]}` removes them.
+    #[arg(long)]
+    pub filter_criteria: Option<String>,
+    /// `ReportBatchItemFailures`, or `""` for none.
+    #[arg(long, num_args = 0..)]
+    pub function_response_types: Option<Vec<String>>,
+    /// `MaximumConcurrency=N` or `{"MaximumConcurrency":N}`; `{}` removes it.
+    #[arg(long)]
+    pub scaling_config: Option<String>,
 }

@@ -124,6 +124,13 @@ pub async fn run(
         | Command::EventQueues) => {
             super::events::run(&mut c, &mut n, output, cmd).await?;
         }
+        cmd @ (Command::CreateEventSourceMapping { .. }
+        | Command::UpdateEventSourceMapping { .. }
+        | Command::GetEventSourceMapping { .. }
+        | Command::DeleteEventSourceMapping { .. }
+        | Command::ListEventSourceMappings { .. }) => {
+            super::sources::run(&mut c, output, cmd).await?;
+        }
         cmd @ (Command::CreateQueue { .. }
         | Command::DeleteQueue { .. }
         | Command::ListQueues { .. }

@@ -14,6 +14,10 @@ impl Node {
         &self.events
     }
 
+    pub fn sources(&self) -> &Arc<crate::sources::Sources> {
+        &self.sources
+    }
+
     /// The stored qualifier of a configuration, checked to exist.
     fn event_config_qualifier(&self, function: &str, qualifier: &str) -> Result<String, NodeError> {
         self.store.get(function)?;

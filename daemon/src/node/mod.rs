@@ -51,6 +51,8 @@ pub enum NodeError {
     Broker(#[from] crate::broker::BrokerError),
     #[error("this node has no broker: set [broker] url in its configuration")]
     NoBroker,
+    #[error(transparent)]
+    Sources(#[from] crate::sources::SourcesError),
     #[error("Code storage limit of {limit} bytes would be exceeded ({used} bytes in use)")]
     CodeStorageExceeded { used: u64, limit: u64 },
     #[error("preparing the data directory failed")]
@@ -119,6 +121,7 @@ pub struct Node {
     logs: FunctionLogs,
     invoker: Arc<Invoker>,
     events: Arc<crate::events::Events>,
+    sources: Arc<crate::sources::Sources>,
     provisioning: Arc<Provisioning>,
     autoscaling: Autoscaling,
     started: SystemTime,
@@ -218,8 +221,13 @@ impl Node {
             &config.data_dir.join("events.db"),
             invoker.clone(),
             store.clone(),
-            broker,
+            broker.clone(),
             config.events,
+        )?);
+        let sources = Arc::new(crate::sources::Sources::open(
+            &config.data_dir.join("sources.db"),
+            invoker.clone(),
+            broker,
         )?);
         let node = Self {
             config,
@@ -229,6 +237,7 @@ impl Node {
             logs,
             invoker,
             events,
+            sources,
             provisioning: Default::default(),
             autoscaling: Default::default(),
             started: SystemTime::now(),
