@@ -12,8 +12,6 @@
 //! that reads top to bottom.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flint_daemon::config::Config;
@@ -344,61 +342,6 @@ async fn events_run_on_real_vms_with_retries_destinations_reservations_and_age()
     assert_eq!(dry.status_code, 204);
 }
 
-struct Flintd {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Flintd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_flintd(dir: &Path, broker: &str) -> Flintd {
-    let sock = dir.join("flintd.sock");
-    let config = dir.join("flintd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\nlisten = [{:?}]\nartifacts_dir = {:?}\nregion = {REGION:?}\naccount_id = {ACCOUNT:?}\n\
-             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.001\n[broker]\nurl = {broker:?}\n",
-            dir.join("data"),
-            format!("unix:{}", sock.display()),
-            artifacts_dir(),
-            flint_daemon::engine::jail::JailSettings::default().uid_base + 0x5_0000,
-        ),
-    )
-    .unwrap();
-    let _ = std::fs::remove_file(&sock);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("flintd.log"))
-        .unwrap();
-    let child = Command::new(bin("flintd"))
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start flintd");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "flintd did not start: {}",
-            std::fs::read_to_string(dir.join("flintd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Flintd {
-        child,
-        endpoint: format!("unix:{}", sock.display()),
-    }
-}
-
 #[tokio::test]
 async fn acknowledged_events_survive_kill_9_and_each_completes() {
     let dir = tempfile::Builder::new()
@@ -410,7 +353,7 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
     let mut acked: Vec<String> = Vec::new();
     let mut refused = 0;
     for round in 0..4 {
-        let mut flintd = spawn_flintd(dir.path(), &redis.url());
+        let mut flintd = spawn_flintd(dir.path(), &redis.url(), 0x5_0000);
         let mut c = flint_daemon::client::functions(&flintd.endpoint)
             .await
             .unwrap();
@@ -426,6 +369,7 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
             q.create_queue(pb::CreateQueueRequest {
                 queue_name: "crash-done".into(),
                 visibility_timeout: Some(600),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -471,7 +415,7 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
         acked.extend(mine);
         refused += failed;
     }
-    let flintd = spawn_flintd(dir.path(), &redis.url());
+    let flintd = spawn_flintd(dir.path(), &redis.url(), 0x5_0000);
     let mut q = pb::queues_client::QueuesClient::new(
         flint_daemon::client::channel(&flintd.endpoint)
             .await
@@ -492,6 +436,7 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
             .receive_message(pb::ReceiveMessageRequest {
                 queue_name: "crash-done".into(),
                 max_number_of_messages: 10,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -548,6 +493,7 @@ async fn receive_until(
             .receive_message(pb::ReceiveMessageRequest {
                 queue_name: queue.into(),
                 max_number_of_messages: 1,
+                ..Default::default()
             })
             .await
             .unwrap()

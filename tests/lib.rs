@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flint_daemon::config::{Config, Listen};
 use flint_proto::node::v1 as pb;
@@ -591,5 +591,63 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A flintd process of its own (for tests that kill it), with the
+/// region and account the tests use, the async clock shrunk 1000 times,
+/// and VMM uids `uid_offset` above the default.
+pub struct Flintd {
+    pub child: std::process::Child,
+    pub endpoint: String,
+}
+
+impl Drop for Flintd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn_flintd(dir: &Path, broker: &str, uid_offset: u32) -> Flintd {
+    let sock = dir.join("flintd.sock");
+    let config = dir.join("flintd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = [{:?}]\nartifacts_dir = {:?}\nregion = \"us-east-1\"\naccount_id = \"000000000000\"\n\
+             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.001\n[broker]\nurl = {broker:?}\n",
+            dir.join("data"),
+            format!("unix:{}", sock.display()),
+            artifacts_dir(),
+            flint_daemon::engine::jail::JailSettings::default().uid_base + uid_offset,
+        ),
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(&sock);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("flintd.log"))
+        .unwrap();
+    let child = std::process::Command::new(bin("flintd"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start flintd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "flintd did not start: {}",
+            std::fs::read_to_string(dir.join("flintd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Flintd {
+        child,
+        endpoint: format!("unix:{}", sock.display()),
     }
 }

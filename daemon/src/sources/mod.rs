@@ -126,6 +126,14 @@ struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     /// The mapping as the poller was started with it.
     mapping: Mapping,
+    /// Ends once the poller has stopped and its batches have settled.
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 pub struct Sources {
@@ -134,6 +142,8 @@ pub struct Sources {
     broker: Option<Arc<Broker>>,
     wake: tokio::sync::Notify,
     running: Mutex<HashMap<String, Running>>,
+    /// Pollers told to stop that have not finished yet.
+    stopping: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     stats: Mutex<HashMap<String, Arc<Stats>>>,
 }
 
@@ -149,6 +159,7 @@ impl Sources {
             broker,
             wake: tokio::sync::Notify::new(),
             running: Mutex::new(HashMap::new()),
+            stopping: Mutex::new(HashMap::new()),
             stats: Mutex::new(HashMap::new()),
         })
     }
@@ -363,52 +374,77 @@ impl Sources {
     fn reconcile(self: &Arc<Self>) -> Result<(), SourcesError> {
         let mappings = self.store.list()?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let known: std::collections::HashSet<&str> =
-            mappings.iter().map(|m| m.uuid.as_str()).collect();
-        running.retain(|uuid, r| {
-            let keep = known.contains(uuid.as_str());
-            if !keep {
-                let _ = r.stop.send(true);
+        let mut stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner());
+        stopping.retain(|_, task| !task.is_finished());
+        fn stop(
+            running: &mut HashMap<String, Running>,
+            stopping: &mut HashMap<String, tokio::task::JoinHandle<()>>,
+            uuid: &str,
+        ) {
+            if let Some(r) = running.remove(uuid) {
+                r.stop();
+                stopping.insert(uuid.to_string(), r.task);
             }
-            keep
-        });
+        }
+        let known: std::collections::HashSet<String> =
+            mappings.iter().map(|m| m.uuid.clone()).collect();
+        let gone: Vec<String> = running
+            .keys()
+            .filter(|u| !known.contains(*u))
+            .cloned()
+            .collect();
+        for uuid in gone {
+            stop(&mut running, &mut stopping, &uuid);
+        }
         for mut m in mappings {
+            let settle = m.state == State::Deleting || m.state.settles_enabled(m.enabled).is_some();
+            let changed = running
+                .get(&m.uuid)
+                .is_some_and(|r| !same_config(&r.mapping, &m));
+            if settle || changed || m.state != State::Enabled {
+                stop(&mut running, &mut stopping, &m.uuid);
+            }
+            // A state settles only once the old poller has stopped and its
+            // batches have settled: "Disabled" means nothing runs.
+            let draining = stop_pending(&stopping, &m.uuid);
             if m.state == State::Deleting {
-                if let Some(r) = running.remove(&m.uuid) {
-                    let _ = r.stop.send(true);
+                if !draining {
+                    self.store.remove(&m.uuid)?;
+                    self.stats
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&m.uuid);
+                    tracing::info!(uuid = %m.uuid, "an event source mapping was deleted");
                 }
-                self.store.remove(&m.uuid)?;
-                self.stats
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&m.uuid);
-                tracing::info!(uuid = %m.uuid, "an event source mapping was deleted");
                 continue;
             }
             if let Some(settled) = m.state.settles_enabled(m.enabled) {
+                if draining {
+                    continue;
+                }
                 m.state = settled;
                 self.store.put(&m)?;
                 tracing::info!(uuid = %m.uuid, source = %m.event_source_arn,
                     function = %m.target(), state = settled.name(), "an event source mapping settled");
             }
-            let current = running.get(&m.uuid).map(|r| &r.mapping);
-            let config_changed = current.is_some_and(|c| !same_config(c, &m));
-            if (m.state != State::Enabled || config_changed) && current.is_some() {
-                if let Some(r) = running.remove(&m.uuid) {
-                    let _ = r.stop.send(true);
-                }
-            }
-            if m.state == State::Enabled && !running.contains_key(&m.uuid) {
+            if m.state == State::Enabled && !running.contains_key(&m.uuid) && !draining {
                 match self.source(&m) {
                     Ok(src) => {
                         let (tx, rx) = tokio::sync::watch::channel(false);
                         let stats = self.stats(&m.uuid);
-                        tokio::spawn(self.clone().run_queue(m.clone(), src, stats, rx));
+                        let this = self.clone();
+                        let started = m.clone();
+                        let task = tokio::spawn(async move {
+                            this.clone().run_queue(started, src, stats, rx).await;
+                            // The reconciler settles what waited for this.
+                            this.wake.notify_one();
+                        });
                         running.insert(
                             m.uuid.clone(),
                             Running {
                                 stop: tx,
                                 mapping: m,
+                                task,
                             },
                         );
                     }
@@ -420,6 +456,10 @@ impl Sources {
         }
         Ok(())
     }
+}
+
+fn stop_pending(stopping: &HashMap<String, tokio::task::JoinHandle<()>>, uuid: &str) -> bool {
+    stopping.get(uuid).is_some_and(|t| !t.is_finished())
 }
 
 /// Whether a running poller can go on with a stored mapping as it is.

@@ -92,7 +92,7 @@ impl Sources {
                 }
                 continue;
             }
-            let batch = match self.gather(&m, &*src, &filters, &stats).await {
+            let batch = match self.gather(&m, &*src, &filters, &stats, &stop).await {
                 Ok(b) => {
                     retry = RETRY_FIRST;
                     b
@@ -132,6 +132,13 @@ impl Sources {
                 done2.notify_one();
             });
         }
+        // Stopped: the batches already running settle first.
+        while stats.in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::select! {
+                _ = done.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
     }
 
     /// One batch: up to `BatchSize` records, within the batching window
@@ -142,6 +149,7 @@ impl Sources {
         src: &dyn QueueSource,
         filters: &Filters,
         stats: &Stats,
+        stop: &tokio::sync::watch::Receiver<bool>,
     ) -> Result<Vec<SourceMessage>, SourcesError> {
         let deadline = Instant::now() + Duration::from_secs(m.window_s.into());
         let mut batch: Vec<SourceMessage> = Vec::new();
@@ -173,6 +181,12 @@ impl Sources {
             }
             if !over.is_empty() {
                 src.release(&over, 0).await?;
+                break;
+            }
+            if *stop.borrow() {
+                // Stopped while gathering: nothing of it runs.
+                let handles: Vec<String> = batch.drain(..).map(|b| b.handle).collect();
+                src.release(&handles, 0).await?;
                 break;
             }
             if batch.len() >= m.batch_size as usize || m.window_s == 0 {
