@@ -481,7 +481,9 @@ async fn queues_feed_functions_in_batches_with_filters_failures_redrive_and_fifo
         &mut q,
         pb::CreateQueueRequest {
             queue_name: "jobs".into(),
-            visibility_timeout: Some(1),
+            // Longer than a start of a second instance takes here, so that
+            // only the poison message is received more than twice.
+            visibility_timeout: Some(8),
             redrive_policy: Some(format!(
                 r#"{{"deadLetterTargetArn": "{}", "maxReceiveCount": 2}}"#,
                 queue_arn("jobs-dlq")
