@@ -493,25 +493,35 @@ impl Broker {
         name: &str,
         receipt_handle: &str,
     ) -> Result<(), BrokerError> {
-        let (id, token) = parse_receipt(receipt_handle)?;
-        let v = self
-            .queue_script(
-                &DELETE,
-                name,
-                &[
-                    id.to_string(),
-                    token.to_string(),
-                    crate::time::now_ms().to_string(),
-                ],
-            )
+        let stale = self
+            .delete_messages(name, &[receipt_handle.to_string()])
             .await?;
-        if int(&v) == Some(1) {
-            Ok(())
-        } else {
-            Err(BrokerError::ReceiptHandleIsInvalid(format!(
+        match stale.first() {
+            None => Ok(()),
+            Some(id) => Err(BrokerError::ReceiptHandleIsInvalid(format!(
                 "the message {id} was received again after this receipt"
-            )))
+            ))),
         }
+    }
+
+    /// Deletes many messages in one step; answers the ids whose receipt
+    /// was stale (those are left alone).
+    pub async fn delete_messages(
+        &self,
+        name: &str,
+        receipt_handles: &[String],
+    ) -> Result<Vec<String>, BrokerError> {
+        if receipt_handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![crate::time::now_ms().to_string()];
+        for h in receipt_handles {
+            let (id, token) = parse_receipt(h)?;
+            args.push(id.to_string());
+            args.push(token.to_string());
+        }
+        let v = self.queue_script(&DELETE, name, &args).await?;
+        Ok(items(&v).iter().filter_map(text).collect())
     }
 
     /// Returns messages that were handed out but never reached a consumer:

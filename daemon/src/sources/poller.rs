@@ -69,6 +69,12 @@ impl Sources {
         let done = Arc::new(tokio::sync::Notify::new());
         let mut idle = IDLE_FIRST;
         let mut retry = RETRY_FIRST;
+        // Batches allowed at once: one at first, one more for every full
+        // batch while the backlog lasts (at most one more per 500 ms),
+        // halved by a throttle.
+        let mut target = 1usize;
+        let mut grown = Instant::now();
+        let mut throttles = stats.throttles.load(Ordering::Relaxed);
         loop {
             if *stop.borrow() {
                 break;
@@ -81,9 +87,13 @@ impl Sources {
                 }
                 continue;
             }
-            // Scale with the backlog: a batch that came back full starts
-            // another at once, up to the mapping's maximum concurrency.
-            let limit = self.poller_limit(&m);
+            let t = stats.throttles.load(Ordering::Relaxed);
+            if t != throttles {
+                throttles = t;
+                target = (target / 2).max(1);
+            }
+            let ceiling = self.poller_limit(&m);
+            let limit = target.min(ceiling);
             if stats.in_flight.load(Ordering::SeqCst) >= limit {
                 tokio::select! {
                     _ = done.notified() => {}
@@ -118,6 +128,13 @@ impl Sources {
                 continue;
             }
             idle = IDLE_FIRST;
+            if batch.len() >= m.batch_size as usize
+                && target < ceiling
+                && grown.elapsed() >= Duration::from_millis(500)
+            {
+                target += 1;
+                grown = Instant::now();
+            }
             stats.in_flight.fetch_add(1, Ordering::SeqCst);
             let (this, m2, src2, stats2, done2) = (
                 self.clone(),

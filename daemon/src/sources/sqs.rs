@@ -93,14 +93,9 @@ impl QueueSource for BrokerQueue {
     }
 
     async fn delete(&self, handles: &[String]) -> Result<(), SourcesError> {
-        for h in handles {
-            match self.broker.delete_message(&self.name, h).await {
-                // Received again meanwhile (its visibility timeout ran
-                // out): the newer receive owns it now.
-                Ok(()) | Err(crate::broker::BrokerError::ReceiptHandleIsInvalid(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        // A stale receipt: the message was received again meanwhile (its
+        // visibility timeout ran out) and that newer receive owns it now.
+        self.broker.delete_messages(&self.name, handles).await?;
         Ok(())
     }
 

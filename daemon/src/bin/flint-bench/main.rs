@@ -18,10 +18,15 @@
 //! `--suite async`: `Event` invocations acknowledged per second and the
 //! 202's latency, against one synced write; the time to drain the queued
 //! events into a function with reserved concurrency 4 (see `events.rs`).
+//!
+//! `--suite sources`: messages per second from a queue on Redis through an
+//! event source mapping, and write-to-handler-start latency (see
+//! `sources.rs`).
 
 mod bursts;
 mod events;
 mod load;
+mod sources;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -69,7 +74,8 @@ struct Args {
     /// Which measurements: `start` (latency by start kind, idle clones),
     /// `load` (concurrent clients, burst, frozen instances in a budget) or
     /// `bursts` (bursts from zero instances with and without the start
-    /// scheduler).
+    /// scheduler), `async` (Event invocations) or `sources` (a queue through
+    /// an event source mapping).
     #[arg(long, default_value = "start")]
     suite: String,
     /// Load suite: concurrent client counts.
@@ -91,6 +97,10 @@ struct Args {
     /// as many first); all of them are then drained.
     #[arg(long, default_value_t = 10_000)]
     async_events: usize,
+    /// Sources suite: messages in the backlog (a tenth as many are sent
+    /// first at 10 a second).
+    #[arg(long, default_value_t = 2_000)]
+    source_messages: usize,
     /// Load suite: the memory budget filled with frozen instances, MB.
     #[arg(long, default_value_t = 4096)]
     budget_mb: u64,
@@ -254,6 +264,11 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }
+    if args.suite == "sources" {
+        let r = rt.block_on(sources::run(&args, &accel, &root));
+        let _ = std::fs::remove_dir_all(&root);
+        return r;
+    }
     if args.suite == "load" {
         let r = rt.block_on(load::run(&args, &accel, &root));
         let _ = std::fs::remove_dir_all(&root);
@@ -261,7 +276,7 @@ fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         args.suite == "start",
-        "--suite is start, load, bursts or async"
+        "--suite is start, load, bursts, async or sources"
     );
     let config = |name: &str, snapshots: bool| Config {
         data_dir: root.join(name).join("data"),
