@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
-use crate::api::{FunctionsService, NodeService, QueuesService};
+use crate::api::{FunctionsService, NodeService, QueuesService, StreamsService};
 use crate::config::{Config, Listen};
 use crate::node::{Node, NodeError};
 
@@ -69,6 +69,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .add_service(FunctionsService::new(node.clone()).into_server())
         .add_service(NodeService::new(node.clone()).into_server())
         .add_service(QueuesService::server(node.clone()))
+        .add_service(StreamsService::server(node.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha);

@@ -12,6 +12,7 @@ mod queues;
 mod scaling;
 mod sources;
 mod status;
+mod streams;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::node::{AliasSpec, InstanceStatus, Node};
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
 
 pub use queues::QueuesService;
+pub use streams::StreamsService;
 
 pub struct FunctionsService {
     node: Arc<Node>,

@@ -128,6 +128,8 @@ fn sources(e: &SourcesError) -> Status {
 
 fn broker(e: &BrokerError) -> Status {
     match e {
+        BrokerError::NoSuchStream(_) => status(Code::NotFound, "ResourceNotFoundException", e),
+        BrokerError::StreamExists(_) => status(Code::AlreadyExists, "ResourceInUseException", e),
         BrokerError::NoSuchQueue(_) => {
             status(Code::NotFound, "AWS.SimpleQueueService.NonExistentQueue", e)
         }

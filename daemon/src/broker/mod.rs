@@ -1,5 +1,6 @@
-//! The event broker: SQS-shaped queues ([`queue`]) held in the Redis
-//! server that flintd's configuration names (`[broker] url`).
+//! The event broker: SQS-shaped queues ([`queue`]) and Kinesis-shaped
+//! streams ([`stream`]) held in the Redis server that flintd's
+//! configuration names (`[broker] url`).
 //!
 //! Every command has a deadline. A broker that is down or slow answers
 //! [`BrokerError::Unreachable`], and the next call connects again. Every
@@ -7,6 +8,7 @@
 //! of flintd or of Redis never leaves half of it.
 
 pub mod queue;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::Value;
 
 pub use queue::{Message, QueueInfo, QueueSettings, RedrivePolicy, SendOptions};
+pub use stream::{Position, StreamInfo, StreamRecord};
 
 const DEADLINE: Duration = Duration::from_secs(3);
 
@@ -24,6 +27,10 @@ pub enum BrokerError {
     Unreachable { url: String, reason: String },
     #[error("AWS.SimpleQueueService.NonExistentQueue: the queue {0} does not exist")]
     NoSuchQueue(String),
+    #[error("ResourceNotFoundException: the stream {0} does not exist")]
+    NoSuchStream(String),
+    #[error("ResourceInUseException: the stream {0} exists")]
+    StreamExists(String),
     #[error("ReceiptHandleIsInvalid: {0}")]
     ReceiptHandleIsInvalid(String),
     #[error("{field}: {rule}")]
@@ -65,6 +72,18 @@ fn arn_resource<'a>(
 pub fn parse_queue_arn(arn: &str, region: &str, account: &str) -> Result<String, BrokerError> {
     let name = arn_resource(arn, "sqs", "QueueArn", region, account)?;
     queue::validate_queue_name(name)?;
+    Ok(name.to_string())
+}
+
+/// A stream's name from its ARN
+/// (`arn:aws:kinesis:REGION:ACCOUNT:stream/NAME`).
+pub fn parse_stream_arn(arn: &str, region: &str, account: &str) -> Result<String, BrokerError> {
+    let res = arn_resource(arn, "kinesis", "StreamARN", region, account)?;
+    let name = res.strip_prefix("stream/").ok_or(BrokerError::Invalid {
+        field: "StreamARN",
+        rule: format!("{arn:?} is not a stream ARN"),
+    })?;
+    stream::validate_stream_name(name)?;
     Ok(name.to_string())
 }
 
@@ -177,6 +196,29 @@ impl Broker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_arns() {
+        assert_eq!(
+            parse_stream_arn(
+                "arn:aws:kinesis:us-east-1:000000000000:stream/clicks",
+                "us-east-1",
+                "000000000000"
+            )
+            .unwrap(),
+            "clicks"
+        );
+        for bad in [
+            "arn:aws:kinesis:us-east-1:000000000000:clicks",
+            "arn:aws:kinesis:us-east-1:000000000000:stream/a b",
+            "arn:aws:sqs:us-east-1:000000000000:stream/clicks",
+        ] {
+            assert!(
+                parse_stream_arn(bad, "us-east-1", "000000000000").is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn queue_arns() {

@@ -413,6 +413,56 @@ pub enum Command {
         #[arg(long)]
         queue_name: String,
     },
+    /// Creates a Kinesis-shaped stream on the node's broker.
+    CreateStream {
+        #[arg(long)]
+        stream_name: String,
+        #[arg(long, default_value_t = 1)]
+        shard_count: u32,
+        #[arg(long)]
+        retention_period_hours: Option<u32>,
+    },
+    DeleteStream {
+        #[arg(long)]
+        stream_name: String,
+    },
+    ListStreams,
+    DescribeStream {
+        #[arg(long)]
+        stream_name: String,
+    },
+    /// Writes a record; `--data` is the record's bytes as text (the AWS
+    /// CLI's `raw-in-base64-out`).
+    PutRecord {
+        #[arg(long)]
+        stream_name: String,
+        #[arg(long)]
+        partition_key: String,
+        #[arg(long)]
+        data: String,
+    },
+    GetShardIterator {
+        #[arg(long)]
+        stream_name: String,
+        #[arg(long)]
+        shard_id: String,
+        /// TRIM_HORIZON, LATEST, AT_TIMESTAMP, AT_SEQUENCE_NUMBER or
+        /// AFTER_SEQUENCE_NUMBER.
+        #[arg(long)]
+        shard_iterator_type: String,
+        #[arg(long, default_value = "")]
+        starting_sequence_number: String,
+        /// Seconds since the epoch, for AT_TIMESTAMP.
+        #[arg(long, default_value_t = 0.0)]
+        timestamp: f64,
+    },
+    /// Reads records (their `Data` in base64, as the AWS CLI prints it).
+    GetRecords {
+        #[arg(long)]
+        shard_iterator: String,
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
     /// Feeds a function from a queue on the node's broker: batches of its
     /// messages, deleted when the function succeeds.
     CreateEventSourceMapping {
@@ -422,6 +472,12 @@ pub enum Command {
         /// A name, `NAME:QUALIFIER`, or a function ARN.
         #[arg(long)]
         function_name: String,
+        /// Streams: TRIM_HORIZON, LATEST or AT_TIMESTAMP.
+        #[arg(long, default_value = "")]
+        starting_position: String,
+        /// Streams, AT_TIMESTAMP: seconds since the epoch.
+        #[arg(long)]
+        starting_position_timestamp: Option<f64>,
         #[command(flatten)]
         settings: MappingArgs,
     },
@@ -590,4 +646,25 @@ pub struct MappingArgs {
     /// `MaximumConcurrency=N` or `{"MaximumConcurrency":N}`; `{}` removes it.
     #[arg(long)]
     pub scaling_config: Option<String>,
+    /// Streams: 1 to 10 batches of a shard at once (order kept per
+    /// partition key).
+    #[arg(long)]
+    pub parallelization_factor: Option<u32>,
+    /// Streams: split a failed batch in two and retry each half.
+    #[arg(long, conflicts_with = "no_bisect_batch_on_function_error")]
+    pub bisect_batch_on_function_error: bool,
+    #[arg(long)]
+    pub no_bisect_batch_on_function_error: bool,
+    /// Streams: -1 (until the record expires) to 10000.
+    #[arg(long, allow_hyphen_values = true)]
+    pub maximum_retry_attempts: Option<i64>,
+    /// Streams: -1, or 60 to 604800.
+    #[arg(long, allow_hyphen_values = true)]
+    pub maximum_record_age_in_seconds: Option<i64>,
+    /// Streams: `{"OnFailure":{"Destination":QUEUE_ARN}}`.
+    #[arg(long)]
+    pub destination_config: Option<String>,
+    /// Streams: 0 to 900.
+    #[arg(long)]
+    pub tumbling_window_in_seconds: Option<u32>,
 }

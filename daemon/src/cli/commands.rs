@@ -124,6 +124,16 @@ pub async fn run(
         | Command::EventQueues) => {
             super::events::run(&mut c, &mut n, output, cmd).await?;
         }
+        cmd @ (Command::CreateStream { .. }
+        | Command::DeleteStream { .. }
+        | Command::ListStreams
+        | Command::DescribeStream { .. }
+        | Command::PutRecord { .. }
+        | Command::GetShardIterator { .. }
+        | Command::GetRecords { .. }) => {
+            let mut s = flint_proto::node::v1::streams_client::StreamsClient::new(channel.clone());
+            super::streams::run(&mut s, output, cmd).await?;
+        }
         cmd @ (Command::CreateEventSourceMapping { .. }
         | Command::UpdateEventSourceMapping { .. }
         | Command::GetEventSourceMapping { .. }

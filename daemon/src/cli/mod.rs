@@ -7,6 +7,7 @@ mod events;
 mod queues;
 mod scaling;
 mod sources;
+mod streams;
 
 use std::collections::BTreeMap;
 

@@ -42,6 +42,23 @@ fn mapping_json(m: &pb::EventSourceMappingConfiguration) -> Value {
     if let Some(s) = &m.scaling_config {
         v["ScalingConfig"] = json!({"MaximumConcurrency": s.maximum_concurrency});
     }
+    if !m.starting_position.is_empty() {
+        v["StartingPosition"] = json!(m.starting_position);
+        if let Some(t) = m.starting_position_timestamp {
+            v["StartingPositionTimestamp"] = json!(t);
+        }
+        v["ParallelizationFactor"] = json!(m.parallelization_factor);
+        v["BisectBatchOnFunctionError"] = json!(m.bisect_batch_on_function_error);
+        v["MaximumRetryAttempts"] = json!(m.maximum_retry_attempts);
+        v["MaximumRecordAgeInSeconds"] = json!(m.maximum_record_age_in_seconds);
+        v["TumblingWindowInSeconds"] = json!(m.tumbling_window_in_seconds);
+        let on_failure = m
+            .destination_config
+            .as_ref()
+            .and_then(|d| d.on_failure.as_ref())
+            .map(|f| json!({"Destination": f.destination}));
+        v["DestinationConfig"] = json!({"OnFailure": on_failure.unwrap_or(json!({}))});
+    }
     if let Some(s) = &m.status {
         v["Status"] = json!({
             "Batches": s.batches,
@@ -130,6 +147,24 @@ fn enabled(a: &MappingArgs) -> Option<bool> {
     }
 }
 
+fn bisect(a: &MappingArgs) -> Option<bool> {
+    match (
+        a.bisect_batch_on_function_error,
+        a.no_bisect_batch_on_function_error,
+    ) {
+        (true, _) => Some(true),
+        (_, true) => Some(false),
+        _ => None,
+    }
+}
+
+fn destination(a: &MappingArgs) -> Result<Option<pb::DestinationConfig>, CliError> {
+    a.destination_config
+        .as_deref()
+        .map(super::events::destination_config)
+        .transpose()
+}
+
 fn response_types(a: &MappingArgs) -> Option<Vec<String>> {
     a.function_response_types
         .as_ref()
@@ -145,6 +180,8 @@ pub async fn run(
         Command::CreateEventSourceMapping {
             event_source_arn,
             function_name,
+            starting_position,
+            starting_position_timestamp,
             settings,
         } => {
             let r = pb::CreateEventSourceMappingRequest {
@@ -164,6 +201,14 @@ pub async fn run(
                     .as_deref()
                     .map(scaling_config)
                     .transpose()?,
+                starting_position,
+                starting_position_timestamp,
+                parallelization_factor: settings.parallelization_factor,
+                bisect_batch_on_function_error: bisect(&settings),
+                maximum_retry_attempts: settings.maximum_retry_attempts,
+                maximum_record_age_in_seconds: settings.maximum_record_age_in_seconds,
+                destination_config: destination(&settings)?,
+                tumbling_window_in_seconds: settings.tumbling_window_in_seconds,
             };
             let m = c
                 .create_event_source_mapping(r)
@@ -195,6 +240,12 @@ pub async fn run(
                     .as_deref()
                     .map(scaling_config)
                     .transpose()?,
+                parallelization_factor: settings.parallelization_factor,
+                bisect_batch_on_function_error: bisect(&settings),
+                maximum_retry_attempts: settings.maximum_retry_attempts,
+                maximum_record_age_in_seconds: settings.maximum_record_age_in_seconds,
+                destination_config: destination(&settings)?,
+                tumbling_window_in_seconds: settings.tumbling_window_in_seconds,
             };
             let m = c
                 .update_event_source_mapping(r)

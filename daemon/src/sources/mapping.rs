@@ -14,6 +14,11 @@ use super::SourcesError;
 /// Lambda's bounds.
 pub const MAX_BATCH_SIZE: u32 = 10_000;
 pub const QUEUE_BATCH_DEFAULT: u32 = 10;
+pub const STREAM_BATCH_DEFAULT: u32 = 100;
+pub const MAX_PARALLELIZATION: u32 = 10;
+pub const MAX_RETRY_ATTEMPTS: i64 = 10_000;
+pub const RECORD_AGE_RANGE_S: (i64, i64) = (60, 604_800);
+pub const MAX_TUMBLING_WINDOW_S: u32 = 900;
 pub const MAX_WINDOW_S: u32 = 300;
 pub const CONCURRENCY_RANGE: (u32, u32) = (2, 1000);
 
@@ -62,6 +67,14 @@ impl State {
 pub enum SourceKind {
     /// An SQS-shaped queue on the broker, by name.
     Queue(String),
+    /// A Kinesis-shaped stream on the broker, by name.
+    Stream(String),
+}
+
+impl SourceKind {
+    pub fn is_stream(&self) -> bool {
+        matches!(self, SourceKind::Stream(_))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +90,27 @@ pub struct Mapping {
     pub filters: Vec<String>,
     pub report_batch_item_failures: bool,
     pub max_concurrency: Option<u32>,
+    /// Streams: `TRIM_HORIZON`, `LATEST` or `AT_TIMESTAMP`.
+    #[serde(default)]
+    pub starting_position: Option<String>,
+    #[serde(default)]
+    pub starting_position_timestamp_ms: Option<i64>,
+    #[serde(default = "one")]
+    pub parallelization_factor: u32,
+    #[serde(default)]
+    pub bisect_on_error: bool,
+    /// -1: until the record expires.
+    #[serde(default = "minus_one")]
+    pub max_retry_attempts: i64,
+    /// -1: no limit.
+    #[serde(default = "minus_one")]
+    pub max_record_age_s: i64,
+    /// Streams: a queue ARN for the metadata of batches that failed for
+    /// good.
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    #[serde(default)]
+    pub tumbling_window_s: u32,
     pub state: State,
     pub state_reason: String,
     pub last_modified_ms: i64,
@@ -95,6 +129,23 @@ pub struct MappingChange {
     pub function_response_types: Option<Vec<String>>,
     /// `Some(None)` removes the limit.
     pub max_concurrency: Option<Option<u32>>,
+    pub starting_position: Option<String>,
+    pub starting_position_timestamp_ms: Option<i64>,
+    pub parallelization_factor: Option<u32>,
+    pub bisect_on_error: Option<bool>,
+    pub max_retry_attempts: Option<i64>,
+    pub max_record_age_s: Option<i64>,
+    /// `Some("")` removes the destination.
+    pub on_failure: Option<String>,
+    pub tumbling_window_s: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn minus_one() -> i64 {
+    -1
 }
 
 fn invalid(field: &'static str, rule: impl Into<String>) -> SourcesError {
@@ -111,9 +162,14 @@ pub fn source_kind(arn: &str, region: &str, account: &str) -> Result<SourceKind,
             .map(SourceKind::Queue)
             .map_err(|e| invalid("EventSourceArn", e.to_string()));
     }
+    if arn.starts_with("arn:aws:kinesis:") {
+        return crate::broker::parse_stream_arn(arn, region, account)
+            .map(SourceKind::Stream)
+            .map_err(|e| invalid("EventSourceArn", e.to_string()));
+    }
     Err(invalid(
         "EventSourceArn",
-        format!("{arn:?}: this node reads queues on its broker (arn:aws:sqs:…); Kinesis-shaped streams have not landed"),
+        format!("{arn:?}: this node reads queues (arn:aws:sqs:…) and streams (arn:aws:kinesis:…) on its broker"),
     ))
 }
 
@@ -151,12 +207,14 @@ pub fn parse_function_name(
 }
 
 impl Mapping {
-    /// A new mapping with Lambda's defaults, the change applied.
+    /// A new mapping with Lambda's defaults for its kind of source, the
+    /// change applied.
     pub fn new(
         uuid: String,
         event_source_arn: String,
         function_name: String,
         qualifier: String,
+        kind: &SourceKind,
         change: &MappingChange,
     ) -> Result<Self, SourcesError> {
         let mut m = Mapping {
@@ -165,22 +223,40 @@ impl Mapping {
             function_name,
             qualifier,
             enabled: true,
-            batch_size: QUEUE_BATCH_DEFAULT,
+            batch_size: if kind.is_stream() {
+                STREAM_BATCH_DEFAULT
+            } else {
+                QUEUE_BATCH_DEFAULT
+            },
             window_s: 0,
             filters: Vec::new(),
             report_batch_item_failures: false,
             max_concurrency: None,
+            starting_position: None,
+            starting_position_timestamp_ms: None,
+            parallelization_factor: 1,
+            bisect_on_error: false,
+            max_retry_attempts: -1,
+            max_record_age_s: -1,
+            on_failure: None,
+            tumbling_window_s: 0,
             state: State::Creating,
             state_reason: "USER_INITIATED".into(),
             last_modified_ms: crate::time::now_ms(),
             last_processing_result: "No records processed".into(),
         };
-        m.apply(change)?;
+        if kind.is_stream() && change.starting_position.is_none() {
+            return Err(invalid(
+                "StartingPosition",
+                "a stream's mapping needs one: TRIM_HORIZON, LATEST or AT_TIMESTAMP",
+            ));
+        }
+        m.apply(change, kind)?;
         Ok(m)
     }
 
     /// Applies a change and checks the result against Lambda's rules.
-    pub fn apply(&mut self, c: &MappingChange) -> Result<(), SourcesError> {
+    pub fn apply(&mut self, c: &MappingChange, kind: &SourceKind) -> Result<(), SourcesError> {
         if let Some(e) = c.enabled {
             self.enabled = e;
         }
@@ -229,14 +305,131 @@ impl Mapping {
             }
             self.max_concurrency = mc;
         }
-        // SQS: a batch of more than 10 needs a batching window.
-        if self.batch_size > 10 && self.window_s == 0 {
-            return Err(invalid(
-                "MaximumBatchingWindowInSeconds",
-                "a BatchSize over 10 needs a batching window of at least 1 second",
-            ));
+        let stream_only = [
+            ("StartingPosition", c.starting_position.is_some()),
+            ("ParallelizationFactor", c.parallelization_factor.is_some()),
+            ("BisectBatchOnFunctionError", c.bisect_on_error.is_some()),
+            ("MaximumRetryAttempts", c.max_retry_attempts.is_some()),
+            ("MaximumRecordAgeInSeconds", c.max_record_age_s.is_some()),
+            ("DestinationConfig", c.on_failure.is_some()),
+            ("TumblingWindowInSeconds", c.tumbling_window_s.is_some()),
+        ];
+        if !kind.is_stream() {
+            if let Some((field, _)) = stream_only.iter().find(|(_, set)| *set) {
+                return Err(invalid(field, "applies to streams, not queues"));
+            }
+            // SQS: a batch of more than 10 needs a batching window.
+            if self.batch_size > 10 && self.window_s == 0 {
+                return Err(invalid(
+                    "MaximumBatchingWindowInSeconds",
+                    "a BatchSize over 10 needs a batching window of at least 1 second",
+                ));
+            }
+        } else {
+            if c.max_concurrency.is_some_and(|m| m.is_some()) {
+                return Err(invalid(
+                    "ScalingConfig",
+                    "applies to queues; a stream scales by ParallelizationFactor",
+                ));
+            }
+            self.apply_stream(c)?;
         }
         self.last_modified_ms = crate::time::now_ms();
+        Ok(())
+    }
+
+    fn apply_stream(&mut self, c: &MappingChange) -> Result<(), SourcesError> {
+        if let Some(p) = &c.starting_position {
+            if self
+                .starting_position
+                .as_deref()
+                .is_some_and(|cur| cur != p)
+            {
+                return Err(invalid(
+                    "StartingPosition",
+                    "cannot change once the mapping exists",
+                ));
+            }
+            match p.as_str() {
+                "TRIM_HORIZON" | "LATEST" => {}
+                "AT_TIMESTAMP" => {
+                    if c.starting_position_timestamp_ms.is_none() {
+                        return Err(invalid(
+                            "StartingPositionTimestamp",
+                            "AT_TIMESTAMP needs a timestamp",
+                        ));
+                    }
+                    self.starting_position_timestamp_ms = c.starting_position_timestamp_ms;
+                }
+                other => {
+                    return Err(invalid(
+                        "StartingPosition",
+                        format!("{other:?}: TRIM_HORIZON, LATEST or AT_TIMESTAMP"),
+                    ))
+                }
+            }
+            self.starting_position = Some(p.clone());
+        }
+        if let Some(f) = c.parallelization_factor {
+            if !(1..=MAX_PARALLELIZATION).contains(&f) {
+                return Err(invalid(
+                    "ParallelizationFactor",
+                    format!("must be between 1 and {MAX_PARALLELIZATION} (got {f})"),
+                ));
+            }
+            self.parallelization_factor = f;
+        }
+        if let Some(b) = c.bisect_on_error {
+            self.bisect_on_error = b;
+        }
+        if let Some(r) = c.max_retry_attempts {
+            if !(-1..=MAX_RETRY_ATTEMPTS).contains(&r) {
+                return Err(invalid(
+                    "MaximumRetryAttempts",
+                    format!("must be between -1 and {MAX_RETRY_ATTEMPTS} (got {r})"),
+                ));
+            }
+            self.max_retry_attempts = r;
+        }
+        if let Some(a) = c.max_record_age_s {
+            let (lo, hi) = RECORD_AGE_RANGE_S;
+            if a != -1 && !(lo..=hi).contains(&a) {
+                return Err(invalid(
+                    "MaximumRecordAgeInSeconds",
+                    format!("must be -1 or between {lo} and {hi} (got {a})"),
+                ));
+            }
+            self.max_record_age_s = a;
+        }
+        if let Some(d) = &c.on_failure {
+            self.on_failure = if d.is_empty() {
+                None
+            } else if d.starts_with("arn:aws:sqs:") {
+                Some(d.clone())
+            } else {
+                return Err(invalid(
+                    "DestinationConfig.OnFailure",
+                    format!(
+                        "{d:?}: the on-failure destination of a stream is a queue (arn:aws:sqs:…)"
+                    ),
+                ));
+            };
+        }
+        if let Some(w) = c.tumbling_window_s {
+            if w > MAX_TUMBLING_WINDOW_S {
+                return Err(invalid(
+                    "TumblingWindowInSeconds",
+                    format!("must be between 0 and {MAX_TUMBLING_WINDOW_S} (got {w})"),
+                ));
+            }
+            self.tumbling_window_s = w;
+        }
+        if self.tumbling_window_s > 0 && self.parallelization_factor > 1 {
+            return Err(invalid(
+                "TumblingWindowInSeconds",
+                "Flint keeps a window's state per shard: tumbling windows need ParallelizationFactor 1",
+            ));
+        }
         Ok(())
     }
 
@@ -266,6 +459,17 @@ impl MappingStore {
                  source_arn TEXT NOT NULL,
                  function TEXT NOT NULL,
                  body TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS checkpoints (
+                 uuid TEXT NOT NULL,
+                 shard TEXT NOT NULL,
+                 -- The last sequence number processed; NULL: before the
+                 -- oldest record.
+                 sequence TEXT,
+                 -- Tumbling windows: the open window's start (ms) and state.
+                 window_start INTEGER,
+                 window_state TEXT,
+                 PRIMARY KEY (uuid, shard)
              );",
         )?;
         Ok(Self {
@@ -338,10 +542,62 @@ impl MappingStore {
     }
 
     pub fn remove(&self, uuid: &str) -> Result<(), SourcesError> {
-        self.conn()
-            .execute("DELETE FROM mappings WHERE uuid = ?1", params![uuid])?;
+        let c = self.conn();
+        c.execute("DELETE FROM checkpoints WHERE uuid = ?1", params![uuid])?;
+        c.execute("DELETE FROM mappings WHERE uuid = ?1", params![uuid])?;
         Ok(())
     }
+
+    /// A shard's checkpoint, if one was stored.
+    pub fn checkpoint(&self, uuid: &str, shard: &str) -> Result<Option<Checkpoint>, SourcesError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT sequence, window_start, window_state FROM checkpoints
+                 WHERE uuid = ?1 AND shard = ?2",
+                params![uuid, shard],
+                |r| {
+                    Ok(Checkpoint {
+                        sequence: r.get(0)?,
+                        window_start_ms: r.get(1)?,
+                        window_state: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Stores a shard's checkpoint (synced: a restart resumes here).
+    pub fn save_checkpoint(
+        &self,
+        uuid: &str,
+        shard: &str,
+        cp: &Checkpoint,
+    ) -> Result<(), SourcesError> {
+        self.conn().execute(
+            "INSERT INTO checkpoints (uuid, shard, sequence, window_start, window_state)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (uuid, shard) DO UPDATE SET sequence = ?3, window_start = ?4,
+             window_state = ?5",
+            params![
+                uuid,
+                shard,
+                cp.sequence,
+                cp.window_start_ms,
+                cp.window_state
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Where a stream mapping is in one shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The last sequence number processed; `None`: before the oldest.
+    pub sequence: Option<String>,
+    pub window_start_ms: Option<i64>,
+    pub window_state: Option<String>,
 }
 
 fn body(m: &Mapping) -> Result<String, SourcesError> {
@@ -356,9 +612,79 @@ mod tests {
         MappingChange::default()
     }
 
+    fn q() -> SourceKind {
+        SourceKind::Queue("q".into())
+    }
+
+    #[test]
+    fn stream_fields_and_ranges() {
+        let st = SourceKind::Stream("s".into());
+        let new = |c: &MappingChange| {
+            Mapping::new("u".into(), "arn".into(), "f".into(), "".into(), &st, c)
+        };
+        assert!(
+            new(&change()).is_err(),
+            "a stream needs a starting position"
+        );
+        let base = MappingChange {
+            starting_position: Some("TRIM_HORIZON".into()),
+            ..change()
+        };
+        let m = new(&base).unwrap();
+        assert_eq!(m.batch_size, 100);
+        assert_eq!((m.max_retry_attempts, m.max_record_age_s), (-1, -1));
+        let bad = [
+            MappingChange {
+                starting_position: Some("EARLIEST".into()),
+                ..change()
+            },
+            MappingChange {
+                starting_position: Some("AT_TIMESTAMP".into()),
+                ..change()
+            },
+            MappingChange {
+                parallelization_factor: Some(11),
+                ..base.clone()
+            },
+            MappingChange {
+                max_retry_attempts: Some(-2),
+                ..base.clone()
+            },
+            MappingChange {
+                max_record_age_s: Some(59),
+                ..base.clone()
+            },
+            MappingChange {
+                tumbling_window_s: Some(901),
+                ..base.clone()
+            },
+            MappingChange {
+                on_failure: Some("arn:aws:sns:x".into()),
+                ..base.clone()
+            },
+            MappingChange {
+                max_concurrency: Some(Some(5)),
+                ..base.clone()
+            },
+        ];
+        for c in bad {
+            assert!(new(&c).is_err(), "{c:?}");
+        }
+        // Stream settings on a queue are errors.
+        assert!(Mapping::new("u".into(), "a".into(), "f".into(), "".into(), &q(), &base).is_err());
+    }
+
     #[test]
     fn defaults_and_ranges() {
-        let m = Mapping::new("u".into(), "arn".into(), "f".into(), "".into(), &change()).unwrap();
+        let m = Mapping::new(
+            "u".into(),
+            "arn".into(),
+            "f".into(),
+            "".into(),
+            &q(),
+            &change(),
+        )
+        .unwrap();
         assert_eq!((m.batch_size, m.window_s, m.enabled), (10, 0, true));
         assert_eq!(m.state, State::Creating);
         let bad = [
@@ -394,7 +720,7 @@ mod tests {
         ];
         for c in bad {
             assert!(
-                Mapping::new("u".into(), "arn".into(), "f".into(), "".into(), &c).is_err(),
+                Mapping::new("u".into(), "arn".into(), "f".into(), "".into(), &q(), &c).is_err(),
                 "{c:?}"
             );
         }
@@ -405,7 +731,7 @@ mod tests {
             function_response_types: Some(vec!["ReportBatchItemFailures".into()]),
             ..change()
         };
-        let m = Mapping::new("u".into(), "arn".into(), "f".into(), "".into(), &ok).unwrap();
+        let m = Mapping::new("u".into(), "arn".into(), "f".into(), "".into(), &q(), &ok).unwrap();
         assert!(m.report_batch_item_failures);
     }
 
@@ -432,7 +758,15 @@ mod tests {
     fn one_mapping_per_source_and_function() {
         let dir = tempfile::tempdir().unwrap();
         let s = MappingStore::open(&dir.path().join("s.db")).unwrap();
-        let m = Mapping::new("u1".into(), "a".into(), "f".into(), "".into(), &change()).unwrap();
+        let m = Mapping::new(
+            "u1".into(),
+            "a".into(),
+            "f".into(),
+            "".into(),
+            &q(),
+            &change(),
+        )
+        .unwrap();
         s.insert(&m).unwrap();
         let again = Mapping {
             uuid: "u2".into(),

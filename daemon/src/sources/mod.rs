@@ -15,6 +15,7 @@ pub mod filter;
 pub mod mapping;
 mod poller;
 mod sqs;
+mod stream;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +29,7 @@ use crate::invoke::Invoker;
 pub use filter::{FilterError, Filters};
 pub use mapping::{Mapping, MappingChange, MappingStore, SourceKind, State};
 pub use poller::{QueueSource, SourceMessage};
+pub use stream::StreamSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourcesError {
@@ -122,6 +124,12 @@ pub struct MappingView {
     pub last_error: Option<(i64, String)>,
 }
 
+/// A mapping's source, by kind.
+enum Source {
+    Queue(Arc<dyn QueueSource>),
+    Stream(Arc<dyn StreamSource>),
+}
+
 struct Running {
     stop: tokio::sync::watch::Sender<bool>,
     /// The mapping as the poller was started with it.
@@ -188,6 +196,9 @@ impl Sources {
             SourceKind::Queue(name) => {
                 self.broker()?.queue_info(name).await?;
             }
+            SourceKind::Stream(name) => {
+                self.broker()?.describe_stream(name).await?;
+            }
         }
         Ok(())
     }
@@ -217,8 +228,13 @@ impl Sources {
             event_source_arn.to_string(),
             name,
             qualifier,
+            &kind,
             change,
         )?;
+        if let Some(d) = &m.on_failure {
+            let queue = crate::broker::parse_queue_arn(d, &region, &account)?;
+            self.broker()?.queue_info(&queue).await?;
+        }
         self.store.insert(&m)?;
         self.wake.notify_one();
         Ok(m)
@@ -245,7 +261,9 @@ impl Sources {
             m.qualifier = qualifier;
         }
         let was_enabled = m.enabled;
-        m.apply(change)?;
+        let (region, account) = self.region_account();
+        let kind = mapping::source_kind(&m.event_source_arn, &region, &account)?;
+        m.apply(change, &kind)?;
         m.state = match (was_enabled, m.enabled) {
             (false, true) => State::Enabling,
             (true, false) => State::Disabling,
@@ -301,7 +319,8 @@ impl Sources {
     pub async fn view(&self, m: Mapping) -> MappingView {
         let s = self.stats(&m.uuid);
         let lag = match self.source(&m) {
-            Ok(src) => src.backlog().await.ok(),
+            Ok(Source::Queue(src)) => src.backlog().await.ok(),
+            Ok(Source::Stream(src)) => self.stream_lag(&m, &*src).await.ok(),
             Err(_) => None,
         };
         let last = s.last().clone();
@@ -322,17 +341,31 @@ impl Sources {
         }
     }
 
-    fn source(&self, m: &Mapping) -> Result<Arc<dyn QueueSource>, SourcesError> {
+    fn source(&self, m: &Mapping) -> Result<Source, SourcesError> {
         let (region, account) = self.region_account();
         match mapping::source_kind(&m.event_source_arn, &region, &account)? {
-            SourceKind::Queue(name) => Ok(Arc::new(sqs::BrokerQueue {
+            SourceKind::Queue(name) => Ok(Source::Queue(Arc::new(sqs::BrokerQueue {
                 broker: self.broker()?.clone(),
                 name,
                 arn: m.event_source_arn.clone(),
                 region,
                 account,
-            })),
+            }))),
+            SourceKind::Stream(name) => Ok(Source::Stream(Arc::new(stream::BrokerStream {
+                broker: self.broker()?.clone(),
+                name,
+            }))),
         }
+    }
+
+    /// Records behind the checkpoints, over every shard.
+    async fn stream_lag(&self, m: &Mapping, src: &dyn StreamSource) -> Result<u64, SourcesError> {
+        let mut total = 0;
+        for shard in src.shards().await? {
+            let cp = self.store.checkpoint(&m.uuid, &shard)?.unwrap_or_default();
+            total += src.behind(&shard, cp.sequence.as_deref()).await?;
+        }
+        Ok(total)
     }
 
     /// How many batches of a mapping may run at once: its maximum
@@ -435,7 +468,14 @@ impl Sources {
                         let this = self.clone();
                         let started = m.clone();
                         let task = tokio::spawn(async move {
-                            this.clone().run_queue(started, src, stats, rx).await;
+                            match src {
+                                Source::Queue(q) => {
+                                    this.clone().run_queue(started, q, stats, rx).await
+                                }
+                                Source::Stream(s) => {
+                                    this.clone().run_stream(started, s, stats, rx).await
+                                }
+                            }
                             // The reconciler settles what waited for this.
                             this.wake.notify_one();
                         });
