@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
-use crate::api::{FunctionsService, NodeService, QueuesService, StreamsService};
+use crate::api::{FunctionsService, NodeService, QueuesService, SchedulerService, StreamsService};
 use crate::config::{Config, Listen};
 use crate::node::{Node, NodeError};
 
@@ -70,6 +70,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .add_service(NodeService::new(node.clone()).into_server())
         .add_service(QueuesService::server(node.clone()))
         .add_service(StreamsService::server(node.clone()))
+        .add_service(SchedulerService::server(node.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha);
@@ -170,6 +171,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let dispatcher = tokio::spawn(node.events().clone().run());
     // Event source mappings poll their sources.
     let pollers = tokio::spawn(node.sources().clone().run());
+    // Schedules fire as they come due.
+    let schedules = tokio::spawn(node.sources().clone().run_schedules());
 
     // Provisioned concurrency follows load where a scalable target says so.
     let autoscaler_node = node.clone();
@@ -197,6 +200,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     autoscaler.abort();
     dispatcher.abort();
     pollers.abort();
+    schedules.abort();
     // Stop accepting; in-flight calls (invocations) get the grace period.
     let _ = stop_tx.send(true);
     health.set_not_serving::<flint_proto::node::v1::functions_server::FunctionsServer<FunctionsService>>().await;

@@ -63,6 +63,13 @@ pub fn rfc3339(t: SystemTime) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
 }
 
+/// `2026-11-27T10:39:00Z` (whole seconds), as EventBridge's event `time`.
+pub fn rfc3339_s(ms: i64) -> String {
+    let (y, mo, d, h, mi, s, _) =
+        parts(UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64));
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
 /// `2026/11/27`, the date prefix of a log stream name.
 pub fn date_path(t: SystemTime) -> String {
     let (y, mo, d, ..) = parts(t);
@@ -78,6 +85,7 @@ mod tests {
     fn formats_known_instants() {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_775_940_123);
         assert_eq!(rfc3339(t), "2026-11-27T10:39:00.123Z");
+        assert_eq!(rfc3339_s(1_795_775_940_123), "2026-11-27T10:39:00Z");
         assert_eq!(lambda_timestamp(t), "2026-11-27T10:39:00.123+0000");
         assert_eq!(date_path(t), "2026/11/27");
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");

@@ -10,6 +10,7 @@
 mod events;
 mod queues;
 mod scaling;
+mod schedules;
 mod sources;
 mod status;
 mod streams;
@@ -34,6 +35,7 @@ use crate::node::{AliasSpec, InstanceStatus, Node};
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
 
 pub use queues::QueuesService;
+pub use schedules::SchedulerService;
 pub use streams::StreamsService;
 
 pub struct FunctionsService {

@@ -111,7 +111,11 @@ fn events(e: &EventsError) -> Status {
 
 fn sources(e: &SourcesError) -> Status {
     match e {
-        SourcesError::NotFound(_) => status(Code::NotFound, "ResourceNotFoundException", e),
+        SourcesError::NotFound(_) | SourcesError::NoSchedule(_) => {
+            status(Code::NotFound, "ResourceNotFoundException", e)
+        }
+        SourcesError::Expr(_) => status(Code::InvalidArgument, "ValidationException", e),
+        SourcesError::Events(ev) => events(ev),
         SourcesError::Conflict(_) => status(Code::AlreadyExists, "ResourceConflictException", e),
         SourcesError::InUse(_) => status(Code::FailedPrecondition, "ResourceInUseException", e),
         SourcesError::Invalid { .. } | SourcesError::Filter(_) => {

@@ -413,6 +413,26 @@ pub enum Command {
         #[arg(long)]
         queue_name: String,
     },
+    /// Invokes a function asynchronously on a schedule (shaped like
+    /// `aws scheduler create-schedule`).
+    CreateSchedule {
+        #[command(flatten)]
+        schedule: ScheduleArgs,
+    },
+    /// Replaces a schedule's settings.
+    UpdateSchedule {
+        #[command(flatten)]
+        schedule: ScheduleArgs,
+    },
+    GetSchedule {
+        #[arg(long)]
+        name: String,
+    },
+    DeleteSchedule {
+        #[arg(long)]
+        name: String,
+    },
+    ListSchedules,
     /// Creates a Kinesis-shaped stream on the node's broker.
     CreateStream {
         #[arg(long)]
@@ -667,4 +687,28 @@ pub struct MappingArgs {
     /// Streams: 0 to 900.
     #[arg(long)]
     pub tumbling_window_in_seconds: Option<u32>,
+}
+
+/// A schedule's settings.
+#[derive(clap::Args)]
+pub struct ScheduleArgs {
+    #[arg(long)]
+    pub name: String,
+    /// `rate(5 minutes)`, `cron(0 9 ? * MON-FRI *)` or `at(2026-12-24T18:00:00)`.
+    #[arg(long)]
+    pub schedule_expression: String,
+    /// An IANA time zone for cron and at (UTC by default).
+    #[arg(long, default_value = "")]
+    pub schedule_expression_timezone: String,
+    /// JSON: `{"Arn": FUNCTION_ARN, "Input": "...", "RoleArn": "..."}`.
+    #[arg(long)]
+    pub target: String,
+    /// ENABLED or DISABLED.
+    #[arg(long, default_value = "ENABLED")]
+    pub state: String,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// JSON: `{"Mode": "OFF"}` (the only mode).
+    #[arg(long, default_value = "")]
+    pub flexible_time_window: String,
 }

@@ -124,6 +124,15 @@ pub async fn run(
         | Command::EventQueues) => {
             super::events::run(&mut c, &mut n, output, cmd).await?;
         }
+        cmd @ (Command::CreateSchedule { .. }
+        | Command::UpdateSchedule { .. }
+        | Command::GetSchedule { .. }
+        | Command::DeleteSchedule { .. }
+        | Command::ListSchedules) => {
+            let mut s =
+                flint_proto::node::v1::scheduler_client::SchedulerClient::new(channel.clone());
+            super::schedules::run(&mut s, output, cmd).await?;
+        }
         cmd @ (Command::CreateStream { .. }
         | Command::DeleteStream { .. }
         | Command::ListStreams

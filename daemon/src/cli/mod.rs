@@ -6,6 +6,7 @@ pub mod commands;
 mod events;
 mod queues;
 mod scaling;
+mod schedules;
 mod sources;
 mod streams;
 

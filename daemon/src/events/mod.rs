@@ -232,6 +232,51 @@ impl Events {
         })
     }
 
+    /// Queues the event of a schedule's firing at `fire_ms` (its request
+    /// id is derived from the schedule and the time), unless it already
+    /// fired then: answers whether it was queued.
+    pub async fn fire_schedule(
+        &self,
+        schedule: &str,
+        fire_ms: i64,
+        function: &str,
+        qualifier: &str,
+        payload: Vec<u8>,
+    ) -> Result<bool, EventsError> {
+        if payload.len() > MAX_ASYNC_PAYLOAD {
+            return Err(EventsError::PayloadTooLarge {
+                size: payload.len(),
+                limit: MAX_ASYNC_PAYLOAD,
+            });
+        }
+        let event = NewEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            function: function.to_string(),
+            qualifier: qualifier.to_string(),
+            payload,
+            received_ms: now_ms(),
+        };
+        let schedule = schedule.to_string();
+        let queued = self
+            .blocking(move |q| q.fire_schedule(&schedule, fire_ms, &event))
+            .await?;
+        if queued {
+            self.wake.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// When a schedule last fired, and how often.
+    pub async fn schedule_fired(&self, schedule: &str) -> Result<Option<(i64, u64)>, EventsError> {
+        let schedule = schedule.to_string();
+        self.blocking(move |q| q.schedule_fired(&schedule)).await
+    }
+
+    pub async fn forget_schedule(&self, schedule: &str) -> Result<(), EventsError> {
+        let schedule = schedule.to_string();
+        self.blocking(move |q| q.forget_schedule(&schedule)).await
+    }
+
     /// Runs queued events as they fall due, and writes what they leave
     /// for the broker, for ever.
     pub async fn run(self: Arc<Self>) {

@@ -51,6 +51,13 @@ CREATE TABLE IF NOT EXISTS outbox (
     due_ms     INTEGER NOT NULL,
     attempts   INTEGER NOT NULL DEFAULT 0
 );
+-- Schedules: the last time each fired. Written in the transaction that
+-- queues the firing's event, so that a firing happens exactly once.
+CREATE TABLE IF NOT EXISTS schedule_fires (
+    schedule     TEXT PRIMARY KEY,
+    last_fire_ms INTEGER NOT NULL,
+    fires        INTEGER NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS counts (
     function  TEXT PRIMARY KEY,
     received  INTEGER NOT NULL DEFAULT 0,
@@ -192,6 +199,57 @@ impl EventQueue {
     /// Queues an event; when this returns, it is on disk.
     pub fn accept(&self, e: &NewEvent) -> Result<(), EventsError> {
         self.accept_all(&[e])
+    }
+
+    /// Queues the event of a schedule's firing at `fire_ms`, unless the
+    /// schedule already fired at or after that time: answers whether it
+    /// was queued. The event and the schedule's mark are one transaction.
+    pub fn fire_schedule(
+        &self,
+        schedule: &str,
+        fire_ms: i64,
+        e: &NewEvent,
+    ) -> Result<bool, EventsError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let last: Option<i64> = tx
+            .query_row(
+                "SELECT last_fire_ms FROM schedule_fires WHERE schedule = ?1",
+                params![schedule],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if last.is_some_and(|l| l >= fire_ms) {
+            return Ok(false);
+        }
+        insert(&tx, e)?;
+        tx.execute(
+            "INSERT INTO schedule_fires (schedule, last_fire_ms, fires) VALUES (?1, ?2, 1)
+             ON CONFLICT (schedule) DO UPDATE SET last_fire_ms = ?2, fires = fires + 1",
+            params![schedule, fire_ms],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// When a schedule last fired, and how often it has.
+    pub fn schedule_fired(&self, schedule: &str) -> Result<Option<(i64, u64)>, EventsError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT last_fire_ms, fires FROM schedule_fires WHERE schedule = ?1",
+                params![schedule],
+                |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+            )
+            .optional()?)
+    }
+
+    pub fn forget_schedule(&self, schedule: &str) -> Result<(), EventsError> {
+        self.conn().execute(
+            "DELETE FROM schedule_fires WHERE schedule = ?1",
+            params![schedule],
+        )?;
+        Ok(())
     }
 
     /// Queues events in one transaction (one sync for all of them).

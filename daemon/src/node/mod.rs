@@ -227,6 +227,7 @@ impl Node {
         let sources = Arc::new(crate::sources::Sources::open(
             &config.data_dir.join("sources.db"),
             invoker.clone(),
+            events.clone(),
             broker,
         )?);
         let node = Self {

@@ -472,12 +472,13 @@ impl MappingStore {
                  PRIMARY KEY (uuid, shard)
              );",
         )?;
+        conn.execute_batch(super::schedule::SCHEMA)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 

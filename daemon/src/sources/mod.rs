@@ -11,9 +11,11 @@
 //!
 //! Layering: `node/` → `sources/` → `invoke/`, `broker/`.
 
+pub mod expr;
 pub mod filter;
 pub mod mapping;
 mod poller;
+pub mod schedule;
 mod sqs;
 mod stream;
 
@@ -35,6 +37,12 @@ pub use stream::StreamSource;
 pub enum SourcesError {
     #[error("ResourceNotFoundException: the event source mapping {0} does not exist")]
     NotFound(String),
+    #[error("ResourceNotFoundException: the schedule {0} does not exist")]
+    NoSchedule(String),
+    #[error(transparent)]
+    Expr(#[from] expr::ExprError),
+    #[error(transparent)]
+    Events(#[from] crate::events::EventsError),
     #[error("ResourceConflictException: {0}")]
     Conflict(String),
     #[error("ResourceInUseException: {0}")]
@@ -147,6 +155,9 @@ impl Running {
 pub struct Sources {
     store: MappingStore,
     invoker: Arc<Invoker>,
+    events: Arc<crate::events::Events>,
+    wake_schedules: tokio::sync::Notify,
+    schedule_counts: schedule::ScheduleCounts,
     broker: Option<Arc<Broker>>,
     wake: tokio::sync::Notify,
     running: Mutex<HashMap<String, Running>>,
@@ -159,11 +170,15 @@ impl Sources {
     pub fn open(
         path: &std::path::Path,
         invoker: Arc<Invoker>,
+        events: Arc<crate::events::Events>,
         broker: Option<Arc<Broker>>,
     ) -> Result<Self, SourcesError> {
         Ok(Self {
             store: MappingStore::open(path)?,
             invoker,
+            events,
+            wake_schedules: tokio::sync::Notify::new(),
+            schedule_counts: Default::default(),
             broker,
             wake: tokio::sync::Notify::new(),
             running: Mutex::new(HashMap::new()),
