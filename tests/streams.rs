@@ -440,11 +440,25 @@ async fn streams_feed_functions_in_order_with_bisect_retries_windows_and_restart
     .await
     .unwrap();
     let mut sum_written = 0;
+    let mut seventh_at = 0;
     for n in 1..=12i64 {
+        if n == 7 {
+            seventh_at = flint_daemon::time::now_ms();
+        }
         st.put("metrics", "m", &serde_json::json!({"n": n})).await;
         sum_written += n;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    // AT_TIMESTAMP: from the seventh record on.
+    c.create_event_source_mapping(pb::CreateEventSourceMappingRequest {
+        event_source_arn: stream_arn("metrics"),
+        function_name: "late-reader".into(),
+        starting_position: "AT_TIMESTAMP".into(),
+        starting_position_timestamp: Some(seventh_at as f64 / 1000.0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let windows = until(
         Duration::from_secs(180),
         "the windows to close",
@@ -459,6 +473,17 @@ async fn streams_feed_functions_in_order_with_bisect_retries_windows_and_restart
         },
     )
     .await;
+    let from_seventh = until(Duration::from_secs(120), "AT_TIMESTAMP", async || {
+        let r: Vec<i64> = processed(&ep, "late-reader")
+            .await
+            .iter()
+            .filter(|x| x["pk"] == "m")
+            .map(|x| x["n"].as_i64().unwrap())
+            .collect();
+        (r.len() >= 6).then_some(r)
+    })
+    .await;
+    assert_eq!(from_seventh, (7..=12).collect::<Vec<_>>());
     let finals: Vec<&Value> = windows.iter().filter(|x| x["final"] == true).collect();
     assert!(
         finals.len() >= 2,
@@ -523,6 +548,38 @@ async fn streams_feed_functions_in_order_with_bisect_retries_windows_and_restart
     )
     .await;
     let repeats = after.len() - before - 60;
+    // Redis goes away and comes back: records written before and after
+    // are all processed, none lost (its append-only file keeps them).
+    let mut redis = redis;
+    redis.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart();
+    let mut st = Streams {
+        s: pb::streams_client::StreamsClient::new(
+            flint_daemon::client::channel(&ep).await.unwrap(),
+        ),
+    };
+    for n in 300..310i64 {
+        st.put(
+            "clicks",
+            &format!("user-{}", n % 5),
+            &serde_json::json!({"n": n}),
+        )
+        .await;
+    }
+    until(
+        Duration::from_secs(180),
+        "the records after Redis's restart",
+        async || {
+            let ns: HashSet<i64> = processed(&ep, "reader")
+                .await
+                .iter()
+                .map(|x| x["n"].as_i64().unwrap())
+                .collect();
+            (300..310).all(|n| ns.contains(&n)).then_some(())
+        },
+    )
+    .await;
     eprintln!(
         "kill -9 during a stream run: 60 records, {at_kill} done at the kill, all processed after the restart; {repeats} processed again"
     );
