@@ -426,12 +426,20 @@ async fn acknowledged_events_survive_kill_9_and_each_completes() {
     let mut seen = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     while !acked.iter().all(|id| seen.contains(id)) {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} acknowledged events reached their destination",
-            acked.iter().filter(|id| seen.contains(*id)).count(),
-            acked.len()
-        );
+        if Instant::now() >= deadline {
+            // What flintd said, and what the queue still holds, for the
+            // diagnosis.
+            let log = std::fs::read_to_string(dir.path().join("flintd.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            let queues = flintctl(&flintd.endpoint, &["event-queues", "--output", "json"])
+                .unwrap_or_else(|e| e);
+            panic!(
+                "{} of {} acknowledged events reached their destination\nevent-queues: {queues}\nflintd's log, last lines first:\n{}",
+                acked.iter().filter(|id| seen.contains(*id)).count(),
+                acked.len(),
+                tail.join("\n")
+            );
+        }
         let got = q
             .receive_message(pb::ReceiveMessageRequest {
                 queue_name: "crash-done".into(),

@@ -1,7 +1,8 @@
 //! The sources suite: messages per second from a queue on a real Redis
 //! through an event source mapping (batch 10) into a trivial function, and
 //! how long a message waits from its write to the start of the handler
-//! that gets it, at a steady light rate and in a backlog.
+//! that gets it, at a steady light rate and in a backlog; then the same
+//! backlog through a stream of one shard and of four (batch 100).
 //!
 //! The handler's start is read by the guest's clock, which flintd sets from
 //! the host's at every restore and wake.
@@ -20,7 +21,9 @@ use super::{percentile, serve, zip_app, Args};
 const SINK: &[u8] = b"import json, time
 def handler(event, context):
     t = int(time.time() * 1000)
-    sent = [int(r['attributes']['SentTimestamp']) for r in event.get('Records', [])]
+    sent = [int(r['attributes']['SentTimestamp']) if 'attributes' in r
+            else int(r['kinesis']['approximateArrivalTimestamp'] * 1000)
+            for r in event.get('Records', [])]
     print('SINK %d %s' % (t, json.dumps(sent)))
 ";
 
@@ -230,13 +233,77 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
         .into_inner()
         .event_source_mappings;
     let status = m.first().and_then(|m| m.status.clone()).unwrap_or_default();
+    eprintln!("flint-bench sources: queue done");
+
+    // Streams: the same backlog through a stream of one shard, then of
+    // four, read with Kinesis's default batch of 100: written while the
+    // mapping reads (write-to-start latency), then written first and
+    // drained from the start (the drain rate).
+    let mut done = steady + backlog;
+    for shards in [1u32, 4] {
+        for drained in [false, true] {
+            let name = format!("bench-{shards}-{drained}");
+            broker.create_stream(&name, shards, None).await?;
+            let map = || pb::CreateEventSourceMappingRequest {
+                event_source_arn: format!("arn:aws:kinesis:{region}:{account}:stream/{name}"),
+                function_name: "sink".into(),
+                starting_position: "TRIM_HORIZON".into(),
+                ..Default::default()
+            };
+            if !drained {
+                s.fns.create_event_source_mapping(map()).await?;
+            }
+            let t = Instant::now();
+            for i in 0..backlog {
+                let data = format!("{{\"s\":{i}}}");
+                broker
+                    .put_record(&name, &format!("k{}", i % 64), data.as_bytes())
+                    .await?;
+            }
+            let t = if drained {
+                let t = Instant::now();
+                s.fns.create_event_source_mapping(map()).await?;
+                t
+            } else {
+                t
+            };
+            done += backlog;
+            let d = wait_for(&mut s.node, done).await?;
+            let secs = t.elapsed().as_secs_f64();
+            let mut latest = d;
+            latest.sort_by_key(|(_, sent)| *sent);
+            let ms = latencies(&latest[latest.len() - backlog..]);
+            phases.push(Phase {
+                name: match (shards, drained) {
+                    (1, false) => "stream 1 shard",
+                    (1, true) => "  drain, 1 shard",
+                    (_, false) => "stream 4 shards",
+                    (_, true) => " drain, 4 shards",
+                },
+                messages: backlog,
+                per_s: backlog as f64 / secs,
+                // A drained backlog waited for its mapping: no latency.
+                p50_ms: if drained {
+                    f64::NAN
+                } else {
+                    percentile(&ms, 50.0)
+                },
+                p99_ms: if drained {
+                    f64::NAN
+                } else {
+                    percentile(&ms, 99.0)
+                },
+            });
+            eprintln!("flint-bench sources: stream of {shards} (drained: {drained}) done");
+        }
+    }
     s.shutdown().await;
 
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
     println!(
-        "Event source mapping: a queue on Redis → python3.11 ({} MB), batch 10",
+        "Event source mappings on Redis → python3.11 ({} MB): a queue (batch 10), streams (batch 100)",
         args.memory
     );
     println!("accelerator: {} ({})", accel.accel.name(), accel.reason);
@@ -247,13 +314,24 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
     );
     println!();
     println!(
-        "{:>14} {:>9} {:>12} {:>14} {:>14}",
+        "{:>17} {:>9} {:>12} {:>14} {:>14}",
         "phase", "messages", "messages/s", "write→start p50", "write→start p99"
     );
     for p in &phases {
+        let ms = |v: f64| {
+            if v.is_nan() {
+                "–".to_string()
+            } else {
+                format!("{v:.0}ms")
+            }
+        };
         println!(
-            "{:>14} {:>9} {:>12.0} {:>12.0}ms {:>12.0}ms",
-            p.name, p.messages, p.per_s, p.p50_ms, p.p99_ms
+            "{:>17} {:>9} {:>12.0} {:>14} {:>14}",
+            p.name,
+            p.messages,
+            p.per_s,
+            ms(p.p50_ms),
+            ms(p.p99_ms)
         );
     }
     let json = serde_json::json!({
