@@ -5,7 +5,8 @@
 //! goes away and comes back, a full disk, and acknowledged events that
 //! survive `kill -9` of flintd.
 //! Lambda's delays are scaled down by the test-only
-//! `testing.async_time_scale` (a minute is 60 ms at 0.001).
+//! `testing.async_time_scale` (a minute is 60 ms at 0.001; 600 ms for the
+//! spawned flintd of the crash test, whose events must outlive cold starts).
 //!
 //! Why one file of 850 lines: the tests share one node helper, one worker
 //! function and the readers of records and queues; each test is a story

@@ -595,7 +595,10 @@ impl Drop for Redis {
 }
 
 /// A flintd process of its own (for tests that kill it), with the
-/// region and account the tests use, the async clock shrunk 1000 times,
+/// region and account the tests use, the async clock shrunk 100 times
+/// (an event's maximum age of 6 hours is 216 s: longer than a burst of cold
+/// starts takes on a loaded 2-core machine; at 1000 times it was 21.6 s,
+/// and events were dropped as too old before their instance had started),
 /// and VMM uids `uid_offset` above the default.
 pub struct Flintd {
     pub child: std::process::Child,
@@ -616,7 +619,7 @@ pub fn spawn_flintd(dir: &Path, broker: &str, uid_offset: u32) -> Flintd {
         &config,
         format!(
             "data_dir = {:?}\nlisten = [{:?}]\nartifacts_dir = {:?}\nregion = \"us-east-1\"\naccount_id = \"000000000000\"\n\
-             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.001\n[broker]\nurl = {broker:?}\n",
+             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.01\n[broker]\nurl = {broker:?}\n",
             dir.join("data"),
             format!("unix:{}", sock.display()),
             artifacts_dir(),
