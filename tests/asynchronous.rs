@@ -39,16 +39,7 @@ fn bus(name: &str) -> String {
 }
 
 async fn create_worker(c: &mut FunctionsClient<Channel>, name: &str) {
-    c.create_function(pb::CreateFunctionRequest {
-        function_name: name.into(),
-        runtime: "python3.11".into(),
-        handler: "app.handler".into(),
-        zip_file: zip_files(&[("app.py", WORKER, 0o644)]),
-        timeout: 30,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_python(c, name, WORKER).await;
 }
 
 async fn send(

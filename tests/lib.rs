@@ -654,3 +654,38 @@ pub fn spawn_flintd(dir: &Path, broker: &str, uid_offset: u32) -> Flintd {
         endpoint: format!("unix:{}", sock.display()),
     }
 }
+
+/// Creates a python3.11 function whose `app.py` is `code` (handler
+/// `app.handler`, timeout 30 s).
+pub async fn create_python(c: &mut FunctionsClient<Channel>, name: &str, code: &[u8]) {
+    c.create_function(pb::CreateFunctionRequest {
+        function_name: name.into(),
+        runtime: "python3.11".into(),
+        handler: "app.handler".into(),
+        zip_file: zip_files(&[("app.py", code, 0o644)]),
+        timeout: 30,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Every log line of `function` on the node at `endpoint`, in order.
+pub async fn log_messages(endpoint: &str, function: &str) -> Vec<String> {
+    use tokio_stream::StreamExt;
+    let channel = flint_daemon::client::channel(endpoint).await.unwrap();
+    let mut stream = pb::node_client::NodeClient::new(channel)
+        .tail_logs(pb::TailLogsRequest {
+            function_name: function.into(),
+            since_seconds: 0,
+            follow: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(l) = stream.next().await {
+        out.push(l.unwrap().message);
+    }
+    out
+}

@@ -21,25 +21,12 @@ const ARN: &str = "arn:aws:lambda:us-east-1:000000000000:function:tick";
 
 /// Every event the function logged, in order.
 async fn ticks(endpoint: &str) -> Vec<Value> {
-    use tokio_stream::StreamExt;
-    let channel = flint_daemon::client::channel(endpoint).await.unwrap();
-    let mut n = pb::node_client::NodeClient::new(channel);
-    let mut stream = n
-        .tail_logs(pb::TailLogsRequest {
-            function_name: "tick".into(),
-            since_seconds: 0,
-            follow: false,
-        })
+    log_messages(endpoint, "tick")
         .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(l) = stream.next().await {
-        if let Some(json) = l.unwrap().message.trim().strip_prefix("TICK ") {
-            out.push(serde_json::from_str(json).unwrap());
-        }
-    }
-    out
+        .iter()
+        .filter_map(|m| m.trim().strip_prefix("TICK ").map(String::from))
+        .map(|json| serde_json::from_str(&json).unwrap())
+        .collect()
 }
 
 /// Events per schedule name (scheduled events) or "input" (the rate's).
@@ -110,15 +97,7 @@ async fn schedules_fire_on_time_once_and_catch_up_after_a_crash() {
     let channel = flint_daemon::client::channel(&ep).await.unwrap();
     let mut c = pb::functions_client::FunctionsClient::new(channel.clone());
     let mut s = pb::scheduler_client::SchedulerClient::new(channel.clone());
-    c.create_function(pb::CreateFunctionRequest {
-        function_name: "tick".into(),
-        runtime: "python3.11".into(),
-        handler: "app.handler".into(),
-        zip_file: zip_files(&[("app.py", TICK, 0o644)]),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_python(&mut c, "tick", TICK).await;
     c.invoke(pb::InvokeRequest {
         function_name: "tick".into(),
         payload: b"{}".to_vec(),

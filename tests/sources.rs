@@ -51,29 +51,21 @@ fn queue_arn(name: &str) -> String {
 struct Clients {
     c: FunctionsClient<Channel>,
     q: QueuesClient<Channel>,
-    n: pb::node_client::NodeClient<Channel>,
+    /// The endpoint, for reading logs.
+    n: String,
 }
 
 async fn clients(endpoint: &str) -> Clients {
     let channel = flint_daemon::client::channel(endpoint).await.unwrap();
     Clients {
         c: FunctionsClient::new(channel.clone()),
-        q: QueuesClient::new(channel.clone()),
-        n: pb::node_client::NodeClient::new(channel),
+        q: QueuesClient::new(channel),
+        n: endpoint.to_string(),
     }
 }
 
 async fn create_collector(c: &mut FunctionsClient<Channel>, name: &str) {
-    c.create_function(pb::CreateFunctionRequest {
-        function_name: name.into(),
-        runtime: "python3.11".into(),
-        handler: "app.handler".into(),
-        zip_file: zip_files(&[("app.py", COLLECTOR, 0o644)]),
-        timeout: 30,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_python(c, name, COLLECTOR).await;
 }
 
 async fn create_queue(q: &mut QueuesClient<Channel>, r: pb::CreateQueueRequest) {
@@ -106,20 +98,9 @@ fn uuid_like(body: &str) -> String {
 }
 
 /// Every batch the function logged so far, in log order.
-async fn batches(n: &mut pb::node_client::NodeClient<Channel>, function: &str) -> Vec<Vec<Value>> {
-    use tokio_stream::StreamExt;
-    let mut stream = n
-        .tail_logs(pb::TailLogsRequest {
-            function_name: function.into(),
-            since_seconds: 0,
-            follow: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+async fn batches(endpoint: &str, function: &str) -> Vec<Vec<Value>> {
     let mut out = Vec::new();
-    while let Some(l) = stream.next().await {
-        let m = l.unwrap().message;
+    for m in log_messages(endpoint, function).await {
         if let Some(json) = m.trim().strip_prefix("BATCH ") {
             let batch = serde_json::from_str::<Vec<Value>>(json).unwrap();
             // A direct invocation (the warm-up) logs an empty one.
@@ -146,7 +127,7 @@ async fn queue_total(q: &mut QueuesClient<Channel>, queue: &str) -> u64 {
 
 /// Waits until `done` holds of the function's batches (or panics).
 async fn batches_until(
-    n: &mut pb::node_client::NodeClient<Channel>,
+    n: &str,
     function: &str,
     limit: Duration,
     done: impl Fn(&[Vec<Value>]) -> bool,
@@ -228,11 +209,7 @@ async fn queues_feed_functions_in_batches_with_filters_failures_redrive_and_fifo
             ..JailSettings::default()
         };
     });
-    let Clients {
-        mut c,
-        mut q,
-        mut n,
-    } = clients(&node.endpoint).await;
+    let Clients { mut c, mut q, n } = clients(&node.endpoint).await;
     let f = "collector";
     create_collector(&mut c, f).await;
 
@@ -372,7 +349,7 @@ async fn queues_feed_functions_in_batches_with_filters_failures_redrive_and_fifo
         }
         send(&mut q, "orders", &body, "").await;
     }
-    let got = batches_until(&mut n, f, Duration::from_secs(300), |b| {
+    let got = batches_until(&n, f, Duration::from_secs(300), |b| {
         let seen: HashSet<String> = bodies(b).into_iter().collect();
         seen.len() >= expected.len() && b.iter().flatten().filter(|r| r["rc"] == 2).count() >= 2
     })
@@ -433,10 +410,10 @@ async fn queues_feed_functions_in_batches_with_filters_failures_redrive_and_fifo
     .await
     .unwrap();
     state_until(&mut c, &m.uuid, "Disabled").await;
-    let before = bodies(&batches(&mut n, f).await).len();
+    let before = bodies(&batches(&n, f).await).len();
     send(&mut q, "orders", r#"{"kind": "order", "late": true}"#, "").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(bodies(&batches(&mut n, f).await).len(), before);
+    assert_eq!(bodies(&batches(&n, f).await).len(), before);
     assert_eq!(queue_total(&mut q, "orders").await, 1);
     flintctl(
         &node.endpoint,
@@ -448,7 +425,7 @@ async fn queues_feed_functions_in_batches_with_filters_failures_redrive_and_fifo
         ],
     )
     .unwrap();
-    batches_until(&mut n, f, Duration::from_secs(120), |b| {
+    batches_until(&n, f, Duration::from_secs(120), |b| {
         bodies(b).iter().any(|x| x.contains("late"))
     })
     .await;
@@ -529,7 +506,7 @@ async fn queues_feed_functions_in_batches_with_filters_failures_redrive_and_fifo
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message_id, poison);
     assert_eq!(dead[0].body, r#"{"poison": true}"#);
-    assert!(bodies(&batches(&mut n, f).await)
+    assert!(bodies(&batches(&n, f).await)
         .iter()
         .any(|b| b.contains("fine")));
     let s = get_mapping(&mut c, &jobs.uuid)
@@ -570,7 +547,7 @@ async fn queues_feed_functions_in_batches_with_filters_failures_redrive_and_fifo
     )
     .await
     .unwrap();
-    let got = batches_until(&mut n, f, Duration::from_secs(300), |b| {
+    let got = batches_until(&n, f, Duration::from_secs(300), |b| {
         bodies(b)
             .iter()
             .filter(|x| x.starts_with("alice-") || x.starts_with("bob-"))
@@ -604,11 +581,7 @@ async fn restarts_of_flintd_and_of_redis_lose_no_message() {
     let mut redis = Redis::start(dir.path());
     let f = "steady";
     let flintd = spawn_flintd(dir.path(), &redis.url(), 0x9_0000);
-    let Clients {
-        mut c,
-        mut q,
-        mut n,
-    } = clients(&flintd.endpoint).await;
+    let Clients { mut c, mut q, n } = clients(&flintd.endpoint).await;
     create_collector(&mut c, f).await;
     create_queue(
         &mut q,
@@ -636,7 +609,7 @@ async fn restarts_of_flintd_and_of_redis_lose_no_message() {
     }
     // flintd is killed while batches run; the new one picks the mapping
     // up where it was.
-    batches_until(&mut n, f, Duration::from_secs(300), |b| !b.is_empty()).await;
+    batches_until(&n, f, Duration::from_secs(300), |b| !b.is_empty()).await;
     let mut flintd = flintd;
     flintd.child.kill().unwrap();
     flintd.child.wait().unwrap();
@@ -656,11 +629,7 @@ async fn restarts_of_flintd_and_of_redis_lose_no_message() {
         );
     }
     let flintd = spawn_flintd(dir.path(), &redis.url(), 0x9_0000);
-    let Clients {
-        mut c,
-        mut q,
-        mut n,
-    } = clients(&flintd.endpoint).await;
+    let Clients { mut c, mut q, n } = clients(&flintd.endpoint).await;
     state_until(&mut c, &m.uuid, "Enabled").await;
     // Redis goes away and comes back (its append-only file keeps every
     // message); the poller waits, warns and goes on.
@@ -672,7 +641,7 @@ async fn restarts_of_flintd_and_of_redis_lose_no_message() {
     for i in 60..70 {
         sent.insert(send(&mut q, "steady", &format!("m{i}"), "").await);
     }
-    let got = batches_until(&mut n, f, Duration::from_secs(400), |b| {
+    let got = batches_until(&n, f, Duration::from_secs(400), |b| {
         let ids: HashSet<String> = b
             .iter()
             .flatten()

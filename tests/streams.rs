@@ -51,26 +51,12 @@ fn queue_arn(name: &str) -> String {
 
 /// Every JSON logged after `prefix` by `function`, in log order.
 async fn logged(endpoint: &str, function: &str, prefix: &str) -> Vec<Value> {
-    use tokio_stream::StreamExt;
-    let channel = flint_daemon::client::channel(endpoint).await.unwrap();
-    let mut n = pb::node_client::NodeClient::new(channel);
-    let mut stream = n
-        .tail_logs(pb::TailLogsRequest {
-            function_name: function.into(),
-            since_seconds: 0,
-            follow: false,
-        })
+    log_messages(endpoint, function)
         .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(l) = stream.next().await {
-        let m = l.unwrap().message;
-        if let Some(json) = m.trim().strip_prefix(prefix) {
-            out.push(serde_json::from_str(json).unwrap());
-        }
-    }
-    out
+        .iter()
+        .filter_map(|m| m.trim().strip_prefix(prefix).map(String::from))
+        .map(|json| serde_json::from_str(&json).unwrap())
+        .collect()
 }
 
 /// The records a reader processed, flattened, in log order.
@@ -94,16 +80,7 @@ async fn until<T>(limit: Duration, what: &str, mut f: impl AsyncFnMut() -> Optio
 }
 
 async fn create_reader(c: &mut FunctionsClient<Channel>, name: &str) {
-    c.create_function(pb::CreateFunctionRequest {
-        function_name: name.into(),
-        runtime: "python3.11".into(),
-        handler: "app.handler".into(),
-        zip_file: zip_files(&[("app.py", READER, 0o644)]),
-        timeout: 30,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_python(c, name, READER).await;
     // Warm, so that the first batch does not wait for a boot.
     c.invoke(pb::InvokeRequest {
         function_name: name.into(),
