@@ -37,26 +37,6 @@ async fn create_worker(node: &flint_daemon::node::Node, name: &str) {
     .unwrap();
 }
 
-/// Every log line of a function so far.
-async fn log_lines(name: &str) -> Vec<String> {
-    use tokio_stream::StreamExt;
-    let mut stream = node_client()
-        .await
-        .tail_logs(pb::TailLogsRequest {
-            function_name: name.into(),
-            since_seconds: 0,
-            follow: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(l) = stream.next().await {
-        out.push(l.unwrap().message);
-    }
-    out
-}
-
 /// `n` invocations at once; each result with how long it took.
 async fn burst(
     name: &str,
@@ -147,7 +127,7 @@ async fn a_burst_of_20_against_reserved_concurrency_5_runs_5_and_throttles_15_at
     assert_eq!(streams.len(), 5);
     assert_eq!(instances(&name).await.len(), 5);
     // Nothing ran twice, and nothing throttled ran at all.
-    let lines = log_lines(&name).await;
+    let lines = log_messages(&node().endpoint, &name).await;
     for (id, r, _) in &results {
         let n = lines
             .iter()
