@@ -1,7 +1,8 @@
 //! The broker's SQS-shaped queues on a real Redis that the test starts:
 //! visibility, receive counts, stale receipts, delay, redrive to a
 //! dead-letter queue, FIFO order and group locks, deduplication, and a
-//! restart of Redis in the middle. No VM is involved.
+//! restart of Redis in the middle; hostile names, bodies, receipts and
+//! stream records. No VM is involved.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -349,4 +350,62 @@ async fn messages_survive_a_restart_of_redis() {
     b.purge_queue("keep").await.unwrap();
     b.delete_queue("keep").await.unwrap();
     assert!(!b.list_queues("").await.unwrap().contains(&"keep".into()));
+}
+
+#[tokio::test]
+async fn hostile_input_gets_typed_errors_and_leaves_nothing() {
+    let (_d, _r, b) = setup();
+    b.create_queue("q", &QueueSettings::default())
+        .await
+        .unwrap();
+    // A body over SQS's 256 KiB, an empty one, a forged receipt.
+    let big = "x".repeat(256 * 1024 + 1);
+    for body in [big.as_str(), ""] {
+        assert!(matches!(
+            b.send_message("q", body, &BTreeMap::new(), &SendOptions::default())
+                .await,
+            Err(BrokerError::Invalid { .. })
+        ));
+    }
+    for forged in ["nope", "x#y", "#1"] {
+        assert!(matches!(
+            b.delete_message("q", forged).await,
+            Err(BrokerError::ReceiptHandleIsInvalid(_))
+        ));
+    }
+    assert_eq!(b.queue_info("q").await.unwrap().visible, 0);
+    // Names that would reach other keys.
+    for name in ["q:msgs", "../q", "q*"] {
+        assert!(b
+            .create_queue(name, &QueueSettings::default())
+            .await
+            .is_err());
+    }
+    // Streams: a record over 1 MB, an empty or long partition key, a shard
+    // that is not the stream's, a sequence number that is not one.
+    b.create_stream("s", 2, None).await.unwrap();
+    let huge = vec![0u8; 1024 * 1024 + 1];
+    assert!(b.put_record("s", "k", &huge).await.is_err());
+    assert!(b.put_record("s", "", b"x").await.is_err());
+    assert!(b.put_record("s", &"k".repeat(257), b"x").await.is_err());
+    assert!(b.create_stream("s", 1, None).await.is_err());
+    assert!(b.create_stream("t", 65, None).await.is_err());
+    assert!(b
+        .get_records("s", "shardId-000000000002", None, 10)
+        .await
+        .is_err());
+    assert!(b
+        .get_records("s", "shardId-000000000000", Some("12abc"), 10)
+        .await
+        .is_err());
+    // Binary data comes back as it went in, in order per shard.
+    let (shard, first) = b.put_record("s", "k", &[0, 255, 10, 13]).await.unwrap();
+    let (_, second) = b.put_record("s", "k", b"two").await.unwrap();
+    assert!(second > first);
+    let got = b.get_records("s", &shard, None, 10).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].data, vec![0, 255, 10, 13]);
+    let after = b.get_records("s", &shard, Some(&first), 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].data, b"two");
 }
