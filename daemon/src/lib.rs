@@ -12,6 +12,7 @@ pub mod guest;
 pub mod invoke;
 pub mod launch;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod packages;
 pub mod pool;
