@@ -20,6 +20,10 @@ pub enum InitError {
     Loopback(#[source] std::io::Error),
     #[error("reading the kernel command line failed")]
     Cmdline(#[source] std::io::Error),
+    #[error("configuring {0} failed ({1})")]
+    Interface(&'static str, &'static str, #[source] std::io::Error),
+    #[error("invalid network setting {0:?}")]
+    NetworkSetting(String),
 }
 
 struct Mount {
@@ -133,6 +137,82 @@ pub fn loopback_up() -> Result<(), InitError> {
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
     if rc < 0 {
         return Err(InitError::Loopback(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn sockaddr_in(a: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size on Linux and both
+    // are plain old data; the kernel reads the bytes as a sockaddr_in.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// Configures `eth0` from `flint.ip=A.B.C.D/N` and `flint.gw=A.B.C.D`: its
+/// address, up, and the default route. Every clone of a snapshot keeps
+/// these (the host side translates them).
+pub fn network_up(ip: &str, gateway: Option<&str>) -> Result<(), InitError> {
+    const IF: &str = "eth0";
+    let bad = || InitError::NetworkSetting(ip.to_string());
+    let (addr, prefix) = ip.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u32 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+    let mask = std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
+    let fail = |what| move |e| InitError::Interface(IF, what, e);
+    // SAFETY: socket(2) with constant arguments has no memory-safety preconditions.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(fail("socket")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let request = || {
+        // SAFETY: ifreq is plain old data; all-zero bytes are a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(IF.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        req
+    };
+    let ioctl = |op: libc::c_ulong, req: &mut libc::ifreq, what: &'static str| {
+        // SAFETY: the request is a valid ifreq with a NUL-terminated name
+        // that outlives the call; the kernel reads (or fills) it.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), op, req as *mut libc::ifreq) } < 0 {
+            return Err(fail(what)(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    };
+    let mut req = request();
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    ioctl(libc::SIOCSIFADDR, &mut req, "address")?;
+    let mut req = request();
+    req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
+    ioctl(libc::SIOCSIFNETMASK, &mut req, "netmask")?;
+    let mut req = request();
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    ioctl(libc::SIOCSIFFLAGS, &mut req, "up")?;
+    if let Some(gw) = gateway {
+        let gw: std::net::Ipv4Addr = gw
+            .parse()
+            .map_err(|_| InitError::NetworkSetting(gw.to_string()))?;
+        // SAFETY: rtentry is plain old data; all-zero bytes are a valid value.
+        let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+        rt.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_genmask = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+        rt.rt_gateway = sockaddr_in(gw);
+        rt.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+        // SAFETY: SIOCADDRT reads a valid rtentry that outlives the call
+        // (rt_dev is null: the kernel picks the interface by the gateway).
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) } < 0 {
+            return Err(fail("default route")(std::io::Error::last_os_error()));
+        }
     }
     Ok(())
 }

@@ -73,6 +73,14 @@ fn run() -> Result<(), AgentError> {
     init::loopback_up()?;
     init::open_for_restores();
     let cmdline = init::flint_cmdline()?;
+    if let Some(ip) = cmdline.get("ip") {
+        // A guest whose NIC cannot be set up still serves (without a
+        // network); the console says why.
+        if let Err(e) = init::network_up(ip, cmdline.get("gw").map(String::as_str)) {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            eprintln!("flint-agent: {e}: {}", cause.unwrap_or_default());
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -147,6 +147,8 @@ pub struct Config {
     /// The broker that holds queues (`[broker] url`, a `redis://` URL);
     /// `None` (or empty): no queues on this node.
     pub broker_url: Option<String>,
+    /// Instance networks (`[network]`).
+    pub network: crate::network::NetworkSettings,
 }
 
 /// The PEM files of mutual TLS on TCP (`[tls]` in flintd.toml).
@@ -189,6 +191,25 @@ pub struct FileConfig {
     pub events: Option<FileAsync>,
     pub testing: Option<FileTesting>,
     pub broker: Option<FileBroker>,
+    pub network: Option<FileNetwork>,
+}
+
+/// `[network]`: instance networks (see `docs/networking.md`).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileNetwork {
+    /// Off: every instance's NIC has nothing behind it.
+    pub enabled: Option<bool>,
+    /// The veth pairs' addresses, one /30 per instance (`10.200.0.0/16`).
+    pub instance_cidr: Option<String>,
+    /// The resolver behind the guest's `169.254.0.1`; empty: no DNS.
+    /// Default: the host's first non-loopback nameserver.
+    pub dns: Option<String>,
+    /// Namespaces prepared ahead.
+    pub prepared: Option<usize>,
+    /// Names this node's host table and links apart from another node's
+    /// on the same host (tests): at most 3 of a-z, 0-9.
+    pub tag: Option<String>,
 }
 
 /// `[broker]`: the Redis server that holds SQS-shaped queues.
@@ -338,6 +359,7 @@ impl Default for Config {
             autoscaling_period: Duration::from_secs(60),
             events: crate::events::EventSettings::default(),
             broker_url: Some(DEFAULT_BROKER_URL.into()),
+            network: crate::network::NetworkSettings::default(),
         }
     }
 }
@@ -519,6 +541,32 @@ impl Config {
         }
         if let Some(url) = f.broker.and_then(|b| b.url) {
             c.broker_url = Some(url);
+        }
+        if let Some(n) = f.network {
+            let bad = |e: crate::network::NetworkError| ConfigError::Invalid(format!("network: {e}"));
+            let s = &mut c.network;
+            if let Some(e) = n.enabled {
+                s.enabled = e;
+            }
+            if let Some(cidr) = n.instance_cidr {
+                s.instance_cidr = crate::network::Cidr::parse(&cidr).map_err(bad)?;
+            }
+            if let Some(dns) = n.dns {
+                s.dns = if dns.is_empty() {
+                    None
+                } else {
+                    Some(dns.parse().map_err(|_| {
+                        ConfigError::Invalid(format!("network.dns {dns:?} is not an IPv4 address"))
+                    })?)
+                };
+            }
+            if let Some(p) = n.prepared {
+                s.prepared = p.min(64);
+            }
+            if let Some(t) = n.tag {
+                s.tag = t;
+            }
+            s.validate().map_err(bad)?;
         }
         if let Some(scale) = f.testing.and_then(|t| t.async_time_scale) {
             if !(scale > 0.0 && scale <= 1.0) {

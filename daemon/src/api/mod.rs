@@ -147,6 +147,7 @@ impl FunctionsService {
             dead_letter_config: f.dead_letter_target.as_ref().map(|t| pb::DeadLetterConfig {
                 target_arn: t.clone(),
             }),
+            network_config: Some(network_pb(&f.network)),
             revision_id: f.revision_id(),
         }
     }
@@ -223,6 +224,7 @@ impl Functions for FunctionsService {
                 .dead_letter_config
                 .map(|d| d.target_arn)
                 .filter(|t| !t.is_empty()),
+            network: r.network_config.map(network_from_pb).transpose()?.unwrap_or_default(),
         };
         if r.zip_file.is_empty() {
             return Err(status::invalid("ZipFile: a deployment package is required"));
@@ -294,6 +296,7 @@ impl Functions for FunctionsService {
             ephemeral_mb: r.ephemeral_storage,
             description: r.description,
             dead_letter_target: r.dead_letter_config.map(|d| d.target_arn),
+            network: r.network_config.map(network_from_pb).transpose()?,
             revision_id: non_empty(r.revision_id),
         };
         let f = self
@@ -1104,4 +1107,64 @@ impl NodeApi for NodeService {
 /// An empty proto string as "not given".
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
+}
+
+/// A function's network as the API shows it.
+fn network_pb(n: &crate::network::NetworkConfig) -> pb::NetworkConfig {
+    use crate::network::{Mode, Protocol};
+    pb::NetworkConfig {
+        mode: match n.mode {
+            Mode::None => "none",
+            Mode::Egress => "egress",
+        }
+        .into(),
+        egress: n
+            .egress
+            .iter()
+            .map(|r| pb::EgressRule {
+                cidr: r.cidr.to_string(),
+                protocol: match r.protocol {
+                    Protocol::All => "all",
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                }
+                .into(),
+                from_port: r.ports.map_or(0, |p| u32::from(p.0)),
+                to_port: r.ports.map_or(0, |p| u32::from(p.1)),
+            })
+            .collect(),
+    }
+}
+
+/// A caller's network configuration, checked.
+fn network_from_pb(n: pb::NetworkConfig) -> Result<crate::network::NetworkConfig, Status> {
+    use crate::network::{Cidr, EgressRule, Mode, NetworkConfig, Protocol};
+    let bad = |m: String| status::invalid(format!("NetworkConfig: {m}"));
+    let mode = match n.mode.as_str() {
+        "" | "egress" => Mode::Egress,
+        "none" => Mode::None,
+        m => return Err(bad(format!("mode {m:?}: expected egress or none"))),
+    };
+    let mut egress = Vec::new();
+    for r in n.egress {
+        let protocol = match r.protocol.as_str() {
+            "" | "all" | "-1" => Protocol::All,
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            p => return Err(bad(format!("protocol {p:?}: expected tcp, udp or all"))),
+        };
+        let port = |p: u32| u16::try_from(p).map_err(|_| bad(format!("port {p} is out of range")));
+        let ports = match (r.from_port, r.to_port) {
+            (0, 0) => None,
+            (a, b) => Some((port(a)?, port(b)?)),
+        };
+        egress.push(EgressRule {
+            cidr: Cidr::parse(&r.cidr).map_err(|e| bad(e.to_string()))?,
+            protocol,
+            ports,
+        });
+    }
+    let c = NetworkConfig { mode, egress };
+    c.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(c)
 }

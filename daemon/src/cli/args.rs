@@ -65,7 +65,13 @@ pub enum Command {
         /// `TargetArn=arn:aws:sqs:...` (or `{"TargetArn":"..."}`): the
         /// dead-letter queue of asynchronous events.
         #[arg(long)]
-        dead_letter_config: Option<String>,
+        dead_letter_config: Option<String>,        /// Network mode: `egress` (default) or `none` (no traffic at all).
+        #[arg(long, value_parser = ["egress", "none"])]
+        network_mode: Option<String>,
+        /// An allowed destination, `CIDR[,tcp|udp|all[,PORT|FROM-TO]]`
+        /// (repeatable); none: every public destination.
+        #[arg(long = "egress-rule")]
+        egress_rules: Vec<String>,
     },
     /// Shows a function (at a version or alias with --qualifier).
     GetFunction {
@@ -123,7 +129,14 @@ pub enum Command {
         revision_id: Option<String>,
         /// `TargetArn=ARN`; `TargetArn=` removes the dead-letter queue.
         #[arg(long)]
-        dead_letter_config: Option<String>,
+        dead_letter_config: Option<String>,        /// Network mode: `egress` (default) or `none` (no traffic at all).
+        #[arg(long, value_parser = ["egress", "none"])]
+        network_mode: Option<String>,
+        /// An allowed destination, `CIDR[,tcp|udp|all[,PORT|FROM-TO]]`
+        /// (repeatable; replaces the rules); none given with --network-mode:
+        /// every public destination.
+        #[arg(long = "egress-rule")]
+        egress_rules: Vec<String>,
     },
     /// Invokes a function; writes the response payload to OUTFILE.
     Invoke {

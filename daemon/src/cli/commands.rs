@@ -173,7 +173,10 @@ pub async fn run(
             layers,
             ephemeral_storage,
             dead_letter_config,
+            network_mode,
+            egress_rules,
         } => {
+            let network_config = network_config(network_mode, egress_rules)?;
             let f = c
                 .create_function(pb::CreateFunctionRequest {
                     function_name,
@@ -192,6 +195,7 @@ pub async fn run(
                     dead_letter_config: dead_letter_config
                         .map(|d| super::queues::dead_letter_config(&d))
                         .transpose()?,
+                    network_config,
                 })
                 .await
                 .map_err(svc("CreateFunction"))?
@@ -256,7 +260,10 @@ pub async fn run(
             description,
             revision_id,
             dead_letter_config,
+            network_mode,
+            egress_rules,
         } => {
+            let network_config = network_config(network_mode, egress_rules)?;
             let layers = if no_layers { Some(Vec::new()) } else { layers };
             let f = c
                 .update_function_configuration(pb::UpdateFunctionConfigurationRequest {
@@ -277,6 +284,7 @@ pub async fn run(
                     dead_letter_config: dead_letter_config
                         .map(|d| super::queues::dead_letter_config(&d))
                         .transpose()?,
+                    network_config,
                 })
                 .await
                 .map_err(svc("UpdateFunctionConfiguration"))?
@@ -807,4 +815,38 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// `--network-mode` and `--egress-rule`s as the API takes them (none of
+/// either: unchanged, or the default).
+fn network_config(
+    mode: Option<String>,
+    rules: Vec<String>,
+) -> Result<Option<pb::NetworkConfig>, CliError> {
+    if mode.is_none() && rules.is_empty() {
+        return Ok(None);
+    }
+    let mut egress = Vec::new();
+    for r in &rules {
+        let rule = crate::network::EgressRule::parse(r)
+            .map_err(|e| CliError::Usage(format!("--egress-rule {r}: {e}")))?;
+        let (from_port, to_port) = rule
+            .ports
+            .map_or((0, 0), |(a, b)| (u32::from(a), u32::from(b)));
+        egress.push(pb::EgressRule {
+            cidr: rule.cidr.to_string(),
+            protocol: match rule.protocol {
+                crate::network::Protocol::All => "all",
+                crate::network::Protocol::Tcp => "tcp",
+                crate::network::Protocol::Udp => "udp",
+            }
+            .into(),
+            from_port,
+            to_port,
+        });
+    }
+    Ok(Some(pb::NetworkConfig {
+        mode: mode.unwrap_or_else(|| "egress".into()),
+        egress,
+    }))
 }

@@ -267,6 +267,17 @@ pub fn configuration_json(f: &pb::FunctionConfiguration) -> Value {
             .collect::<Vec<_>>());
     }
     v["EphemeralStorage"] = json!({"Size": f.ephemeral_storage});
+    if let Some(n) = &f.network_config {
+        let rules: Vec<_> = n
+            .egress
+            .iter()
+            .map(|r| {
+                json!({"Cidr": r.cidr, "Protocol": r.protocol,
+                       "FromPort": r.from_port, "ToPort": r.to_port})
+            })
+            .collect();
+        v["NetworkConfig"] = json!({"Mode": n.mode, "Egress": rules});
+    }
     if let Some(d) = &f.dead_letter_config {
         v["DeadLetterConfig"] = json!({"TargetArn": d.target_arn});
     }

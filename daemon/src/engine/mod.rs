@@ -15,7 +15,7 @@ pub use accel::{detect as detect_accel, Accel, AccelInfo};
 
 /// Bumped when the device layout or the way VMs are started changes:
 /// snapshots of another engine version are not restored.
-pub const ENGINE_VERSION: u32 = 2;
+pub const ENGINE_VERSION: u32 = 3;
 pub use qemu::QemuEngine;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub enum Memory {
 }
 
 /// What one microVM is made of.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VmSpec {
     pub id: String,
     /// Per-instance directory: sockets, console log.
@@ -80,6 +80,10 @@ pub struct VmSpec {
     /// [`Vm::foreground`]: work done ahead (a spare's start) then takes only
     /// CPU time that nothing else wants.
     pub background: bool,
+    /// The network behind the NIC (a TAP in a namespace of its own); none:
+    /// the NIC is there (every VM has the same devices, for snapshots) but
+    /// nothing is behind it. The VMM holds it until its process is reaped.
+    pub net: Option<std::sync::Arc<dyn crate::network::NetBackend>>,
 }
 
 /// Host-side resource use of one VM.

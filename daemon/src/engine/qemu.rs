@@ -194,6 +194,13 @@ impl QemuEngine {
              init=/sbin/flint-agent quiet loglevel=4 8250.nr_uarts=1 \
              flint.channel=flint.agent",
         );
+        // The guest's side of its network: the same in every clone.
+        cmdline.push_str(&format!(
+            " flint.ip={}/{} flint.gw={}",
+            crate::network::GUEST_ADDR,
+            crate::network::GUEST_PREFIX,
+            crate::network::GATEWAY
+        ));
         if let Some(khz) = self.tsc_khz {
             cmdline.push_str(&format!(
                 " tsc_early_khz={khz} tsc=reliable clocksource=tsc"
@@ -220,6 +227,20 @@ impl QemuEngine {
         }
         a.push("-device".into());
         a.push("virtio-rng-device".into());
+        // The NIC, in every VM: a TAP passed by descriptor, or a hub port
+        // with nothing else on its hub. No vnet header either way, so that
+        // the device offers the same features to a snapshot and its clones.
+        a.push("-netdev".into());
+        a.push(match &spec.net {
+            Some(n) => format!("tap,id=net0,fd={},vnet_hdr=off", n.tap_fd()),
+            None => "hubport,id=net0,hubid=0".into(),
+        });
+        a.push("-device".into());
+        let m = crate::network::GUEST_MAC;
+        a.push(format!(
+            "virtio-net-device,netdev=net0,mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        ));
         a.push("-device".into());
         a.push("virtio-serial-device,max_ports=2".into());
         a.push("-chardev".into());
@@ -356,12 +377,24 @@ impl Engine for QemuEngine {
             .kill_on_drop(false);
         let background = spec.background;
         let plan = confined.as_ref().map(|c| c.plan.clone());
+        let net_fds = spec.net.as_ref().map(|n| (n.tap_fd(), n.netns_fd()));
         // SAFETY: the closure runs in the child between fork and exec and only
-        // makes system calls (prctl(2), sched_setscheduler(2), and those of
+        // makes system calls (fcntl(2) and setns(2) on descriptors the spec
+        // keeps open, prctl(2), sched_setscheduler(2), and those of
         // `Plan::enter` on memory prepared before the fork); no allocation,
         // no lock.
         unsafe {
             cmd.pre_exec(move || {
+                if let Some((tap, netns)) = net_fds {
+                    // The TAP goes through exec (its number is in the
+                    // arguments); the VMM lives in the instance's network
+                    // namespace, where it can reach nothing of the host.
+                    if libc::fcntl(tap, libc::F_SETFD, 0) < 0
+                        || libc::setns(netns, libc::CLONE_NEWNET) < 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if background {
                     // Inherited by every thread QEMU starts.
                     set_idle_priority();
@@ -393,8 +426,11 @@ impl Engine for QemuEngine {
 
         let (exit_tx, exit_rx) = watch::channel(None::<String>);
         let owned = cgroup.clone();
+        let net = spec.net.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            // Its network goes with it.
+            drop(net);
             // The process is reaped: its cgroup can go, and its uid can serve
             // another VMM.
             if let Some(cg) = owned {

@@ -102,6 +102,7 @@ pub struct FunctionSpec {
     /// `DeadLetterConfig.TargetArn`: the queue that receives asynchronous
     /// events that failed for good.
     pub dead_letter_target: Option<String>,
+    pub network: crate::network::NetworkConfig,
 }
 
 /// A change of `$LATEST`'s configuration: only the fields that are set change.
@@ -117,6 +118,7 @@ pub struct ConfigUpdate {
     pub description: Option<String>,
     /// `Some("")` removes the dead-letter queue.
     pub dead_letter_target: Option<String>,
+    pub network: Option<crate::network::NetworkConfig>,
     /// Apply only if `$LATEST` is still at this `RevisionId`.
     pub revision_id: Option<String>,
 }
@@ -151,6 +153,9 @@ pub struct Function {
     /// `DeadLetterConfig.TargetArn` (a queue), fixed in a published version.
     #[serde(default)]
     pub dead_letter_target: Option<String>,
+    /// Its network (`Mode`, egress rules), fixed in a published version.
+    #[serde(default)]
+    pub network: crate::network::NetworkConfig,
     pub last_modified: String,
     /// Bumped by every change of `$LATEST`; instances of an older revision
     /// are retired.
@@ -195,6 +200,7 @@ impl Function {
             unzipped_size: 0,
             layers: Vec::new(),
             ephemeral_mb: MIN_EPHEMERAL_MB,
+            network: Default::default(),
             last_modified: String::new(),
             revision: 0,
         }
@@ -222,6 +228,7 @@ impl Function {
             && self.layers == other.layers
             && self.ephemeral_mb == other.ephemeral_mb
             && self.dead_letter_target == other.dead_letter_target
+            && self.network == other.network
     }
 }
 
@@ -498,6 +505,9 @@ pub fn validate_spec(spec: &mut FunctionSpec) -> Result<Runtime, FunctionsError>
         spec.ephemeral_mb = MIN_EPHEMERAL_MB;
     }
     validate_ephemeral(spec.ephemeral_mb)?;
+    spec.network
+        .validate()
+        .map_err(|e| invalid("NetworkConfig", e.to_string()))?;
     if spec.layers.len() > MAX_LAYERS {
         return Err(invalid(
             "Layers",

@@ -623,6 +623,7 @@ mod tests {
     fn f(name: &str) -> Function {
         Function {
             dead_letter_target: None,
+            network: Default::default(),
             name: name.into(),
             version: LATEST.into(),
             runtime: Runtime::Python311,

@@ -73,6 +73,8 @@ pub enum LaunchError {
     StartQueue(String),
     #[error("the function's init failed: {0}")]
     InitFailed(String),
+    #[error("preparing the instance's network failed")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 impl LaunchError {
@@ -173,6 +175,9 @@ pub struct Launcher {
     starts: Arc<Starts>,
     /// Versions whose function snapshot is being built or failed to be.
     preparations: Mutex<HashMap<(String, String), Preparation>>,
+    /// Instance networks; none: the node runs without (every NIC has
+    /// nothing behind it).
+    network: Option<Arc<crate::network::Network>>,
 }
 
 impl Launcher {
@@ -191,7 +196,30 @@ impl Launcher {
             spares: Default::default(),
             starts: Starts::new(settings.starts),
             preparations: Mutex::new(HashMap::new()),
+            network: None,
             settings,
+        }
+    }
+
+    /// Gives instances networks of their own.
+    pub fn with_network(mut self, network: Option<Arc<crate::network::Network>>) -> Self {
+        self.network = network;
+        self
+    }
+
+    pub fn network(&self) -> Option<&Arc<crate::network::Network>> {
+        self.network.as_ref()
+    }
+
+    /// The network of a new VM of `f` (none without networking, or for
+    /// mode `none`).
+    pub(super) async fn network_for(
+        &self,
+        f: &Function,
+    ) -> Result<Option<Arc<dyn crate::network::NetBackend>>, LaunchError> {
+        match &self.network {
+            Some(n) => Ok(n.acquire(&f.network).await?),
+            None => Ok(None),
         }
     }
 

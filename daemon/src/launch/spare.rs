@@ -130,6 +130,8 @@ impl Launcher {
         };
         let id = spec.id.clone();
         let engine = self.engine.clone();
+        let network = self.network.clone();
+        let net_config = f.network.clone();
         let spares = self.spares.clone();
         let key = snap.key.clone();
         let function = f.name.clone();
@@ -139,7 +141,18 @@ impl Launcher {
         let task = tokio::spawn({
             let (id, function) = (id.clone(), function.clone());
             async move {
-                let started = Spare::start(engine.as_ref(), spec, &state, cancelled).await;
+                // Its network, rules included, is ready with it.
+                let started = match network.map(|n| async move { n.acquire(&net_config).await }) {
+                    Some(acquiring) => acquiring.await.map_err(LaunchError::from),
+                    None => Ok(None),
+                };
+                let started = match started {
+                    Ok(net) => {
+                        let spec = VmSpec { net, ..spec };
+                        Spare::start(engine.as_ref(), spec, &state, cancelled).await
+                    }
+                    Err(e) => Err(e),
+                };
                 let extra = {
                     let mut book = spares.lock();
                     // Gone from the book: its function's spares were dropped.

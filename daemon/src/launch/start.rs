@@ -145,6 +145,7 @@ impl Launcher {
             memory,
             incoming,
             background: false,
+            net: None,
         }
     }
 
@@ -184,6 +185,8 @@ impl Launcher {
                 (inst, true)
             }
             None => {
+                let mut spec = spec;
+                spec.net = self.network_for(f).await?;
                 let vm = self.engine.boot(spec).await?;
                 let inst = Instance::attach(f, id, vm, log, self.registry.clone(), kind)?;
                 (inst, false)
@@ -262,7 +265,8 @@ impl Launcher {
     async fn boot_and_init(&self, s: &Start<'_>, images: Images) -> Result<Started, LaunchError> {
         let has_layers = images.opt.is_some();
         let drives = std::iter::once(images.code).chain(images.opt).collect();
-        let spec = self.spec(s.f, &s.id, Memory::Anonymous, drives, false);
+        let mut spec = self.spec(s.f, &s.id, Memory::Anonymous, drives, false);
+        spec.net = self.network_for(s.f).await?;
         let boot_started = Instant::now();
         let vm = self.engine.boot(spec).await?;
         let mut inst = Instance::attach(

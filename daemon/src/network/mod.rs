@@ -164,7 +164,9 @@ pub trait NetBackend: Send + Sync {
 /// The address plan's leases and the host's netlink handle, shared by the
 /// slots (which give their lease back when they go).
 struct Shared {
-    host: rtnetlink::Handle,
+    /// Netlink in the host's namespace, opened on the first use in flintd's
+    /// runtime (its connection runs there).
+    host: Mutex<Option<rtnetlink::Handle>>,
     capacity: u32,
     free: Mutex<std::collections::BTreeSet<u32>>,
     next: Mutex<u32>,
@@ -173,6 +175,18 @@ struct Shared {
 }
 
 impl Shared {
+    fn host(&self) -> Result<rtnetlink::Handle, NetworkError> {
+        let mut h = self.host.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = &*h {
+            return Ok(h.clone());
+        }
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| NetworkError::Netlink(e.to_string()))?;
+        tokio::spawn(conn);
+        *h = Some(handle.clone());
+        Ok(handle)
+    }
+
     fn lease(&self) -> Result<u32, NetworkError> {
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = free.pop_first() {
@@ -233,7 +247,9 @@ impl Drop for NetSlot {
         // (with its TAP and rules) goes when its last descriptor closes,
         // after that. The address is leased again only then.
         let teardown = async move {
-            let _ = shared.host.link().del(ifindex).execute().await;
+            if let Ok(host) = shared.host() {
+                let _ = host.link().del(ifindex).execute().await;
+            }
             drop(fds);
             shared.release(index);
         };
@@ -273,28 +289,46 @@ pub struct Network {
     prepared_total: AtomicU64,
     prepare_us_total: AtomicU64,
     host_nft: nft::Socket,
+    /// Rules of functions that name a host address: the host lets them in.
+    host_allowed: Mutex<Vec<EgressRule>>,
 }
 
 impl Network {
     /// Sets up the host's side (forwarding, the `flint` table), after
-    /// removing whatever an earlier run left, and starts preparing
-    /// namespaces.
-    pub async fn start(settings: NetworkSettings) -> Result<Arc<Network>, NetworkError> {
-        let (conn, host, _) =
-            rtnetlink::new_connection().map_err(|e| NetworkError::Netlink(e.to_string()))?;
-        tokio::spawn(conn);
+    /// removing whatever an earlier run left. Namespaces are prepared ahead
+    /// from the first use on (in flintd's runtime).
+    pub fn start(settings: NetworkSettings) -> Result<Arc<Network>, NetworkError> {
         settings.validate()?;
-        let removed = remove_leftover_links(&host, &settings.link_prefix()).await?;
-        if removed > 0 {
-            tracing::warn!(removed, "removed instance links left by an earlier run");
-        }
+        // A thread and a runtime of its own: the node may be opened
+        // outside any runtime.
+        let s = settings.clone();
+        let setup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(NetworkError::Namespace)?;
+            rt.block_on(async {
+                let (conn, host, _) = rtnetlink::new_connection()
+                    .map_err(|e| NetworkError::Netlink(e.to_string()))?;
+                tokio::spawn(conn);
+                let removed = remove_leftover_links(&host, &s.link_prefix()).await?;
+                if removed > 0 {
+                    tracing::warn!(removed, "removed instance links left by an earlier run");
+                }
+                host_addresses(&host).await
+            })
+        });
+        let addresses = setup
+            .join()
+            .unwrap_or_else(|_| Err(NetworkError::Netlink("the setup thread died".into())))?;
         write_sysctl("/proc/sys/net/ipv4/ip_forward")?;
         let host_nft = nft::Socket::open()?;
         let mut del = Batch::new();
         del.del_table(&settings.host_table());
         // ENOENT: there was none.
         let _ = host_nft.apply(del);
-        host_nft.apply(host_table(&settings))?;
+        host_nft.apply(host_table(&settings, &[]))?;
 
         let mut protected = vec![
             settings.instance_cidr,
@@ -304,7 +338,7 @@ impl Network {
             // Multicast, reserved and broadcast.
             Cidr::new(Ipv4Addr::new(224, 0, 0, 0), 3),
         ];
-        for a in host_addresses(&host).await? {
+        for a in addresses {
             let c = Cidr::new(a, 32);
             if !protected.iter().any(|p| p.covers(&c)) {
                 protected.push(c);
@@ -313,7 +347,7 @@ impl Network {
         let capacity = (1u64 << (32 - u32::from(settings.instance_cidr.prefix))) / 4;
         let net = Arc::new(Network {
             shared: Arc::new(Shared {
-                host,
+                host: Mutex::new(None),
                 capacity: capacity.min(u64::from(u32::MAX)) as u32,
                 free: Default::default(),
                 next: Mutex::new(0),
@@ -326,9 +360,9 @@ impl Network {
             prepared_total: AtomicU64::new(0),
             prepare_us_total: AtomicU64::new(0),
             host_nft,
+            host_allowed: Mutex::new(Vec::new()),
             settings,
         });
-        net.refill();
         Ok(net)
     }
 
@@ -371,10 +405,44 @@ impl Network {
             None => self.prepare().await?,
         };
         self.refill();
+        self.allow_on_host(cfg)?;
         slot.apply(cfg, &self.protected)?;
         slot.acquired = true;
         self.shared.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Arc::new(slot)))
+    }
+
+    /// Lets `cfg`'s rules that name a host address through the host's input
+    /// chain (rebuilt whole, in one batch, when the union grows).
+    fn allow_on_host(&self, cfg: &NetworkConfig) -> Result<(), NetworkError> {
+        let named: Vec<EgressRule> = cfg
+            .effective()
+            .into_iter()
+            .filter(|r| {
+                !self.settings.instance_cidr.covers(&r.cidr)
+                    && self.protected.iter().any(|p| p.covers(&r.cidr))
+            })
+            .collect();
+        if named.is_empty() {
+            return Ok(());
+        }
+        let mut allowed = self.host_allowed.lock().unwrap_or_else(|p| p.into_inner());
+        let before = allowed.len();
+        for r in named {
+            if !allowed.contains(&r) {
+                allowed.push(r);
+            }
+        }
+        if allowed.len() == before {
+            return Ok(());
+        }
+        let table = self.settings.host_table();
+        let mut b = Batch::new();
+        b.flush_chain(&table, "in");
+        for r in host_input(&self.settings, &allowed) {
+            b.add_rule(&table, &r);
+        }
+        self.host_nft.apply(b)
     }
 
     /// Prepares namespaces until `prepared` are ready (one task at a time).
@@ -438,8 +506,10 @@ impl Network {
             Ok(r) => r,
             Err(e) => {
                 // A half-made pair goes with its name.
-                if let Ok(Some(i)) = link_index(&self.shared.host, &name).await {
-                    let _ = self.shared.host.link().del(i).execute().await;
+                if let Ok(host) = self.shared.host() {
+                    if let Ok(Some(i)) = link_index(&host, &name).await {
+                        let _ = host.link().del(i).execute().await;
+                    }
                 }
                 self.shared.release(index);
                 return Err(e);
@@ -462,9 +532,12 @@ impl Network {
     /// Frees the prepared namespaces and removes the host's table.
     pub async fn shutdown(&self) {
         let ready = std::mem::take(&mut *self.ready.lock().unwrap_or_else(|p| p.into_inner()));
-        for slot in ready {
-            let _ = self.shared.host.link().del(slot.host_ifindex).execute().await;
+        if let Ok(host) = self.shared.host() {
+            for slot in &ready {
+                let _ = host.link().del(slot.host_ifindex).execute().await;
+            }
         }
+        drop(ready);
         let mut del = Batch::new();
         del.del_table(&self.settings.host_table());
         let _ = self.host_nft.apply(del);
@@ -473,15 +546,12 @@ impl Network {
 
 /// The host's table: masquerade instance traffic leaving by another
 /// interface, never forward between two instances, and let an instance
-/// reach the host itself only with replies (and the resolver, when it is a
-/// host address).
-fn host_table(s: &NetworkSettings) -> Batch {
+/// reach the host itself only with replies, the resolver (when it is a host
+/// address) and what a function's rule names explicitly (`allowed`, the
+/// union over functions: each instance's own namespace already holds it to
+/// its function's rules).
+fn host_table(s: &NetworkSettings, allowed: &[EgressRule]) -> Batch {
     let prefix = s.link_prefix();
-    let fl = |not| Match::Iif {
-        name: prefix.clone(),
-        prefix: true,
-        not,
-    };
     let out_fl = |not| Match::Oif {
         name: prefix.clone(),
         prefix: true,
@@ -506,7 +576,7 @@ fn host_table(s: &NetworkSettings) -> Batch {
     ] {
         b.add_chain(&table, &c);
     }
-    let mut rules = vec![
+    let rules = [
         Rule {
             chain: "post",
             matches: vec![Match::Saddr(s.instance_cidr), out_fl(true)],
@@ -514,21 +584,44 @@ fn host_table(s: &NetworkSettings) -> Batch {
         },
         Rule {
             chain: "fwd",
-            matches: vec![fl(false), out_fl(false)],
+            matches: vec![
+                Match::Iif {
+                    name: prefix.clone(),
+                    prefix: true,
+                    not: false,
+                },
+                out_fl(false),
+            ],
             verdict: Verdict::Drop,
         },
-        Rule {
-            chain: "in",
-            matches: vec![fl(false), Match::Established],
-            verdict: Verdict::Accept,
-        },
     ];
+    for r in &rules {
+        b.add_rule(&table, r);
+    }
+    for r in host_input(s, allowed) {
+        b.add_rule(&table, &r);
+    }
+    b
+}
+
+/// The host's input chain (see [`host_table`]).
+fn host_input(s: &NetworkSettings, allowed: &[EgressRule]) -> Vec<Rule> {
+    let fl = || Match::Iif {
+        name: s.link_prefix(),
+        prefix: true,
+        not: false,
+    };
+    let mut rules = vec![Rule {
+        chain: "in",
+        matches: vec![fl(), Match::Established],
+        verdict: Verdict::Accept,
+    }];
     if let Some(dns) = s.dns {
         for proto in [17, 6] {
             rules.push(Rule {
                 chain: "in",
                 matches: vec![
-                    fl(false),
+                    fl(),
                     Match::Daddr(Cidr::new(dns, 32)),
                     Match::L4proto(proto),
                     Match::Dport(53, 53),
@@ -537,15 +630,21 @@ fn host_table(s: &NetworkSettings) -> Batch {
             });
         }
     }
+    for a in allowed {
+        let mut matches = vec![fl()];
+        matches.extend(a.matches());
+        rules.push(Rule {
+            chain: "in",
+            matches,
+            verdict: Verdict::Accept,
+        });
+    }
     rules.push(Rule {
         chain: "in",
-        matches: vec![fl(false)],
+        matches: vec![fl()],
         verdict: Verdict::Drop,
     });
-    for r in &rules {
-        b.add_rule(&table, r);
-    }
-    b
+    rules
 }
 
 /// A namespace's base table: SNAT of the guest, DNAT of the resolver, and
@@ -853,7 +952,7 @@ mod tests {
             tag: "ut".into(),
             ..Default::default()
         };
-        let net = Network::start(settings).await.expect("network");
+        let net = Network::start(settings).expect("network");
         let slot = net
             .acquire(&NetworkConfig {
                 mode: Mode::Egress,
@@ -872,6 +971,8 @@ mod tests {
         assert_eq!(net.stats().ready, 1);
         assert_eq!(host_links("flut-"), 2);
         assert_eq!(net.stats().in_use, 1);
+        let tables = nft::Socket::open().unwrap().tables().unwrap();
+        assert!(tables.contains(&"flint-ut".to_string()), "{tables:?}");
         drop(slot);
         net.shutdown().await;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -879,5 +980,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(host_links("flut-"), 0);
+        let tables = nft::Socket::open().unwrap().tables().unwrap();
+        assert!(!tables.contains(&"flint-ut".to_string()), "{tables:?}");
     }
 }

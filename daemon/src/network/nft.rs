@@ -554,6 +554,62 @@ impl Socket {
             None => Ok(()),
         }
     }
+
+    /// The names of the `ip` tables in this socket's namespace (a dump of
+    /// `NFT_MSG_GETTABLE`): what operators and tests count.
+    pub fn tables(&self) -> Result<Vec<String>, NetworkError> {
+        const NLM_F_DUMP: u16 = 0x300;
+        const NLMSG_DONE: u16 = 3;
+        let mut req = vec![0u8; 20];
+        req[0..4].copy_from_slice(&20u32.to_ne_bytes());
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | 1; // NFT_MSG_GETTABLE
+        req[4..6].copy_from_slice(&kind.to_ne_bytes());
+        req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+        req[8..12].copy_from_slice(&1u32.to_ne_bytes());
+        req[16] = FAMILY_IP;
+        // SAFETY: send(2) reads `req`, alive for the call.
+        if unsafe { libc::send(self.0.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
+            return Err(NetworkError::Nft(std::io::Error::last_os_error()));
+        }
+        let mut names = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        loop {
+            // SAFETY: recv(2) writes at most buf.len() bytes into buf.
+            let n = unsafe {
+                libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+            };
+            if n < 0 {
+                return Err(NetworkError::Nft(std::io::Error::last_os_error()));
+            }
+            let mut rest = &buf[..n as usize];
+            while rest.len() >= 16 {
+                let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
+                let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap_or_default());
+                if len < 16 || len > rest.len() {
+                    return Ok(names);
+                }
+                if kind == NLMSG_DONE || kind == NLMSG_ERROR {
+                    return Ok(names);
+                }
+                // Attributes after the header and nfgenmsg.
+                let mut attrs = &rest[20.min(len)..len];
+                while attrs.len() >= 4 {
+                    let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+                    let atype = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+                    if alen < 4 || alen > attrs.len() {
+                        break;
+                    }
+                    if atype == NFTA_TABLE_NAME {
+                        let v = &attrs[4..alen];
+                        let v = v.split(|b| *b == 0).next().unwrap_or_default();
+                        names.push(String::from_utf8_lossy(v).into_owned());
+                    }
+                    attrs = &attrs[alen.next_multiple_of(4).min(attrs.len())..];
+                }
+                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ impl EgressRule {
         Ok(())
     }
 
-    fn matches(&self) -> Vec<Match> {
+    pub(crate) fn matches(&self) -> Vec<Match> {
         let mut m = vec![Match::Daddr(self.cidr)];
         match self.protocol {
             Protocol::All => {}

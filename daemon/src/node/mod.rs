@@ -191,7 +191,8 @@ impl Node {
             },
             snapshots,
             logs.clone(),
-        );
+        )
+        .with_network(start_network(&config));
         let pool = Arc::new(Pool::new(
             Arc::new(launcher),
             PoolSettings {
@@ -431,6 +432,7 @@ impl Node {
             layers,
             ephemeral_mb: spec.ephemeral_mb,
             dead_letter_target: spec.dead_letter_target,
+            network: spec.network,
             last_modified: crate::time::lambda_timestamp(SystemTime::now()),
             revision: 1,
         };
@@ -575,6 +577,7 @@ impl Node {
                 layers: layers.clone().unwrap_or_else(|| old.layers.clone()),
                 ephemeral_mb: spec.ephemeral_mb,
                 dead_letter_target: spec.dead_letter_target,
+                network: spec.network,
                 ..old.clone()
             })
         })?;
@@ -615,6 +618,7 @@ impl Node {
                 Some(t) => Some(t.clone()),
                 None => old.dead_letter_target.clone(),
             },
+            network: u.network.clone().unwrap_or_else(|| old.network.clone()),
         };
         let runtime = functions::validate_spec(&mut spec)?;
         Ok((spec, runtime))
@@ -694,5 +698,46 @@ impl Node {
     /// Stops every instance.
     pub async fn shutdown(&self) {
         self.pool.shutdown().await;
+        if let Some(n) = self.pool.launcher().network() {
+            n.shutdown().await;
+        }
     }
+}
+
+/// The node's instance networks, when they are on and can be set up (a
+/// node that cannot set them up runs without, and says so).
+fn start_network(config: &Config) -> Option<Arc<crate::network::Network>> {
+    if !config.network.enabled {
+        return None;
+    }
+    let mut settings = config.network.clone();
+    if settings.tag.is_empty() {
+        settings.tag = node_tag(&config.data_dir);
+    }
+    match crate::network::Network::start(settings) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::error!(error = %crate::error_chain(&e),
+                "instance networks are unavailable: instances run without a network");
+            None
+        }
+    }
+}
+
+/// Three characters (a-z, 0-9) from the data directory: what names this
+/// node's host table and links, the same across its restarts and apart
+/// from another node's on the same host.
+fn node_tag(data_dir: &std::path::Path) -> String {
+    use sha2::Digest;
+    let canon = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let digest = sha2::Sha256::digest(canon.as_os_str().as_encoded_bytes());
+    let mut n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..3)
+        .map(|_| {
+            let c = alphabet[(n % 36) as usize] as char;
+            n /= 36;
+            c
+        })
+        .collect()
 }

@@ -109,7 +109,10 @@ pub fn function_key(
 ) -> String {
     let env = serde_json::to_string(&f.environment).unwrap_or_default();
     let layers: Vec<&str> = f.layers.iter().map(|l| l.sha256_hex.as_str()).collect();
+    // The init ran with (or without) this network.
+    let net = serde_json::to_string(&f.network).unwrap_or_default();
     key_of(&[
+        &net,
         "function",
         runtime_key,
         &f.name,
