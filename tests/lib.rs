@@ -606,22 +606,47 @@ pub struct Flintd {
 }
 
 impl Drop for Flintd {
+    /// Stops it as systemd would (SIGTERM, then SIGKILL after 20 s), so
+    /// that it removes what it made on the host (its network table).
     fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on the pid of a child this test started and
+            // has not reaped.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 pub fn spawn_flintd(dir: &Path, broker: &str, uid_offset: u32) -> Flintd {
+    spawn_flintd_with(dir, broker, uid_offset, &[], "")
+}
+
+/// [`spawn_flintd`], listening also on `listen` and with `extra` (TOML
+/// sections) at the end of its configuration.
+pub fn spawn_flintd_with(
+    dir: &Path,
+    broker: &str,
+    uid_offset: u32,
+    listen: &[String],
+    extra: &str,
+) -> Flintd {
     let sock = dir.join("flintd.sock");
     let config = dir.join("flintd.toml");
+    let mut endpoints = vec![format!("unix:{}", sock.display())];
+    endpoints.extend(listen.iter().cloned());
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\nlisten = [{:?}]\nartifacts_dir = {:?}\nregion = \"us-east-1\"\naccount_id = \"000000000000\"\n\
-             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.01\n[broker]\nurl = {broker:?}\n",
+            "data_dir = {:?}\nlisten = {:?}\nartifacts_dir = {:?}\nregion = \"us-east-1\"\naccount_id = \"000000000000\"\n\
+             [vmm]\nuid_base = {}\n[testing]\nasync_time_scale = 0.01\n[broker]\nurl = {broker:?}\n{extra}",
             dir.join("data"),
-            format!("unix:{}", sock.display()),
+            endpoints,
             artifacts_dir(),
             flint_daemon::engine::jail::JailSettings::default().uid_base + uid_offset,
         ),

@@ -543,7 +543,8 @@ impl Config {
             c.broker_url = Some(url);
         }
         if let Some(n) = f.network {
-            let bad = |e: crate::network::NetworkError| ConfigError::Invalid(format!("network: {e}"));
+            let bad =
+                |e: crate::network::NetworkError| ConfigError::Invalid(format!("network: {e}"));
             let s = &mut c.network;
             if let Some(e) = n.enabled {
                 s.enabled = e;

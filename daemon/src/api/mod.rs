@@ -224,7 +224,11 @@ impl Functions for FunctionsService {
                 .dead_letter_config
                 .map(|d| d.target_arn)
                 .filter(|t| !t.is_empty()),
-            network: r.network_config.map(network_from_pb).transpose()?.unwrap_or_default(),
+            network: r
+                .network_config
+                .map(network_from_pb)
+                .transpose()?
+                .unwrap_or_default(),
         };
         if r.zip_file.is_empty() {
             return Err(status::invalid("ZipFile: a deployment package is required"));

@@ -65,7 +65,8 @@ pub enum Command {
         /// `TargetArn=arn:aws:sqs:...` (or `{"TargetArn":"..."}`): the
         /// dead-letter queue of asynchronous events.
         #[arg(long)]
-        dead_letter_config: Option<String>,        /// Network mode: `egress` (default) or `none` (no traffic at all).
+        dead_letter_config: Option<String>,
+        /// Network mode: `egress` (default) or `none` (no traffic at all).
         #[arg(long, value_parser = ["egress", "none"])]
         network_mode: Option<String>,
         /// An allowed destination, `CIDR[,tcp|udp|all[,PORT|FROM-TO]]`
@@ -129,7 +130,8 @@ pub enum Command {
         revision_id: Option<String>,
         /// `TargetArn=ARN`; `TargetArn=` removes the dead-letter queue.
         #[arg(long)]
-        dead_letter_config: Option<String>,        /// Network mode: `egress` (default) or `none` (no traffic at all).
+        dead_letter_config: Option<String>,
+        /// Network mode: `egress` (default) or `none` (no traffic at all).
         #[arg(long, value_parser = ["egress", "none"])]
         network_mode: Option<String>,
         /// An allowed destination, `CIDR[,tcp|udp|all[,PORT|FROM-TO]]`

@@ -228,11 +228,13 @@ impl QemuEngine {
         a.push("-device".into());
         a.push("virtio-rng-device".into());
         // The NIC, in every VM: a TAP passed by descriptor, or a hub port
-        // with nothing else on its hub. No vnet header either way, so that
-        // the device offers the same features to a snapshot and its clones.
+        // with nothing else on its hub. No vnet header either way (the TAP
+        // is opened without IFF_VNET_HDR, which QEMU reads from the
+        // descriptor), so that the device offers the same features to a
+        // snapshot and its clones.
         a.push("-netdev".into());
         a.push(match &spec.net {
-            Some(n) => format!("tap,id=net0,fd={},vnet_hdr=off", n.tap_fd()),
+            Some(n) => format!("tap,id=net0,fd={}", n.tap_fd()),
             None => "hubport,id=net0,hubid=0".into(),
         });
         a.push("-device".into());

@@ -106,7 +106,12 @@ impl NetworkSettings {
     }
 
     pub fn validate(&self) -> Result<(), NetworkError> {
-        if self.tag.len() > 3 || !self.tag.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if self.tag.len() > 3
+            || !self
+                .tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(NetworkError::Invalid(format!(
                 "tag {:?}: at most 3 of a-z, 0-9",
                 self.tag
@@ -544,6 +549,17 @@ impl Network {
     }
 }
 
+impl Drop for Network {
+    /// A node that goes without [`Network::shutdown`] (dropped in a test,
+    /// or ending on an error) still removes its table; its namespaces go
+    /// with their descriptors.
+    fn drop(&mut self) {
+        let mut del = Batch::new();
+        del.del_table(&self.settings.host_table());
+        let _ = self.host_nft.apply(del);
+    }
+}
+
 /// The host's table: masquerade instance traffic leaving by another
 /// interface, never forward between two instances, and let an instance
 /// reach the host itself only with replies, the resolver (when it is a host
@@ -915,8 +931,8 @@ async fn host_addresses(h: &rtnetlink::Handle) -> Result<Vec<Ipv4Addr>, NetworkE
     let mut addrs = h.address().get().execute();
     while let Some(a) = addrs.try_next().await? {
         for attr in a.attributes {
-            if let AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) =
-                attr
+            if let AddressAttribute::Local(IpAddr::V4(v4))
+            | AddressAttribute::Address(IpAddr::V4(v4)) = attr
             {
                 if !out.contains(&v4) {
                     out.push(v4);
@@ -962,7 +978,14 @@ mod tests {
             .expect("acquire")
             .expect("a slot");
         assert!(slot.tap_fd() >= 0 && slot.netns_fd() >= 0);
-        assert!(net.acquire(&NetworkConfig { mode: Mode::None, egress: vec![] }).await.unwrap().is_none());
+        assert!(net
+            .acquire(&NetworkConfig {
+                mode: Mode::None,
+                egress: vec![]
+            })
+            .await
+            .unwrap()
+            .is_none());
         // The refill prepares one more ahead.
         let deadline = Instant::now() + Duration::from_secs(10);
         while net.stats().ready < 1 && Instant::now() < deadline {

@@ -97,8 +97,16 @@ pub enum Verdict {
 pub enum Match {
     /// The input interface's name is this (exactly), or starts with it
     /// when `prefix`.
-    Iif { name: String, prefix: bool, not: bool },
-    Oif { name: String, prefix: bool, not: bool },
+    Iif {
+        name: String,
+        prefix: bool,
+        not: bool,
+    },
+    Oif {
+        name: String,
+        prefix: bool,
+        not: bool,
+    },
     Saddr(Cidr),
     Daddr(Cidr),
     /// `meta l4proto` (6 TCP, 17 UDP).
@@ -145,7 +153,9 @@ impl Batch {
 
     /// Adds the table `table` (family `ip`); nothing if it exists.
     pub fn add_table(&mut self, table: &str) {
-        self.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| m.str(NFTA_TABLE_NAME, table));
+        self.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, |m| {
+            m.str(NFTA_TABLE_NAME, table)
+        });
     }
 
     /// Deletes the table `table` and everything in it.
@@ -235,7 +245,7 @@ impl Attrs {
         self.0.extend_from_slice(&len.to_ne_bytes());
         self.0.extend_from_slice(&kind.to_ne_bytes());
         self.0.extend_from_slice(value);
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
     }
@@ -503,14 +513,7 @@ impl Socket {
     pub fn apply(&self, batch: Batch) -> Result<(), NetworkError> {
         let (bytes, mut expected) = batch.finish();
         // SAFETY: send(2) reads `bytes`, alive for the call.
-        let rc = unsafe {
-            libc::send(
-                self.0.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-            )
-        };
+        let rc = unsafe { libc::send(self.0.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
         if rc < 0 {
             return Err(NetworkError::Nft(std::io::Error::last_os_error()));
         }
@@ -524,7 +527,12 @@ impl Socket {
             };
             // SAFETY: recv(2) writes at most buf.len() bytes into buf.
             let n = unsafe {
-                libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags)
+                libc::recv(
+                    self.0.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    flags,
+                )
             };
             if n < 0 {
                 if first_error.is_some() {
@@ -560,7 +568,7 @@ impl Socket {
     pub fn tables(&self) -> Result<Vec<String>, NetworkError> {
         const NLM_F_DUMP: u16 = 0x300;
         const NLMSG_DONE: u16 = 3;
-        let mut req = vec![0u8; 20];
+        let mut req = [0u8; 20];
         req[0..4].copy_from_slice(&20u32.to_ne_bytes());
         let kind = (NFNL_SUBSYS_NFTABLES << 8) | 1; // NFT_MSG_GETTABLE
         req[4..6].copy_from_slice(&kind.to_ne_bytes());
@@ -575,9 +583,8 @@ impl Socket {
         let mut buf = vec![0u8; 65536];
         loop {
             // SAFETY: recv(2) writes at most buf.len() bytes into buf.
-            let n = unsafe {
-                libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n =
+                unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return Err(NetworkError::Nft(std::io::Error::last_os_error()));
             }
@@ -639,7 +646,9 @@ mod tests {
         let mut kinds = vec![];
         while off < bytes.len() {
             let len = u32::from_ne_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
-            kinds.push(u16::from_ne_bytes(bytes[off + 4..off + 6].try_into().unwrap()));
+            kinds.push(u16::from_ne_bytes(
+                bytes[off + 4..off + 6].try_into().unwrap(),
+            ));
             assert_eq!(len % 4, 0);
             off += len;
         }

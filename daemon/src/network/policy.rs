@@ -43,7 +43,11 @@ impl Cidr {
     }
 
     pub fn mask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0))
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
     }
 
     pub fn contains(&self, a: Ipv4Addr) -> bool {
@@ -125,7 +129,10 @@ impl EgressRule {
             Some(p) => {
                 let bad = || NetworkError::Invalid(format!("ports {p:?}: expected N or N-M"));
                 let (lo, hi) = p.split_once('-').unwrap_or((p, p));
-                Some((lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?))
+                Some((
+                    lo.parse().map_err(|_| bad())?,
+                    hi.parse().map_err(|_| bad())?,
+                ))
             }
         };
         if parts.next().is_some() {
@@ -269,7 +276,10 @@ mod tests {
         assert!(Cidr::parse("10.0.0.1/8").is_err());
         assert!(Cidr::parse("10.0.0.0/33").is_err());
         assert!(Cidr::parse("nope").is_err());
-        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().mask(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            Cidr::parse("0.0.0.0/0").unwrap().mask(),
+            Ipv4Addr::UNSPECIFIED
+        );
     }
 
     #[test]
