@@ -22,10 +22,15 @@
 //! `--suite sources`: messages per second from a queue on Redis through an
 //! event source mapping, and write-to-handler-start latency (see
 //! `sources.rs`).
+//!
+//! `--suite network`: function-snapshot restores with a network and
+//! without, preparing namespaces, and MB/s from a host server into a
+//! function (see `network.rs`).
 
 mod bursts;
 mod events;
 mod load;
+mod network;
 mod sources;
 
 use std::io::Write;
@@ -74,8 +79,8 @@ struct Args {
     /// Which measurements: `start` (latency by start kind, idle clones),
     /// `load` (concurrent clients, burst, frozen instances in a budget) or
     /// `bursts` (bursts from zero instances with and without the start
-    /// scheduler), `async` (Event invocations) or `sources` (a queue through
-    /// an event source mapping).
+    /// scheduler), `async` (Event invocations), `sources` (a queue through
+    /// an event source mapping) or `network` (instance networks).
     #[arg(long, default_value = "start")]
     suite: String,
     /// Load suite: concurrent client counts.
@@ -247,7 +252,8 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,netlink_packet_route=error".into()),
         )
         .init();
     let args = Args::parse();
@@ -269,6 +275,11 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }
+    if args.suite == "network" {
+        let r = rt.block_on(network::run(&args, &accel, &root));
+        let _ = std::fs::remove_dir_all(&root);
+        return r;
+    }
     if args.suite == "load" {
         let r = rt.block_on(load::run(&args, &accel, &root));
         let _ = std::fs::remove_dir_all(&root);
@@ -276,7 +287,7 @@ fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         args.suite == "start",
-        "--suite is start, load, bursts, async or sources"
+        "--suite is start, load, bursts, async, sources or network"
     );
     let config = |name: &str, snapshots: bool| Config {
         data_dir: root.join(name).join("data"),
