@@ -983,6 +983,7 @@ impl NodeApi for NodeService {
             starts_waiting: n.start_counts.waiting,
             scale_instances: n.starts.scale_instances,
             scale_interval_seconds: n.starts.scale_interval.as_secs_f64(),
+            networks: n.networks,
         }))
     }
 

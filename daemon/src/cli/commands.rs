@@ -708,6 +708,7 @@ pub async fn run(
                 ),
             ]);
             rows.push(vec!["VMM confinement".into(), info.vmm_confinement.clone()]);
+            rows.push(vec!["Instance networks".into(), info.networks.clone()]);
             rows.push(vec![
                 "init limit".into(),
                 format!(

@@ -420,6 +420,7 @@ pub fn node_info_json(n: &pb::NodeInfo) -> Value {
         "LogBytesStored": n.log_bytes_stored,
         "LogBytesDropped": n.log_bytes_dropped,
         "VmmConfinement": n.vmm_confinement,
+        "Networks": n.networks,
         "InitTimeoutSeconds": n.init_timeout_seconds,
         "SnapshotInitTimeoutSeconds": n.snapshot_init_timeout_seconds,
         "StartSlots": n.start_slots,

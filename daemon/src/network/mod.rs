@@ -272,13 +272,18 @@ impl Drop for NetSlot {
 
 impl NetSlot {
     /// Installs `cfg`'s egress rules, replacing any before (one batch).
-    fn apply(&self, cfg: &NetworkConfig, protected: &[Cidr]) -> Result<(), NetworkError> {
+    fn apply(
+        &self,
+        cfg: &NetworkConfig,
+        closed: &[Cidr],
+        protected: &[Cidr],
+    ) -> Result<(), NetworkError> {
         let Some(fds) = &self.fds else {
             return Err(NetworkError::Netlink("the namespace is gone".into()));
         };
         let mut b = Batch::new();
         b.flush_chain(TABLE, EGRESS);
-        for r in cfg.egress_rules(EGRESS, protected) {
+        for r in cfg.egress_rules(EGRESS, closed, protected) {
             b.add_rule(TABLE, &r);
         }
         fds.nft.apply(b)
@@ -411,7 +416,7 @@ impl Network {
         };
         self.refill();
         self.allow_on_host(cfg)?;
-        slot.apply(cfg, &self.protected)?;
+        slot.apply(cfg, &[self.settings.instance_cidr], &self.protected)?;
         slot.acquired = true;
         self.shared.in_use.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Arc::new(slot)))

@@ -241,8 +241,14 @@ impl NetworkConfig {
     /// The egress chain of an instance's namespace. Destinations in
     /// `protected` (the host, the other instances, link-local, loopback,
     /// multicast) are dropped unless a rule names a network inside one of
-    /// them: "everything" (`0.0.0.0/0`) never opens the host.
-    pub fn egress_rules(&self, chain: &'static str, protected: &[Cidr]) -> Vec<Rule> {
+    /// them: "everything" (`0.0.0.0/0`) never opens the host. Destinations
+    /// in `closed` (the instances' own range) no rule opens.
+    pub fn egress_rules(
+        &self,
+        chain: &'static str,
+        closed: &[Cidr],
+        protected: &[Cidr],
+    ) -> Vec<Rule> {
         let rules = self.effective();
         let inside = |r: &EgressRule| protected.iter().any(|p| p.covers(&r.cidr));
         let accept = |r: &EgressRule| Rule {
@@ -250,7 +256,15 @@ impl NetworkConfig {
             matches: r.matches(),
             verdict: Verdict::Accept,
         };
-        let mut out: Vec<Rule> = rules.iter().filter(|r| inside(r)).map(accept).collect();
+        let mut out: Vec<Rule> = closed
+            .iter()
+            .map(|c| Rule {
+                chain,
+                matches: vec![Match::Daddr(*c)],
+                verdict: Verdict::Drop,
+            })
+            .collect();
+        out.extend(rules.iter().filter(|r| inside(r)).map(accept));
         out.extend(protected.iter().map(|p| Rule {
             chain,
             matches: vec![Match::Daddr(*p)],
@@ -297,7 +311,7 @@ mod tests {
     fn everything_does_not_open_protected_ranges_but_a_named_host_does() {
         let host = Cidr::parse("192.0.2.2/32").unwrap();
         let protected = [Cidr::parse("10.200.0.0/16").unwrap(), host];
-        let open = NetworkConfig::default().egress_rules("e", &protected);
+        let open = NetworkConfig::default().egress_rules("e", &[], &protected);
         // The drops come first, then "everything".
         assert_eq!(open[0].verdict, Verdict::Drop);
         assert_eq!(open[1].verdict, Verdict::Drop);
@@ -306,9 +320,17 @@ mod tests {
             mode: Mode::Egress,
             egress: vec![EgressRule::parse("192.0.2.2/32,tcp,8080").unwrap()],
         };
-        let rules = named.egress_rules("e", &protected);
+        let rules = named.egress_rules("e", &[], &protected);
         assert_eq!(rules[0].verdict, Verdict::Accept);
         assert!(rules[0].matches.contains(&Match::Dport(8080, 8080)));
+        // The instances' range stays closed whatever a rule says.
+        let instances = NetworkConfig {
+            mode: Mode::Egress,
+            egress: vec![EgressRule::parse("10.200.0.0/24").unwrap()],
+        };
+        let rules = instances.egress_rules("e", &[protected[0]], &protected);
+        assert_eq!(rules[0].matches, vec![Match::Daddr(protected[0])]);
+        assert_eq!(rules[0].verdict, Verdict::Drop);
     }
 
     #[test]

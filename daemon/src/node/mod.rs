@@ -111,6 +111,8 @@ pub struct NodeInfo {
     pub init_limits: (std::time::Duration, std::time::Duration),
     pub starts: crate::launch::StartSettings,
     pub start_counts: crate::launch::StartCounts,
+    /// Instance networks, in words.
+    pub networks: String,
 }
 
 pub struct Node {

@@ -74,6 +74,21 @@ impl Node {
             init_limits: self.init_limits(),
             starts: self.pool.launcher().start_settings(),
             start_counts: self.pool.launcher().start_counts(),
+            networks: match self.pool.launcher().network() {
+                Some(n) => {
+                    let s = n.stats();
+                    format!(
+                        "{} ({} in use, {} ready, {} prepared, mean {:.2} ms each)",
+                        n.settings().instance_cidr,
+                        s.in_use,
+                        s.ready,
+                        s.prepared_total,
+                        s.prepare_mean_us as f64 / 1000.0
+                    )
+                }
+                None if cfg.network.enabled => "unavailable".into(),
+                None => "off".into(),
+            },
         }
     }
 
