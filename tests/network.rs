@@ -356,6 +356,21 @@ async fn call(
     serde_json::from_slice(&r.payload).unwrap()
 }
 
+/// Publishes `$LATEST`; returns the version.
+async fn publish(
+    c: &mut flint_proto::node::v1::functions_client::FunctionsClient<Channel>,
+    name: &str,
+) -> String {
+    c.publish_version(pb::PublishVersionRequest {
+        function_name: name.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .version
+}
+
 fn rule(cidr: &str, protocol: &str, from: u32, to: u32) -> pb::EgressRule {
     pb::EgressRule {
         cidr: cidr.into(),
@@ -453,15 +468,7 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
 
     // From a function snapshot: the first invocation of a restored clone
     // reaches the server at once, and so does a second clone (a spare).
-    let v = c
-        .publish_version(pb::PublishVersionRequest {
-            function_name: "net-open".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
+    let v = publish(&mut c, "net-open").await;
     let first = call(&mut c, "net-open", &v, json!({"op": "fetch", "url": hello})).await;
     assert_eq!(first["ok"], true, "the first restored clone: {first}");
     let (mut c1, mut c2) = (c.clone(), c.clone());
@@ -493,9 +500,19 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
         "{restored:?}"
     );
 
-    // What no instance reaches: other instances' namespaces and the
-    // host's ends of their links, flintd's TCP port, a host service, the
-    // metadata address. The test host's server is the control.
+    // What no instance reaches: the namespaces of other instances (of this
+    // function, and of another one started here) and the host's ends of
+    // their links, flintd's TCP port, a host service, the metadata
+    // address. The test host's server is the control.
+    create(&mut c, "net-other", None, 30).await;
+    let r = call(
+        &mut c,
+        "net-other",
+        "",
+        json!({"op": "fetch", "url": hello}),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
     let mut targets: Vec<String> = instance_addresses()
         .iter()
         .flat_map(|a| [format!("{a}:22"), format!("{a}:{flintd_port}")])
@@ -607,15 +624,7 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
     // 50 have arrived.
     const MANY: usize = 50;
     create(&mut c, "net-many", None, 600).await;
-    let v = c
-        .publish_version(pb::PublishVersionRequest {
-            function_name: "net-many".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
+    let v = publish(&mut c, "net-many").await;
     let started = Instant::now();
     let calls: Vec<_> = (0..MANY)
         .map(|_| {
@@ -656,7 +665,7 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
 
     // Stopping them tears their networks down: only the prepared ones and
     // those of the other functions' instances remain.
-    for f in ["net-many", "net-open", "net-none", "net-rule"] {
+    for f in ["net-many", "net-open", "net-none", "net-rule", "net-other"] {
         c.delete_function(pb::DeleteFunctionRequest {
             function_name: f.into(),
         })

@@ -363,6 +363,9 @@ impl Engine for QemuEngine {
         let qmp_sock = spec.dir.join("qmp.sock");
         let _ = std::fs::remove_file(&agent_sock);
         let _ = std::fs::remove_file(&qmp_sock);
+        // A console an earlier VMM of this id left (a failed restore, then
+        // the cold boot that replaces it) belongs to that VMM's uid.
+        let _ = std::fs::remove_file(super::console::path(&spec.dir));
         let agent_l = UnixListener::bind(&agent_sock).map_err(prep)?;
         let qmp_l = UnixListener::bind(&qmp_sock).map_err(prep)?;
         let log = std::fs::File::create(spec.dir.join("qemu.log")).map_err(prep)?;

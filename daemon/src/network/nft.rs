@@ -540,21 +540,14 @@ impl Socket {
                 }
                 return Err(NetworkError::Nft(std::io::Error::last_os_error()));
             }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
-                let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap_or_default());
-                if len < 16 || len > rest.len() {
-                    break;
-                }
-                if kind == NLMSG_ERROR && len >= 20 {
-                    let errno = i32::from_ne_bytes(rest[16..20].try_into().unwrap_or_default());
+            for (kind, msg) in Messages(&buf[..n as usize]) {
+                if kind == NLMSG_ERROR && msg.len() >= 20 {
+                    let errno = i32::from_ne_bytes(msg[16..20].try_into().unwrap_or_default());
                     expected = expected.saturating_sub(1);
                     if errno != 0 && first_error.is_none() {
                         first_error = Some(std::io::Error::from_raw_os_error(-errno));
                     }
                 }
-                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
             }
         }
         match first_error {
@@ -588,18 +581,12 @@ impl Socket {
             if n < 0 {
                 return Err(NetworkError::Nft(std::io::Error::last_os_error()));
             }
-            let mut rest = &buf[..n as usize];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap_or_default()) as usize;
-                let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap_or_default());
-                if len < 16 || len > rest.len() {
-                    return Ok(names);
-                }
+            for (kind, msg) in Messages(&buf[..n as usize]) {
                 if kind == NLMSG_DONE || kind == NLMSG_ERROR {
                     return Ok(names);
                 }
                 // Attributes after the header and nfgenmsg.
-                let mut attrs = &rest[20.min(len)..len];
+                let mut attrs = &msg[20.min(msg.len())..];
                 while attrs.len() >= 4 {
                     let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
                     let atype = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
@@ -613,9 +600,31 @@ impl Socket {
                     }
                     attrs = &attrs[alen.next_multiple_of(4).min(attrs.len())..];
                 }
-                rest = &rest[len.next_multiple_of(4).min(rest.len())..];
             }
         }
+    }
+}
+
+/// The netlink messages in a buffer the kernel filled: `(type, message)`
+/// pairs, header included; it stops at the first length that does not fit.
+struct Messages<'a>(&'a [u8]);
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = (u16, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.0;
+        if rest.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes(rest[0..4].try_into().ok()?) as usize;
+        let kind = u16::from_ne_bytes(rest[4..6].try_into().ok()?);
+        if len < 16 || len > rest.len() {
+            self.0 = &[];
+            return None;
+        }
+        self.0 = &rest[len.next_multiple_of(4).min(rest.len())..];
+        Some((kind, &rest[..len]))
     }
 }
 
