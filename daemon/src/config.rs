@@ -745,5 +745,22 @@ mod tests {
         assert_eq!(t.broker_url.as_deref(), Some(""));
         assert!(Config::from_toml("[async]\nconcurrency = 0").is_err());
         assert!(Config::from_toml("[testing]\nasync_time_scale = 2.0").is_err());
+        // [network]: the example's values are the defaults; bad ones are
+        // refused.
+        assert_eq!(
+            c.network.instance_cidr,
+            Config::default().network.instance_cidr
+        );
+        assert_eq!(c.network.prepared, Config::default().network.prepared);
+        let n = Config::from_toml(
+            "[network]\ninstance_cidr = \"10.9.0.0/20\"\ndns = \"\"\ntag = \"t1\"\n",
+        )
+        .unwrap();
+        assert_eq!(n.network.instance_cidr.to_string(), "10.9.0.0/20");
+        assert_eq!((n.network.dns, n.network.tag.as_str()), (None, "t1"));
+        assert!(Config::from_toml("[network]\ninstance_cidr = \"10.9.0.1/20\"").is_err());
+        assert!(Config::from_toml("[network]\ninstance_cidr = \"10.9.0.0/30\"").is_err());
+        assert!(Config::from_toml("[network]\ndns = \"resolver\"").is_err());
+        assert!(Config::from_toml("[network]\ntag = \"TOO-LONG\"").is_err());
     }
 }
