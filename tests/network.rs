@@ -356,6 +356,17 @@ async fn call(
     serde_json::from_slice(&r.payload).unwrap()
 }
 
+/// Invokes `name` to fetch `url` and asserts that it got an answer.
+async fn fetch_ok(
+    c: &mut flint_proto::node::v1::functions_client::FunctionsClient<Channel>,
+    name: &str,
+    qualifier: &str,
+    url: &str,
+) {
+    let r = call(c, name, qualifier, json!({"op": "fetch", "url": url})).await;
+    assert_eq!(r["ok"], true, "{name}: {r}");
+}
+
 /// Publishes `$LATEST`; returns the version.
 async fn publish(
     c: &mut flint_proto::node::v1::functions_client::FunctionsClient<Channel>,
@@ -457,20 +468,12 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
     )
     .await;
     assert_eq!(r["addr"], SERVER, "{r}");
-    let r = call(
-        &mut c,
-        "net-open",
-        "",
-        json!({"op": "fetch", "url": "http://server.test:8081/hello"}),
-    )
-    .await;
-    assert_eq!(r["ok"], true, "{r}");
+    fetch_ok(&mut c, "net-open", "", "http://server.test:8081/hello").await;
 
     // From a function snapshot: the first invocation of a restored clone
     // reaches the server at once, and so does a second clone (a spare).
     let v = publish(&mut c, "net-open").await;
-    let first = call(&mut c, "net-open", &v, json!({"op": "fetch", "url": hello})).await;
-    assert_eq!(first["ok"], true, "the first restored clone: {first}");
+    fetch_ok(&mut c, "net-open", &v, &hello).await;
     let (mut c1, mut c2) = (c.clone(), c.clone());
     let slow = |port| json!({"op": "fetch", "url": format!("http://{SERVER}:{port}/hello")});
     let (a, b) = tokio::join!(
@@ -505,14 +508,7 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
     // their links, flintd's TCP port, a host service, the metadata
     // address. The test host's server is the control.
     create(&mut c, "net-other", None, 30).await;
-    let r = call(
-        &mut c,
-        "net-other",
-        "",
-        json!({"op": "fetch", "url": hello}),
-    )
-    .await;
-    assert_eq!(r["ok"], true, "{r}");
+    fetch_ok(&mut c, "net-other", "", &hello).await;
     let mut targets: Vec<String> = instance_addresses()
         .iter()
         .flat_map(|a| [format!("{a}:22"), format!("{a}:{flintd_port}")])
@@ -684,14 +680,7 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
     // A crash leaves nothing that a restart does not remove; a graceful
     // stop removes the rest.
     create(&mut c, "net-crash", None, 30).await;
-    let r = call(
-        &mut c,
-        "net-crash",
-        "",
-        json!({"op": "fetch", "url": hello}),
-    )
-    .await;
-    assert_eq!(r["ok"], true, "{r}");
+    fetch_ok(&mut c, "net-crash", "", &hello).await;
     flintd.child.kill().unwrap();
     flintd.child.wait().unwrap();
     drop(flintd);
@@ -699,14 +688,7 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
     let mut c = flint_daemon::client::functions(&flintd.endpoint)
         .await
         .unwrap();
-    let r = call(
-        &mut c,
-        "net-crash",
-        "",
-        json!({"op": "fetch", "url": hello}),
-    )
-    .await;
-    assert_eq!(r["ok"], true, "{r}");
+    fetch_ok(&mut c, "net-crash", "", &hello).await;
     // SAFETY: kill(2) on flintd's pid, which this test started.
     unsafe { libc::kill(flintd.child.id() as i32, libc::SIGTERM) };
     let mut flintd = flintd;

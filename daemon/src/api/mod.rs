@@ -1114,26 +1114,17 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// A function's network as the API shows it.
-fn network_pb(n: &crate::network::NetworkConfig) -> pb::NetworkConfig {
-    use crate::network::{Mode, Protocol};
+/// A function's network as the API carries it (also what flintctl and the
+/// benchmark send).
+pub fn network_pb(n: &crate::network::NetworkConfig) -> pb::NetworkConfig {
     pb::NetworkConfig {
-        mode: match n.mode {
-            Mode::None => "none",
-            Mode::Egress => "egress",
-        }
-        .into(),
+        mode: n.mode.name().into(),
         egress: n
             .egress
             .iter()
             .map(|r| pb::EgressRule {
                 cidr: r.cidr.to_string(),
-                protocol: match r.protocol {
-                    Protocol::All => "all",
-                    Protocol::Tcp => "tcp",
-                    Protocol::Udp => "udp",
-                }
-                .into(),
+                protocol: r.protocol.name().into(),
                 from_port: r.ports.map_or(0, |p| u32::from(p.0)),
                 to_port: r.ports.map_or(0, |p| u32::from(p.1)),
             })
@@ -1145,19 +1136,10 @@ fn network_pb(n: &crate::network::NetworkConfig) -> pb::NetworkConfig {
 fn network_from_pb(n: pb::NetworkConfig) -> Result<crate::network::NetworkConfig, Status> {
     use crate::network::{Cidr, EgressRule, Mode, NetworkConfig, Protocol};
     let bad = |m: String| status::invalid(format!("NetworkConfig: {m}"));
-    let mode = match n.mode.as_str() {
-        "" | "egress" => Mode::Egress,
-        "none" => Mode::None,
-        m => return Err(bad(format!("mode {m:?}: expected egress or none"))),
-    };
+    let mode = Mode::parse(&n.mode).map_err(|e| bad(e.to_string()))?;
     let mut egress = Vec::new();
     for r in n.egress {
-        let protocol = match r.protocol.as_str() {
-            "" | "all" | "-1" => Protocol::All,
-            "tcp" => Protocol::Tcp,
-            "udp" => Protocol::Udp,
-            p => return Err(bad(format!("protocol {p:?}: expected tcp, udp or all"))),
-        };
+        let protocol = Protocol::parse(&r.protocol).map_err(|e| bad(e.to_string()))?;
         let port = |p: u32| u16::try_from(p).map_err(|_| bad(format!("port {p} is out of range")));
         let ports = match (r.from_port, r.to_port) {
             (0, 0) => None,

@@ -824,30 +824,20 @@ fn network_config(
     mode: Option<String>,
     rules: Vec<String>,
 ) -> Result<Option<pb::NetworkConfig>, CliError> {
+    use crate::network::{EgressRule, Mode, NetworkConfig};
     if mode.is_none() && rules.is_empty() {
         return Ok(None);
     }
-    let mut egress = Vec::new();
-    for r in &rules {
-        let rule = crate::network::EgressRule::parse(r)
-            .map_err(|e| CliError::Usage(format!("--egress-rule {r}: {e}")))?;
-        let (from_port, to_port) = rule
-            .ports
-            .map_or((0, 0), |(a, b)| (u32::from(a), u32::from(b)));
-        egress.push(pb::EgressRule {
-            cidr: rule.cidr.to_string(),
-            protocol: match rule.protocol {
-                crate::network::Protocol::All => "all",
-                crate::network::Protocol::Tcp => "tcp",
-                crate::network::Protocol::Udp => "udp",
-            }
-            .into(),
-            from_port,
-            to_port,
-        });
-    }
-    Ok(Some(pb::NetworkConfig {
-        mode: mode.unwrap_or_else(|| "egress".into()),
+    let mode = Mode::parse(mode.as_deref().unwrap_or(""))
+        .map_err(|e| CliError::Usage(format!("--network-mode: {e}")))?;
+    let egress = rules
+        .iter()
+        .map(|r| {
+            EgressRule::parse(r).map_err(|e| CliError::Usage(format!("--egress-rule {r}: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Some(crate::api::network_pb(&NetworkConfig {
+        mode,
         egress,
-    }))
+    })))
 }

@@ -98,6 +98,49 @@ pub enum Protocol {
     Udp,
 }
 
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Egress => "egress",
+        }
+    }
+
+    /// `egress` (or empty) or `none`.
+    pub fn parse(s: &str) -> Result<Self, NetworkError> {
+        match s {
+            "" | "egress" => Ok(Mode::Egress),
+            "none" => Ok(Mode::None),
+            m => Err(NetworkError::Invalid(format!(
+                "mode {m:?}: expected egress or none"
+            ))),
+        }
+    }
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::All => "all",
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// `tcp`, `udp`, or `all` (also empty and `-1`, as security groups
+    /// write it).
+    pub fn parse(s: &str) -> Result<Self, NetworkError> {
+        match s {
+            "" | "all" | "-1" => Ok(Protocol::All),
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            p => Err(NetworkError::Invalid(format!(
+                "protocol {p:?}: expected tcp, udp or all"
+            ))),
+        }
+    }
+}
+
 /// One allowed destination, as a security group's outbound rule.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EgressRule {
@@ -114,16 +157,7 @@ impl EgressRule {
     pub fn parse(s: &str) -> Result<Self, NetworkError> {
         let mut parts = s.split(',').map(str::trim);
         let cidr = Cidr::parse(parts.next().unwrap_or(""))?;
-        let protocol = match parts.next() {
-            None | Some("all") | Some("-1") => Protocol::All,
-            Some("tcp") => Protocol::Tcp,
-            Some("udp") => Protocol::Udp,
-            Some(p) => {
-                return Err(NetworkError::Invalid(format!(
-                    "protocol {p:?}: expected tcp, udp or all"
-                )))
-            }
-        };
+        let protocol = Protocol::parse(parts.next().unwrap_or(""))?;
         let ports = match parts.next() {
             None => None,
             Some(p) => {
@@ -182,10 +216,8 @@ impl EgressRule {
 impl std::fmt::Display for EgressRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}", self.cidr)?;
-        match self.protocol {
-            Protocol::All => {}
-            Protocol::Tcp => write!(f, ",tcp")?,
-            Protocol::Udp => write!(f, ",udp")?,
+        if self.protocol != Protocol::All {
+            write!(f, ",{}", self.protocol.name())?;
         }
         match self.ports {
             Some((lo, hi)) if lo == hi => write!(f, ",{lo}"),

@@ -168,22 +168,7 @@ pub async fn run(args: &Args, accel: &AccelInfo, root: &Path) -> anyhow::Result<
             }),
         ),
     ] {
-        let network_config = net.map(|n| pb::NetworkConfig {
-            mode: match n.mode {
-                Mode::None => "none".into(),
-                Mode::Egress => "egress".into(),
-            },
-            egress: n
-                .egress
-                .iter()
-                .map(|r| pb::EgressRule {
-                    cidr: r.cidr.to_string(),
-                    protocol: "tcp".into(),
-                    from_port: u32::from(r.ports.map_or(0, |p| p.0)),
-                    to_port: u32::from(r.ports.map_or(0, |p| p.1)),
-                })
-                .collect(),
-        });
+        let network_config = net.map(flint_daemon::api::network_pb);
         s.fns
             .create_function(pb::CreateFunctionRequest {
                 function_name: name.into(),
