@@ -279,6 +279,30 @@ fn host_counts() -> HostCounts {
     }
 }
 
+/// What a failed count is made of: the instance links on the host and
+/// the VMM processes still running (by their run directory).
+fn leftovers() -> String {
+    let mut out = String::new();
+    for l in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+        let name = l.file_name().to_string_lossy().to_string();
+        if name.starts_with("fl") {
+            out += &format!("link {name}\n");
+        }
+    }
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("qemu") {
+            let cmd = std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default();
+            let dir = cmd
+                .split('\0')
+                .find_map(|a| a.strip_prefix("socket,id=qmp,path="))
+                .unwrap_or("?");
+            out += &format!("vmm {} {dir}\n", e.file_name().to_string_lossy());
+        }
+    }
+    out
+}
+
 async fn await_counts(want: impl Fn(&HostCounts) -> bool, what: &str) -> HostCounts {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -286,7 +310,7 @@ async fn await_counts(want: impl Fn(&HostCounts) -> bool, what: &str) -> HostCou
         if want(&c) {
             return c;
         }
-        assert!(Instant::now() < deadline, "{what}: {c:?}");
+        assert!(Instant::now() < deadline, "{what}: {c:?}\n{}", leftovers());
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -430,6 +430,13 @@ impl Engine for QemuEngine {
         let pid = child.id().unwrap_or(0);
 
         let (exit_tx, exit_rx) = watch::channel(None::<String>);
+        // Until the `QemuVm` owns it, the process dies with this boot: on an
+        // error below, and when the boot's future is dropped (a start
+        // abandoned by its caller) at any await.
+        let unclaimed = Unclaimed {
+            pid,
+            exited: exit_rx.clone(),
+        };
         let owned = cgroup.clone();
         let net = spec.net.clone();
         tokio::spawn(async move {
@@ -457,14 +464,8 @@ impl Engine for QemuEngine {
         let (qmp_stream, agent) = tokio::select! {
             r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
                 Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => {
-                    kill(pid);
-                    return Err(EngineError::Prepare(spec.dir.clone(), e));
-                }
-                Err(_) => {
-                    kill(pid);
-                    return Err(EngineError::ConnectTimeout(CONNECT_TIMEOUT));
-                }
+                Ok(Err(e)) => return Err(EngineError::Prepare(spec.dir.clone(), e)),
+                Err(_) => return Err(EngineError::ConnectTimeout(CONNECT_TIMEOUT)),
             },
             _ = early.wait_for(|s| s.is_some()) => {
                 let err = qemu_log(&spec.dir);
@@ -498,6 +499,7 @@ impl Engine for QemuEngine {
         })??;
 
         super::console::keep(spec.dir.clone(), exit_rx.clone());
+        unclaimed.claim();
         Ok(Box::new(QemuVm {
             dir: spec.dir,
             pid,
@@ -594,6 +596,27 @@ fn kill(pid: u32) {
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGKILL,
         );
+    }
+}
+
+/// A VMM process that no [`QemuVm`] owns yet: killed when dropped unclaimed.
+struct Unclaimed {
+    pid: u32,
+    exited: watch::Receiver<Option<String>>,
+}
+
+impl Unclaimed {
+    fn claim(mut self) {
+        self.pid = 0;
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        // Reaped already: the pid may be another process's now.
+        if self.exited.borrow().is_none() {
+            kill(self.pid);
+        }
     }
 }
 
@@ -885,5 +908,74 @@ mod tests {
         let _ = child.wait();
         // A process that is gone has nothing to lift.
         set_normal_priority(pid).unwrap();
+    }
+
+    /// A start abandoned while its VMM runs (its caller gone, or an error
+    /// after the spawn) leaves no process behind: nothing else would ever
+    /// stop it, and it would hold its network and memory until flintd ends.
+    #[tokio::test]
+    async fn a_boot_dropped_after_the_spawn_kills_its_vmm() {
+        let dir = tempfile::tempdir().unwrap();
+        // A VMM that never connects: it records its pid and waits.
+        let fake = dir.path().join("qemu");
+        let pid_file = dir.path().join("pid");
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho $$ > {}\nexec sleep 60\n",
+                pid_file.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let accel = AccelInfo {
+            accel: Accel::Tcg,
+            reason: "test".into(),
+        };
+        let jail = JailSettings {
+            enabled: false,
+            ..Default::default()
+        };
+        let engine = QemuEngine::new(fake, accel, &jail).unwrap();
+        for artefact in ["vmlinux", "rootfs"] {
+            std::fs::write(dir.path().join(artefact), b"").unwrap();
+        }
+        let spec = VmSpec {
+            id: "abandoned".into(),
+            dir: dir.path().join("run"),
+            kernel: dir.path().join("vmlinux"),
+            rootfs: dir.path().join("rootfs"),
+            drives: vec![],
+            memory_mb: 128,
+            vcpus: 1,
+            memory: Memory::Anonymous,
+            incoming: false,
+            background: false,
+            net: None,
+        };
+        let spawned = async {
+            loop {
+                if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+                    if let Ok(pid) = pid.trim().parse::<u32>() {
+                        return pid;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let pid = tokio::select! {
+            r = engine.boot(spec) => panic!("a VMM that never connects booted: {:?}", r.err()),
+            pid = spawned => pid,
+        };
+        // The boot's future is dropped here.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the VMM of an abandoned boot still runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
