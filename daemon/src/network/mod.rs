@@ -340,6 +340,20 @@ impl Network {
         let _ = host_nft.apply(del);
         host_nft.apply(host_table(&settings, &[]))?;
 
+        // Another node (or anything else) with addresses in this plan: the
+        // routes back to instances would go to whichever link came first.
+        let taken: Vec<String> = addresses
+            .iter()
+            .filter(|a| settings.instance_cidr.contains(**a))
+            .map(|a| a.to_string())
+            .collect();
+        if !taken.is_empty() {
+            tracing::warn!(
+                instance_cidr = %settings.instance_cidr,
+                addresses = taken.join(", "),
+                "the host already has addresses in [network] instance_cidr (another flintd?); give each node a range of its own"
+            );
+        }
         let mut protected = vec![
             settings.instance_cidr,
             Cidr::new(Ipv4Addr::new(169, 254, 0, 0), 16),
