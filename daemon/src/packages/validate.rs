@@ -14,15 +14,19 @@ pub enum Runtime {
     /// Python 3.11 with AWS's runtime interface client.
     #[serde(rename = "python3.11")]
     Python311,
+    /// Node.js 18 (Debian's) with AWS's runtime interface client.
+    #[serde(rename = "nodejs18.x")]
+    Nodejs18,
 }
 
 impl Runtime {
-    pub const ALL: [Runtime; 2] = [Runtime::Provided, Runtime::Python311];
+    pub const ALL: [Runtime; 3] = [Runtime::Provided, Runtime::Python311, Runtime::Nodejs18];
 
     pub fn name(self) -> &'static str {
         match self {
             Runtime::Provided => "provided",
             Runtime::Python311 => "python3.11",
+            Runtime::Nodejs18 => "nodejs18.x",
         }
     }
 
@@ -30,7 +34,7 @@ impl Runtime {
     pub fn entry_point(self) -> &'static str {
         match self {
             Runtime::Provided => "/var/task/bootstrap",
-            Runtime::Python311 => "/var/runtime/bootstrap",
+            Runtime::Python311 | Runtime::Nodejs18 => "/var/runtime/bootstrap",
         }
     }
 
@@ -226,6 +230,35 @@ pub fn python_module_file(handler: &str) -> Result<(String, String), PackageErro
     Ok((format!("{path}.py"), format!("{path}/__init__.py")))
 }
 
+/// The files a Node.js handler `path/file.function` may live in: the
+/// module `path/file` as CommonJS (`.js`, `.cjs`) or an ES module (`.mjs`,
+/// or `.js` in a package of `"type": "module"`), as Lambda's runtime
+/// looks for them.
+pub fn node_module_files(handler: &str) -> Result<[String; 3], PackageError> {
+    let err = || {
+        PackageError::Handler(format!(
+            "handler {handler:?} is not of the form file.function (for example index.handler)"
+        ))
+    };
+    let (module, function) = handler.rsplit_once('.').ok_or_else(err)?;
+    let ident = !function.is_empty()
+        && !function.starts_with(|c: char| c.is_ascii_digit())
+        && function
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    let part = |s: &str| {
+        !s.is_empty()
+            && s != ".."
+            && s != "."
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !ident || !module.split('/').all(part) {
+        return Err(err());
+    }
+    Ok(["js", "mjs", "cjs"].map(|ext| format!("{module}.{ext}")))
+}
+
 fn check_handler(entries: &[Entry], rules: &PackageRules) -> Result<(), PackageError> {
     let Some(runtime) = rules.runtime else {
         return Ok(());
@@ -257,6 +290,27 @@ fn check_handler(entries: &[Entry], rules: &PackageRules) -> Result<(), PackageE
                 Err(PackageError::Handler(format!(
                     "handler {:?}: the package has no {file}",
                     rules.handler
+                )))
+            }
+        }
+        Runtime::Nodejs18 => {
+            let files = node_module_files(&rules.handler)?;
+            let is_file = |f: &String| {
+                matches!(
+                    find(entries, f),
+                    Some(Entry {
+                        kind: EntryKind::File { .. } | EntryKind::Symlink(_),
+                        ..
+                    })
+                )
+            };
+            if files.iter().any(is_file) {
+                Ok(())
+            } else {
+                Err(PackageError::Handler(format!(
+                    "handler {:?}: the package has none of {}",
+                    rules.handler,
+                    files.join(", ")
                 )))
             }
         }
@@ -392,6 +446,38 @@ mod tests {
         let z = build(&[("app.py", b"", 0o644)]);
         let e = validate(&z, &provided()).unwrap_err();
         assert!(e.to_string().contains("no bootstrap"), "{e}");
+    }
+
+    #[test]
+    fn node_handlers_name_a_commonjs_or_es_module() {
+        let node = |handler: &str| PackageRules {
+            runtime: Some(Runtime::Nodejs18),
+            handler: handler.into(),
+        };
+        for file in ["index.js", "index.mjs", "index.cjs"] {
+            let z = build(&[(file, b"", 0o644)]);
+            validate(&z, &node("index.handler")).unwrap();
+        }
+        let z = build(&[("src/app.mjs", b"", 0o644)]);
+        validate(&z, &node("src/app.handler")).unwrap();
+        let e = validate(&z, &node("app.handler")).unwrap_err();
+        assert!(
+            e.to_string().contains("none of app.js, app.mjs, app.cjs"),
+            "{e}"
+        );
+        for bad in [
+            "nodot",
+            "index.",
+            "../index.handler",
+            "a//b.handler",
+            "index.1x",
+        ] {
+            let e = validate(&z, &node(bad)).unwrap_err();
+            assert!(e.to_string().contains("file.function"), "{bad}: {e}");
+        }
+        // A directory named like the module is not the module.
+        let z = build(&[("index.js/x", b"", 0o644)]);
+        assert!(validate(&z, &node("index.handler")).is_err());
     }
 
     #[test]
