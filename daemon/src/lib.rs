@@ -1,6 +1,7 @@
 //! flintd: the Flint execution node. See `docs/architecture.md`.
 
 pub mod api;
+pub mod blueprints;
 pub mod broker;
 pub mod cli;
 pub mod client;

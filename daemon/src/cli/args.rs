@@ -36,17 +36,31 @@ pub enum OutputArg {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Creates a function from a ZIP deployment package.
+    /// Creates a function from a ZIP deployment package, or from a
+    /// blueprint with its presets (`--blueprint`, see `init --list`).
     CreateFunction {
         #[arg(long)]
         function_name: String,
-        #[arg(long)]
-        runtime: String,
-        #[arg(long)]
-        handler: String,
+        /// With `--blueprint`: which of its runtimes (where it has several).
+        #[arg(long, required_unless_present = "blueprint")]
+        runtime: Option<String>,
+        #[arg(
+            long,
+            required_unless_present = "blueprint",
+            conflicts_with = "blueprint"
+        )]
+        handler: Option<String>,
         /// Path of the ZIP (`fileb://` prefix accepted).
+        #[arg(
+            long,
+            required_unless_present = "blueprint",
+            conflicts_with = "blueprint"
+        )]
+        zip_file: Option<String>,
+        /// A blueprint: its code, its layer and its presets, in one command
+        /// (the other options given override its presets).
         #[arg(long)]
-        zip_file: String,
+        blueprint: Option<String>,
         #[arg(long)]
         memory_size: Option<u32>,
         #[arg(long)]
@@ -73,6 +87,31 @@ pub enum Command {
         /// (repeatable); none: every public destination.
         #[arg(long = "egress-rule")]
         egress_rules: Vec<String>,
+    },
+    /// Lists the blueprints (`--list`), or writes one as a project into
+    /// DIR: its code, `flint.json` (its presets), a sample event and a
+    /// README. Nothing is sent to flintd.
+    Init {
+        #[arg(long, conflicts_with_all = ["blueprint", "dir"])]
+        list: bool,
+        #[arg(long, required_unless_present = "list")]
+        blueprint: Option<String>,
+        /// Which of the blueprint's runtimes (where it has several).
+        #[arg(long)]
+        runtime: Option<String>,
+        /// A new (or empty) folder.
+        #[arg(required_unless_present = "list")]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Deploys the project in DIR (written by `init`): publishes its
+    /// layer, creates the function with its presets (or updates its code
+    /// and settings where it exists), and publishes a version where
+    /// `flint.json` says so.
+    Deploy {
+        #[arg(long)]
+        function_name: String,
+        #[arg(default_value = ".")]
+        dir: std::path::PathBuf,
     },
     /// Shows a function (at a version or alias with --qualifier).
     GetFunction {

@@ -12,6 +12,7 @@ use flint_proto::node::v1::node_client::NodeClient;
 use serde_json::json;
 
 pub use super::args::*;
+use super::blueprints::usage;
 use super::*;
 use crate::client;
 
@@ -100,6 +101,21 @@ pub async fn run(
     output: Output,
     command: Command,
 ) -> Result<(), CliError> {
+    if let Command::Init {
+        list,
+        blueprint,
+        runtime,
+        dir,
+    } = &command
+    {
+        return super::blueprints::init(
+            *list,
+            blueprint.as_deref(),
+            runtime.as_deref(),
+            dir.as_deref(),
+            output,
+        );
+    }
     let channel = client::channel_with(endpoint, tls).await?;
     let mut c = flint_proto::node::v1::functions_client::FunctionsClient::new(channel.clone())
         .max_decoding_message_size(crate::api::MAX_MESSAGE)
@@ -163,6 +179,43 @@ pub async fn run(
         }
         Command::CreateFunction {
             function_name,
+            blueprint: Some(blueprint),
+            runtime,
+            memory_size,
+            timeout,
+            environment: env,
+            description,
+            layers,
+            ..
+        } => {
+            let b = crate::blueprints::get(&blueprint).map_err(usage)?;
+            let runtime = b.runtime(runtime.as_deref()).map_err(usage)?;
+            let scratch = super::blueprints::Scratch::new().map_err(usage)?;
+            b.write(Some(&runtime), scratch.path()).map_err(usage)?;
+            let mut d = crate::blueprints::load(scratch.path()).map_err(usage)?;
+            let p = &mut d.project;
+            p.memory_size = memory_size.unwrap_or(p.memory_size);
+            p.timeout = timeout.unwrap_or(p.timeout);
+            if let Some(e) = environment(env)? {
+                p.environment = e;
+            }
+            if !description.is_empty() {
+                p.description = description;
+            }
+            let f = super::blueprints::deploy(&mut c, &function_name, d, layers).await?;
+            print_configuration(&f, output);
+        }
+        Command::Deploy { function_name, dir } => {
+            let d = crate::blueprints::load(&dir).map_err(usage)?;
+            let f = super::blueprints::deploy(&mut c, &function_name, d, vec![]).await?;
+            print_configuration(&f, output);
+        }
+        Command::Init { .. } => {
+            // Answered before connecting (`run`).
+        }
+        Command::CreateFunction {
+            function_name,
+            blueprint: None,
             runtime,
             handler,
             zip_file,
@@ -180,9 +233,9 @@ pub async fn run(
             let f = c
                 .create_function(pb::CreateFunctionRequest {
                     function_name,
-                    runtime,
-                    handler,
-                    zip_file: read_file_arg(&zip_file)?,
+                    runtime: runtime.unwrap_or_default(),
+                    handler: handler.unwrap_or_default(),
+                    zip_file: read_file_arg(&zip_file.unwrap_or_default())?,
                     memory_size: memory_size.unwrap_or(0),
                     timeout: timeout.unwrap_or(0),
                     environment: environment(env)?.unwrap_or_default().into_iter().collect(),

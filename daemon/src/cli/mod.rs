@@ -2,6 +2,7 @@
 //! AWS CLI's JSON shapes or as tables, errors as the AWS CLI prints them.
 
 mod args;
+mod blueprints;
 pub mod commands;
 mod events;
 mod queues;

@@ -132,19 +132,27 @@ impl Args {
 
 const APP: &[u8] = b"def handler(event, context):\n    return event\n";
 
+/// The Node.js function of the start rows: the same echo.
+const NODE_APP: &[u8] = b"exports.handler = async (event) => event;\n";
+
 fn package() -> Vec<u8> {
     zip_app(APP)
 }
 
 /// A deployment package holding `app.py`.
 fn zip_app(app: &[u8]) -> Vec<u8> {
+    zip_file("app.py", app)
+}
+
+/// A deployment package of one file.
+fn zip_file(name: &str, data: &[u8]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     w.start_file(
-        "app.py",
+        name,
         zip::write::SimpleFileOptions::default().unix_permissions(0o644),
     )
     .expect("zip");
-    w.write_all(app).expect("zip");
+    w.write_all(data).expect("zip");
     w.finish().expect("zip").into_inner()
 }
 
@@ -192,12 +200,22 @@ async fn serve(config: Config, sock: &Path) -> anyhow::Result<Served> {
 
 impl Served {
     async fn create(&mut self, name: &str, memory: u32) -> anyhow::Result<()> {
+        self.create_in(name, "python3.11", memory).await
+    }
+
+    /// The echo function of the start rows, in `runtime` (python3.11 or
+    /// nodejs18.x).
+    async fn create_in(&mut self, name: &str, runtime: &str, memory: u32) -> anyhow::Result<()> {
+        let (handler, zip) = match runtime {
+            "nodejs18.x" => ("index.handler", zip_file("index.js", NODE_APP)),
+            _ => ("app.handler", package()),
+        };
         self.fns
             .create_function(pb::CreateFunctionRequest {
                 function_name: name.into(),
-                runtime: "python3.11".into(),
-                handler: "app.handler".into(),
-                zip_file: package(),
+                runtime: runtime.into(),
+                handler: handler.into(),
+                zip_file: zip,
                 memory_size: memory,
                 ..Default::default()
             })
@@ -371,6 +389,35 @@ fn main() -> anyhow::Result<()> {
             ms.push(s.invoke("bench", "1", i).await?);
         }
         series.push(Series { kind: "warm", ms });
+
+        // The same rows for Node.js (its runtime snapshot is built first).
+        s.create_in("bench-node", "nodejs18.x", args.memory).await?;
+        s.fns
+            .publish_version(pb::PublishVersionRequest {
+                function_name: "bench-node".into(),
+                description: String::new(),
+            })
+            .await?;
+        s.invoke("bench-node", "", 0).await?;
+        s.invoke("bench-node", "1", 0).await?;
+        let mut ms = Vec::new();
+        for i in 0..args.runs {
+            s.stop_instances("bench-node").await?;
+            ms.push(s.invoke("bench-node", "", i).await?);
+        }
+        series.push(Series { kind: "runtime-snapshot restore + init (nodejs18.x)", ms });
+        let mut ms = Vec::new();
+        for i in 0..args.runs {
+            s.stop_instances("bench-node").await?;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            ms.push(s.invoke("bench-node", "1", i).await?);
+        }
+        series.push(Series { kind: "function-snapshot restore (nodejs18.x)", ms });
+        let mut ms = Vec::new();
+        for i in 0..args.warm_runs {
+            ms.push(s.invoke("bench-node", "1", i).await?);
+        }
+        series.push(Series { kind: "warm (nodejs18.x)", ms });
         s.shutdown().await;
 
         // Snapshots off: cold boots.
@@ -383,6 +430,13 @@ fn main() -> anyhow::Result<()> {
             ms.push(s.invoke("bench", "", i).await?);
         }
         series.insert(0, Series { kind: "cold boot", ms });
+        s.create_in("bench-node", "nodejs18.x", args.memory).await?;
+        let mut ms = Vec::new();
+        for i in 0..args.runs {
+            s.stop_instances("bench-node").await?;
+            ms.push(s.invoke("bench-node", "", i).await?);
+        }
+        series.push(Series { kind: "cold boot (nodejs18.x)", ms });
         s.shutdown().await;
 
         // Density: idle clones of the function snapshot.
@@ -426,7 +480,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:<34} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "{:<46} {:>6} {:>10} {:>10} {:>10} {:>10}",
         "kind", "n", "p50 ms", "p99 ms", "min ms", "max ms"
     );
     let mut rows = Vec::new();
@@ -439,7 +493,7 @@ fn main() -> anyhow::Result<()> {
             v.last().copied().unwrap_or(0.0),
         );
         println!(
-            "{:<34} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+            "{:<46} {:>6} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
             s.kind,
             v.len(),
             p50,
