@@ -1,8 +1,10 @@
 //! Every blueprint, in every runtime it offers, is written by `flintctl
-//! init`, deployed by `flintctl deploy` to a real flintd and invoked with
-//! its own sample event by `flintctl invoke`; its answer must contain what
-//! the blueprint says it returns. `create-function --blueprint` does the
-//! same in one command.
+//! init`, deployed by `flintctl deploy` to a real flintd (with a broker, for
+//! the queues and streams blueprints read) and invoked with its own sample
+//! event by `flintctl invoke`; its answer must contain what the blueprint
+//! says it returns, and what it is wired to (a mapping, a schedule,
+//! destinations) must exist. `create-function --blueprint` does the same in
+//! one command. One flintd serves the whole file, in one test.
 
 use flint_e2e::*;
 use serde_json::Value;
@@ -37,8 +39,15 @@ fn contains(got: &Value, want: &Value) -> bool {
     }
 }
 
+/// The endpoint of this file's flintd.
+static EP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn ep() -> &'static str {
+    EP.get().expect("flintd started")
+}
+
 fn ctl(args: &[&str]) -> String {
-    flintctl(&node().endpoint, args).unwrap_or_else(|e| panic!("flintctl {args:?}: {e}"))
+    flintctl(ep(), args).unwrap_or_else(|e| panic!("flintctl {args:?}: {e}"))
 }
 
 /// Invokes `name` (at `qualifier`) with the event in `event`, through
@@ -68,7 +77,19 @@ fn invoke_with(
 }
 
 #[tokio::test]
-async fn every_blueprint_is_generated_deployed_and_answers_its_sample_event() {
+async fn blueprints_are_generated_deployed_wired_and_answer_their_sample_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start(dir.path());
+    let flintd = spawn_flintd(dir.path(), &redis.url(), 0xd_0000);
+    EP.set(flintd.endpoint.clone()).unwrap();
+    every_blueprint_answers_its_sample_event();
+    a_project_can_be_changed_and_deployed_again();
+    create_function_from_a_blueprint_in_one_command();
+    drop(flintd);
+    drop(redis);
+}
+
+fn every_blueprint_answers_its_sample_event() {
     let tree = blueprints_in_tree();
     let listed: Value = serde_json::from_str(&ctl(&["init", "--list"])).unwrap();
     let names: Vec<&str> = listed["Blueprints"]
@@ -82,7 +103,7 @@ async fn every_blueprint_is_generated_deployed_and_answers_its_sample_event() {
         tree.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
         "init --list shows every blueprint of the tree"
     );
-    let table = flintctl(&node().endpoint, &["init", "--list", "--output", "table"]).unwrap();
+    let table = flintctl(ep(), &["init", "--list", "--output", "table"]).unwrap();
     assert!(table.contains("hello-world"), "{table}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -125,14 +146,72 @@ async fn every_blueprint_is_generated_deployed_and_answers_its_sample_event() {
                 "{blueprint} {runtime}: {answer} does not contain {}",
                 meta["expect"]
             );
+            check_wiring(&name, meta);
             deployed += 1;
         }
     }
-    assert!(deployed >= 8, "{deployed}");
+    assert!(deployed >= 16, "{deployed}");
 }
 
-#[tokio::test]
-async fn a_project_can_be_changed_and_deployed_again() {
+/// What `meta` says the function is wired to exists.
+fn check_wiring(name: &str, meta: &Value) {
+    let mappings = || -> Vec<Value> {
+        let l: Value = serde_json::from_str(&ctl(&[
+            "list-event-source-mappings",
+            "--function-name",
+            name,
+        ]))
+        .unwrap();
+        l["EventSourceMappings"].as_array().unwrap().clone()
+    };
+    if let Some(q) = meta.get("queue") {
+        let m = mappings();
+        assert_eq!(m.len(), 1, "{name}: {m:?}");
+        let arn = m[0]["EventSourceArn"].as_str().unwrap();
+        assert!(arn.ends_with(&format!(":{name}-queue")), "{m:?}");
+        assert_eq!(m[0]["BatchSize"], q["batch_size"], "{m:?}");
+        assert_eq!(
+            m[0]["FunctionResponseTypes"],
+            serde_json::json!(["ReportBatchItemFailures"]),
+            "{m:?}"
+        );
+    }
+    if let Some(s) = meta.get("stream") {
+        let m = mappings();
+        assert_eq!(m.len(), 1, "{name}: {m:?}");
+        let arn = m[0]["EventSourceArn"].as_str().unwrap();
+        assert!(arn.ends_with(&format!("stream/{name}-stream")), "{m:?}");
+        assert_eq!(m[0]["StartingPosition"], s["starting_position"], "{m:?}");
+    }
+    if let Some(s) = meta.get("schedule") {
+        let got: Value = serde_json::from_str(&ctl(&[
+            "get-schedule",
+            "--name",
+            &format!("{name}-schedule"),
+        ]))
+        .unwrap();
+        assert_eq!(got["ScheduleExpression"], s["expression"], "{got}");
+    }
+    if let Some(d) = meta.get("destinations") {
+        let got: Value = serde_json::from_str(&ctl(&[
+            "get-function-event-invoke-config",
+            "--function-name",
+            name,
+        ]))
+        .unwrap();
+        let on_success = got["DestinationConfig"]["OnSuccess"]["Destination"]
+            .as_str()
+            .unwrap_or_default();
+        let want = format!("event-bus/{name}-{}", d["on_success"].as_str().unwrap());
+        assert!(on_success.ends_with(&want), "{got}");
+        assert_eq!(
+            got["MaximumRetryAttempts"], d["maximum_retry_attempts"],
+            "{got}"
+        );
+    }
+}
+
+fn a_project_can_be_changed_and_deployed_again() {
     let dir = tempfile::tempdir().unwrap();
     let project = dir.path().join("hello");
     let project_arg = project.display().to_string();
@@ -146,7 +225,7 @@ async fn a_project_can_be_changed_and_deployed_again() {
     ]);
     // The folder must be new or empty: nothing is overwritten.
     let again = flintctl(
-        &node().endpoint,
+        ep(),
         &[
             "init",
             "--blueprint",
@@ -191,16 +270,11 @@ async fn a_project_can_be_changed_and_deployed_again() {
 
     // A link in the code is refused, not followed.
     std::os::unix::fs::symlink("/etc/shadow", project.join("src/secret")).unwrap();
-    let e = flintctl(
-        &node().endpoint,
-        &["deploy", "--function-name", &name, &project_arg],
-    )
-    .unwrap_err();
+    let e = flintctl(ep(), &["deploy", "--function-name", &name, &project_arg]).unwrap_err();
     assert!(e.contains("only plain files"), "{e}");
 }
 
-#[tokio::test]
-async fn create_function_from_a_blueprint_in_one_command() {
+fn create_function_from_a_blueprint_in_one_command() {
     let name = unique("bp-oneshot");
     let f: Value = serde_json::from_str(&ctl(&[
         "create-function",
@@ -225,7 +299,7 @@ async fn create_function_from_a_blueprint_in_one_command() {
     // A blueprint that does not exist, or a runtime it does not offer, is
     // a usage error that names what there is.
     let e = flintctl(
-        &node().endpoint,
+        ep(),
         &[
             "create-function",
             "--function-name",
@@ -237,7 +311,7 @@ async fn create_function_from_a_blueprint_in_one_command() {
     .unwrap_err();
     assert!(e.contains("no blueprint named"), "{e}");
     let e = flintctl(
-        &node().endpoint,
+        ep(),
         &[
             "create-function",
             "--function-name",

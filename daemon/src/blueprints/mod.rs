@@ -61,6 +61,78 @@ pub struct RuntimeMeta {
     pub handler: String,
 }
 
+/// A queue on the node's broker that feeds the function (an event source
+/// mapping); named `<function>-queue` unless `name` says otherwise.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    #[serde(default)]
+    pub report_batch_item_failures: bool,
+}
+
+/// A stream on the node's broker that feeds the function; named
+/// `<function>-stream` unless `name` says otherwise.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StreamSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "one")]
+    pub shard_count: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    #[serde(default = "trim_horizon")]
+    pub starting_position: String,
+    #[serde(default)]
+    pub report_batch_item_failures: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn trim_horizon() -> String {
+    "TRIM_HORIZON".into()
+}
+
+/// A schedule that invokes the function; named `<function>-schedule`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ScheduleSpec {
+    pub expression: String,
+    /// The payload instead of EventBridge's scheduled event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+}
+
+/// Where the outcomes of asynchronous invocations go: event buses named
+/// `<function>-<on_success>` and `<function>-<on_failure>`, read with
+/// `flintctl subscribe-invocation-records`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Destinations {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_success: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maximum_retry_attempts: Option<u32>,
+}
+
+/// What a function is wired to (`queue`, `stream`, `schedule`,
+/// `destinations` in `blueprint.json` and `flint.json`).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Wiring {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<Destinations>,
+}
+
 /// `blueprint.json`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Meta {
@@ -76,6 +148,8 @@ pub struct Meta {
     pub publish: bool,
     /// What the sample event's answer contains (a subset of it).
     pub expect: serde_json::Value,
+    #[serde(flatten)]
+    pub wiring: Wiring,
 }
 
 /// An embedded blueprint.
@@ -99,6 +173,8 @@ pub struct Project {
     pub publish: bool,
     #[serde(default)]
     pub description: String,
+    #[serde(flatten)]
+    pub wiring: Wiring,
 }
 
 /// The embedded blueprints, by name.
@@ -174,6 +250,7 @@ impl Blueprint {
             environment: self.meta.environment.clone(),
             publish: self.meta.publish,
             description: self.meta.summary.clone(),
+            wiring: self.meta.wiring.clone(),
         }
     }
 

@@ -9,7 +9,10 @@ use tonic::transport::Channel;
 
 use super::commands::svc;
 use super::{emit, CliError, Output};
-use crate::blueprints::{BlueprintError, Deployable};
+use crate::blueprints::{BlueprintError, Deployable, Wiring};
+use flint_proto::node::v1::queues_client::QueuesClient;
+use flint_proto::node::v1::scheduler_client::SchedulerClient;
+use flint_proto::node::v1::streams_client::StreamsClient;
 
 pub(super) fn usage(e: BlueprintError) -> CliError {
     CliError::Usage(e.to_string())
@@ -76,6 +79,7 @@ pub fn init(
 /// settings where it exists): its layer first, then the function with
 /// the layer and `extra_layers`, then a version where the project says so.
 pub async fn deploy(
+    channel: &Channel,
     c: &mut FunctionsClient<Channel>,
     name: &str,
     d: Deployable,
@@ -150,17 +154,199 @@ pub async fn deploy(
         .map_err(svc("CreateFunction"))?
         .into_inner()
     };
-    if p.publish {
-        return Ok(c
-            .publish_version(pb::PublishVersionRequest {
-                function_name: name.to_string(),
-                description: format!("deployed from the {} blueprint", p.blueprint),
+    let f = if p.publish {
+        c.publish_version(pb::PublishVersionRequest {
+            function_name: name.to_string(),
+            description: format!("deployed from the {} blueprint", p.blueprint),
+        })
+        .await
+        .map_err(svc("PublishVersion"))?
+        .into_inner()
+    } else {
+        f
+    };
+    wire(channel, c, name, &f, &p.wiring).await?;
+    Ok(f)
+}
+
+/// Creates what the project says the function is wired to, where it is
+/// not there yet: its queue or stream and their mapping, its schedule,
+/// its destinations.
+async fn wire(
+    channel: &Channel,
+    c: &mut FunctionsClient<Channel>,
+    name: &str,
+    f: &pb::FunctionConfiguration,
+    w: &Wiring,
+) -> Result<(), CliError> {
+    // arn:aws:lambda:REGION:ACCOUNT:function:NAME[:QUALIFIER]
+    let parts: Vec<&str> = f.function_arn.split(':').collect();
+    let (region, account) = match parts.as_slice() {
+        [_, _, _, region, account, ..] => (*region, *account),
+        _ => {
+            return Err(CliError::Usage(format!(
+                "unexpected function ARN {}",
+                f.function_arn
+            )))
+        }
+    };
+    let function_arn = parts[..7.min(parts.len())].join(":");
+    if let Some(q) = &w.queue {
+        let mut queues = QueuesClient::new(channel.clone());
+        let queue_name = q.name.clone().unwrap_or_else(|| format!("{name}-queue"));
+        let arn = match queues
+            .get_queue_attributes(pb::QueueRequest {
+                queue_name: queue_name.clone(),
             })
             .await
-            .map_err(svc("PublishVersion"))?
-            .into_inner());
+        {
+            Ok(a) => a.into_inner().queue_arn,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                queues
+                    .create_queue(pb::CreateQueueRequest {
+                        queue_name,
+                        visibility_timeout: Some(6 * f.timeout.max(5)),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(svc("CreateQueue"))?
+                    .into_inner()
+                    .queue_arn
+            }
+            Err(s) => return Err(CliError::from_status("GetQueueAttributes", s)),
+        };
+        map(
+            c,
+            name,
+            &arn,
+            q.batch_size,
+            q.report_batch_item_failures,
+            "",
+        )
+        .await?;
     }
-    Ok(f)
+    if let Some(s) = &w.stream {
+        let mut streams = StreamsClient::new(channel.clone());
+        let stream_name = s.name.clone().unwrap_or_else(|| format!("{name}-stream"));
+        let arn = match streams
+            .describe_stream(pb::StreamRequest {
+                stream_name: stream_name.clone(),
+            })
+            .await
+        {
+            Ok(d) => d.into_inner().stream_arn,
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                streams
+                    .create_stream(pb::CreateStreamRequest {
+                        stream_name,
+                        shard_count: s.shard_count,
+                        retention_period_hours: None,
+                    })
+                    .await
+                    .map_err(svc("CreateStream"))?
+                    .into_inner()
+                    .stream_arn
+            }
+            Err(e) => return Err(CliError::from_status("DescribeStream", e)),
+        };
+        map(
+            c,
+            name,
+            &arn,
+            s.batch_size,
+            s.report_batch_item_failures,
+            &s.starting_position,
+        )
+        .await?;
+    }
+    if let Some(s) = &w.schedule {
+        let mut scheduler = SchedulerClient::new(channel.clone());
+        let schedule = pb::ScheduleRequest {
+            name: format!("{name}-schedule"),
+            schedule_expression: s.expression.clone(),
+            target: Some(pb::ScheduleTarget {
+                arn: function_arn.clone(),
+                input: s.input.as_ref().map(|v| v.to_string()),
+                role_arn: String::new(),
+            }),
+            description: format!("runs {name}"),
+            ..Default::default()
+        };
+        let exists = scheduler
+            .get_schedule(pb::GetScheduleRequest {
+                name: schedule.name.clone(),
+            })
+            .await
+            .is_ok();
+        if exists {
+            scheduler
+                .update_schedule(schedule)
+                .await
+                .map_err(svc("UpdateSchedule"))?;
+        } else {
+            scheduler
+                .create_schedule(schedule)
+                .await
+                .map_err(svc("CreateSchedule"))?;
+        }
+    }
+    if let Some(d) = &w.destinations {
+        let bus = |b: &String| format!("arn:aws:events:{region}:{account}:event-bus/{name}-{b}");
+        c.put_function_event_invoke_config(pb::PutFunctionEventInvokeConfigRequest {
+            function_name: name.to_string(),
+            qualifier: String::new(),
+            maximum_retry_attempts: d.maximum_retry_attempts,
+            maximum_event_age_in_seconds: None,
+            destination_config: Some(pb::DestinationConfig {
+                on_success: d.on_success.as_ref().map(|b| pb::OnSuccess {
+                    destination: bus(b),
+                }),
+                on_failure: d.on_failure.as_ref().map(|b| pb::OnFailure {
+                    destination: bus(b),
+                }),
+            }),
+        })
+        .await
+        .map_err(svc("PutFunctionEventInvokeConfig"))?;
+    }
+    Ok(())
+}
+
+/// An event source mapping from `source_arn` to `name`, unless there is one.
+async fn map(
+    c: &mut FunctionsClient<Channel>,
+    name: &str,
+    source_arn: &str,
+    batch_size: Option<u32>,
+    report_failures: bool,
+    starting_position: &str,
+) -> Result<(), CliError> {
+    let existing = c
+        .list_event_source_mappings(pb::ListEventSourceMappingsRequest {
+            event_source_arn: source_arn.to_string(),
+            function_name: name.to_string(),
+        })
+        .await
+        .map_err(svc("ListEventSourceMappings"))?
+        .into_inner();
+    if !existing.event_source_mappings.is_empty() {
+        return Ok(());
+    }
+    c.create_event_source_mapping(pb::CreateEventSourceMappingRequest {
+        event_source_arn: source_arn.to_string(),
+        function_name: name.to_string(),
+        batch_size,
+        function_response_types: if report_failures {
+            vec!["ReportBatchItemFailures".into()]
+        } else {
+            vec![]
+        },
+        starting_position: starting_position.to_string(),
+        ..Default::default()
+    })
+    .await
+    .map_err(svc("CreateEventSourceMapping"))?;
+    Ok(())
 }
 
 /// A folder of its own under the temporary directory, removed when

@@ -202,12 +202,12 @@ pub async fn run(
             if !description.is_empty() {
                 p.description = description;
             }
-            let f = super::blueprints::deploy(&mut c, &function_name, d, layers).await?;
+            let f = super::blueprints::deploy(&channel, &mut c, &function_name, d, layers).await?;
             print_configuration(&f, output);
         }
         Command::Deploy { function_name, dir } => {
             let d = crate::blueprints::load(&dir).map_err(usage)?;
-            let f = super::blueprints::deploy(&mut c, &function_name, d, vec![]).await?;
+            let f = super::blueprints::deploy(&channel, &mut c, &function_name, d, vec![]).await?;
             print_configuration(&f, output);
         }
         Command::Init { .. } => {
