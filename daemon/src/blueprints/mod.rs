@@ -46,6 +46,8 @@ pub enum BlueprintError {
     Project { path: PathBuf, message: String },
     #[error("the embedded blueprint {0} is malformed: {1}")]
     Malformed(String, String),
+    #[error("building {path} failed: {message}")]
+    Build { path: PathBuf, message: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlueprintError + '_ {
@@ -148,6 +150,9 @@ pub struct Meta {
     pub publish: bool,
     /// What the sample event's answer contains (a subset of it).
     pub expect: serde_json::Value,
+    /// `cargo`: the project is built before it is deployed (see [`load`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
     #[serde(flatten)]
     pub wiring: Wiring,
 }
@@ -173,6 +178,10 @@ pub struct Project {
     pub publish: bool,
     #[serde(default)]
     pub description: String,
+    /// `cargo`: `cargo build --release` in the project, and its binary
+    /// `bootstrap` is the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
     #[serde(flatten)]
     pub wiring: Wiring,
 }
@@ -250,6 +259,7 @@ impl Blueprint {
             environment: self.meta.environment.clone(),
             publish: self.meta.publish,
             description: self.meta.summary.clone(),
+            build: self.meta.build.clone(),
             wiring: self.meta.wiring.clone(),
         }
     }
@@ -301,9 +311,48 @@ impl Blueprint {
             ""
         };
         let qualifier = if p.publish { " --qualifier 1" } else { "" };
+        let mut wired = String::new();
+        let w = &p.wiring;
+        if let Some(q) = &w.queue {
+            let queue = q.name.clone().unwrap_or_else(|| "<function>-queue".into());
+            wired += &format!(
+                "\n- the queue `{queue}` (made if missing) feeds it through an event source mapping; \
+                 `flintctl send-message --queue-name {queue} --message-body '...'`."
+            );
+        }
+        if let Some(s) = &w.stream {
+            let stream = s.name.clone().unwrap_or_else(|| "<function>-stream".into());
+            wired += &format!(
+                "\n- the stream `{stream}` ({} shards, made if missing) feeds it from {}; \
+                 `flintctl put-record --stream-name {stream} --partition-key K --data '...'`.",
+                s.shard_count, s.starting_position
+            );
+        }
+        if let Some(s) = &w.schedule {
+            wired += &format!(
+                "\n- the schedule `<function>-schedule` invokes it: `{}`.",
+                s.expression
+            );
+        }
+        if let Some(d) = &w.destinations {
+            wired += &format!(
+                "\n- asynchronous invocations (`--invocation-type Event`) are retried {} time(s); \
+                 outcomes go to the event buses `<function>-{}` and `<function>-{}` \
+                 (`flintctl subscribe-invocation-records --event-bus ...`).",
+                d.maximum_retry_attempts.unwrap_or(2),
+                d.on_success.as_deref().unwrap_or("-"),
+                d.on_failure.as_deref().unwrap_or("-"),
+            );
+        }
+        let code = if p.build.as_deref() == Some("cargo") {
+            "`Cargo.toml`, `src/`: a Rust project; `flintctl deploy` runs `cargo build --release` \
+             here and deploys `target/release/bootstrap` as the function's code"
+        } else {
+            "`src/`: the function's code, deployed as it is"
+        };
         format!(
             "# {name} ({runtime})\n\n{summary}\n\n\
-             - `src/`: the function's code; its handler is `{handler}`.{layer}\n\
+             - {code}; its handler is `{handler}`.{layer}{wired}\n\
              - `flint.json`: its settings ({memory} MB, {timeout} s{publish}); change them there.\n\
              - `event.json`: a sample event.\n\n\
              Deploy it, and invoke it with the sample event:\n\n\
@@ -333,8 +382,64 @@ pub struct Deployable {
     pub layer: Option<Vec<u8>>,
 }
 
-/// Reads the project in `dir` and packages it.
+/// Reads the project in `dir` and packages it (building it first where
+/// `flint.json` says `"build": "cargo"`).
 pub fn load(dir: &Path) -> Result<Deployable, BlueprintError> {
+    let d = load_unbuilt(dir)?;
+    match d.project.build.as_deref() {
+        None => Ok(d),
+        Some("cargo") => Ok(Deployable {
+            code: build_cargo(dir)?,
+            ..d
+        }),
+        Some(other) => Err(BlueprintError::Project {
+            path: dir.join(PROJECT_FILE),
+            message: format!("build {other:?}: the only build there is is \"cargo\""),
+        }),
+    }
+}
+
+/// `cargo build --release` in `dir`, as the user running flintctl (as
+/// `cargo lambda build` would), into `$CARGO_TARGET_DIR` or `dir/target`;
+/// a ZIP of the binary `bootstrap` it makes.
+fn build_cargo(dir: &Path) -> Result<Vec<u8>, BlueprintError> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("target"));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(dir)
+        .args(["build", "--release", "--quiet", "--bin", "bootstrap"])
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .map_err(|e| BlueprintError::Build {
+            path: dir.to_path_buf(),
+            message: format!("cannot run cargo: {e}"),
+        })?;
+    if !status.success() {
+        return Err(BlueprintError::Build {
+            path: dir.to_path_buf(),
+            message: format!("cargo build --release exited with {status}"),
+        });
+    }
+    let bin = target.join("release").join("bootstrap");
+    let data = std::fs::read(&bin).map_err(io(&bin))?;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .unix_permissions(0o755);
+    let zerr = |e: zip::result::ZipError| BlueprintError::Build {
+        path: bin.clone(),
+        message: e.to_string(),
+    };
+    w.start_file("bootstrap", opts).map_err(zerr)?;
+    w.write_all(&data).map_err(io(&bin))?;
+    Ok(w.finish().map_err(zerr)?.into_inner())
+}
+
+/// Reads the project in `dir` and packages `src/` (and `layer/`) as they
+/// are.
+pub fn load_unbuilt(dir: &Path) -> Result<Deployable, BlueprintError> {
     let file = dir.join(PROJECT_FILE);
     let text = std::fs::read(&file).map_err(io(&file))?;
     let project: Project = serde_json::from_slice(&text).map_err(|e| BlueprintError::Project {
@@ -450,8 +555,13 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let p = b.write(Some(runtime), &dir.path().join("p")).unwrap();
                 assert_eq!(p.handler, rt.handler);
-                let d = load(&dir.path().join("p")).unwrap();
+                let d = load_unbuilt(&dir.path().join("p")).unwrap();
                 assert_eq!(d.project, p);
+                if p.build.is_some() {
+                    // Built on deploy (the e2e test builds it).
+                    assert!(dir.path().join("p/Cargo.toml").is_file());
+                    continue;
+                }
                 let rules = crate::packages::PackageRules {
                     runtime: crate::packages::Runtime::parse(runtime),
                     handler: p.handler.clone(),
