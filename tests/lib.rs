@@ -364,6 +364,15 @@ pub async fn invoke_at(
         .map(|r| r.into_inner())
 }
 
+/// The `REPORT` line of an invocation's log tail.
+pub fn report(r: &pb::InvokeResponse) -> String {
+    let t = tail(r);
+    t.lines()
+        .find(|l| l.starts_with("REPORT "))
+        .unwrap_or_else(|| panic!("no REPORT in {t}"))
+        .to_string()
+}
+
 /// The decoded `LogResult`.
 pub fn tail(r: &pb::InvokeResponse) -> String {
     use base64::Engine as _;

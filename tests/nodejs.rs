@@ -92,14 +92,6 @@ async fn create_node(
         .into_inner()
 }
 
-fn report(r: &pb::InvokeResponse) -> String {
-    let t = tail(r);
-    t.lines()
-        .find(|l| l.starts_with("REPORT "))
-        .unwrap_or_else(|| panic!("no REPORT in {t}"))
-        .to_string()
-}
-
 fn ok(r: &pb::InvokeResponse) -> serde_json::Value {
     assert_eq!(
         r.function_error,

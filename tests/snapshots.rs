@@ -60,14 +60,6 @@ fn now_s() -> f64 {
         .as_secs_f64()
 }
 
-fn report(r: &pb::InvokeResponse) -> String {
-    let t = tail(r);
-    t.lines()
-        .find(|l| l.starts_with("REPORT "))
-        .unwrap_or_else(|| panic!("no REPORT in {t}"))
-        .to_string()
-}
-
 #[tokio::test]
 async fn published_versions_restore_a_function_snapshot_and_clones_are_unique() {
     let name = unique("snap");

@@ -135,11 +135,10 @@ pub struct Wiring {
     pub destinations: Option<Destinations>,
 }
 
-/// `blueprint.json`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct Meta {
-    pub summary: String,
-    pub runtimes: BTreeMap<String, RuntimeMeta>,
+/// The settings a blueprint gives its projects (in `blueprint.json`, and
+/// copied into `flint.json`, where the user changes them).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Presets {
     pub memory_size: u32,
     pub timeout: u32,
     #[serde(default)]
@@ -148,13 +147,23 @@ pub struct Meta {
     /// published versions from their snapshot).
     #[serde(default)]
     pub publish: bool,
-    /// What the sample event's answer contains (a subset of it).
-    pub expect: serde_json::Value,
-    /// `cargo`: the project is built before it is deployed (see [`load`]).
+    /// `cargo`: `cargo build --release` in the project, and its binary
+    /// `bootstrap` is the code (see [`load`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build: Option<String>,
     #[serde(flatten)]
     pub wiring: Wiring,
+}
+
+/// `blueprint.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    pub summary: String,
+    pub runtimes: BTreeMap<String, RuntimeMeta>,
+    #[serde(flatten)]
+    pub presets: Presets,
+    /// What the sample event's answer contains (a subset of it).
+    pub expect: serde_json::Value,
 }
 
 /// An embedded blueprint.
@@ -170,20 +179,10 @@ pub struct Project {
     pub blueprint: String,
     pub runtime: String,
     pub handler: String,
-    pub memory_size: u32,
-    pub timeout: u32,
-    #[serde(default)]
-    pub environment: BTreeMap<String, String>,
-    #[serde(default)]
-    pub publish: bool,
     #[serde(default)]
     pub description: String,
-    /// `cargo`: `cargo build --release` in the project, and its binary
-    /// `bootstrap` is the code.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build: Option<String>,
     #[serde(flatten)]
-    pub wiring: Wiring,
+    pub presets: Presets,
 }
 
 /// The embedded blueprints, by name.
@@ -254,13 +253,8 @@ impl Blueprint {
                 .get(runtime)
                 .map(|r| r.handler.clone())
                 .unwrap_or_default(),
-            memory_size: self.meta.memory_size,
-            timeout: self.meta.timeout,
-            environment: self.meta.environment.clone(),
-            publish: self.meta.publish,
             description: self.meta.summary.clone(),
-            build: self.meta.build.clone(),
-            wiring: self.meta.wiring.clone(),
+            presets: self.meta.presets.clone(),
         }
     }
 
@@ -310,9 +304,13 @@ impl Blueprint {
         } else {
             ""
         };
-        let qualifier = if p.publish { " --qualifier 1" } else { "" };
+        let qualifier = if p.presets.publish {
+            " --qualifier 1"
+        } else {
+            ""
+        };
         let mut wired = String::new();
-        let w = &p.wiring;
+        let w = &p.presets.wiring;
         if let Some(q) = &w.queue {
             let queue = q.name.clone().unwrap_or_else(|| "<function>-queue".into());
             wired += &format!(
@@ -344,7 +342,7 @@ impl Blueprint {
                 d.on_failure.as_deref().unwrap_or("-"),
             );
         }
-        let code = if p.build.as_deref() == Some("cargo") {
+        let code = if p.presets.build.as_deref() == Some("cargo") {
             "`Cargo.toml`, `src/`: a Rust project; `flintctl deploy` runs `cargo build --release` \
              here and deploys `target/release/bootstrap` as the function's code"
         } else {
@@ -363,9 +361,9 @@ impl Blueprint {
             runtime = p.runtime,
             summary = self.meta.summary,
             handler = p.handler,
-            memory = p.memory_size,
-            timeout = p.timeout,
-            publish = if p.publish {
+            memory = p.presets.memory_size,
+            timeout = p.presets.timeout,
+            publish = if p.presets.publish {
                 "; each deploy publishes a version"
             } else {
                 ""
@@ -386,7 +384,7 @@ pub struct Deployable {
 /// `flint.json` says `"build": "cargo"`).
 pub fn load(dir: &Path) -> Result<Deployable, BlueprintError> {
     let d = load_unbuilt(dir)?;
-    match d.project.build.as_deref() {
+    match d.project.presets.build.as_deref() {
         None => Ok(d),
         Some("cargo") => Ok(Deployable {
             code: build_cargo(dir)?,
@@ -557,7 +555,7 @@ mod tests {
                 assert_eq!(p.handler, rt.handler);
                 let d = load_unbuilt(&dir.path().join("p")).unwrap();
                 assert_eq!(d.project, p);
-                if p.build.is_some() {
+                if p.presets.build.is_some() {
                     // Built on deploy (the e2e test builds it).
                     assert!(dir.path().join("p/Cargo.toml").is_file());
                     continue;

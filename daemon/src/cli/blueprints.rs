@@ -47,9 +47,9 @@ pub fn init(
             "Name": b.name,
             "Summary": b.meta.summary,
             "Runtimes": b.meta.runtimes.keys().collect::<Vec<_>>(),
-            "MemorySize": b.meta.memory_size,
-            "Timeout": b.meta.timeout,
-            "Publish": b.meta.publish,
+            "MemorySize": b.meta.presets.memory_size,
+            "Timeout": b.meta.presets.timeout,
+            "Publish": b.meta.presets.publish,
         })).collect::<Vec<_>>()});
         emit(output, doc, &["NAME", "RUNTIMES", "SUMMARY"], rows);
         return Ok(());
@@ -86,6 +86,7 @@ pub async fn deploy(
     extra_layers: Vec<String>,
 ) -> Result<pb::FunctionConfiguration, CliError> {
     let p = d.project;
+    let pre = &p.presets;
     let mut layers = Vec::new();
     if let Some(zip) = d.layer {
         let l = c
@@ -125,10 +126,10 @@ pub async fn deploy(
             function_name: name.to_string(),
             handler: Some(p.handler.clone()),
             runtime: Some(p.runtime.clone()),
-            memory_size: Some(p.memory_size),
-            timeout: Some(p.timeout),
+            memory_size: Some(pre.memory_size),
+            timeout: Some(pre.timeout),
             environment: Some(pb::Environment {
-                variables: p.environment.clone().into_iter().collect(),
+                variables: pre.environment.clone().into_iter().collect(),
             }),
             layers: Some(pb::LayerList { arns: layers }),
             description: Some(p.description.clone()),
@@ -143,9 +144,9 @@ pub async fn deploy(
             runtime: p.runtime.clone(),
             handler: p.handler.clone(),
             zip_file: d.code,
-            memory_size: p.memory_size,
-            timeout: p.timeout,
-            environment: p.environment.clone().into_iter().collect(),
+            memory_size: pre.memory_size,
+            timeout: pre.timeout,
+            environment: pre.environment.clone().into_iter().collect(),
             description: p.description.clone(),
             layers,
             ..Default::default()
@@ -154,7 +155,7 @@ pub async fn deploy(
         .map_err(svc("CreateFunction"))?
         .into_inner()
     };
-    let f = if p.publish {
+    let f = if pre.publish {
         c.publish_version(pb::PublishVersionRequest {
             function_name: name.to_string(),
             description: format!("deployed from the {} blueprint", p.blueprint),
@@ -165,7 +166,7 @@ pub async fn deploy(
     } else {
         f
     };
-    wire(channel, c, name, &f, &p.wiring).await?;
+    wire(channel, c, name, &f, &pre.wiring).await?;
     Ok(f)
 }
 

@@ -193,14 +193,14 @@ pub async fn run(
             let scratch = super::blueprints::Scratch::new().map_err(usage)?;
             b.write(Some(&runtime), scratch.path()).map_err(usage)?;
             let mut d = crate::blueprints::load(scratch.path()).map_err(usage)?;
-            let p = &mut d.project;
-            p.memory_size = memory_size.unwrap_or(p.memory_size);
-            p.timeout = timeout.unwrap_or(p.timeout);
+            let pre = &mut d.project.presets;
+            pre.memory_size = memory_size.unwrap_or(pre.memory_size);
+            pre.timeout = timeout.unwrap_or(pre.timeout);
             if let Some(e) = environment(env)? {
-                p.environment = e;
+                pre.environment = e;
             }
             if !description.is_empty() {
-                p.description = description;
+                d.project.description = description;
             }
             let f = super::blueprints::deploy(&channel, &mut c, &function_name, d, layers).await?;
             print_configuration(&f, output);
