@@ -504,7 +504,10 @@ async fn node_info_and_instances_describe_the_node() {
     assert!(info.engine.contains("QEMU"), "{}", info.engine);
     assert!(!info.accelerator.is_empty() && !info.accelerator_reason.is_empty());
     assert!(info.kernel.ends_with("vmlinux"));
-    assert_eq!(info.runtime_images.len(), 2);
+    assert_eq!(
+        info.runtime_images.len(),
+        flint_daemon::packages::Runtime::ALL.len()
+    );
     assert!(info.runtime_images.iter().all(|r| r.size > 0));
     assert!(info.cpus > 0 && info.memory_total_mb > 0);
     assert!(info.instances >= 1);

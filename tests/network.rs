@@ -303,6 +303,29 @@ fn leftovers() -> String {
     out
 }
 
+/// Waits (60 s at most) until the host has no instance link (`fl<TAG>-*`)
+/// of any node.
+async fn settle_instance_links() {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let links: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .flatten()
+            .map(|l| l.file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("fl") && n.contains('-'))
+            .collect();
+        if links.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instance links of another node are still here: {links:?}\n{}",
+            leftovers()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 async fn await_counts(want: impl Fn(&HostCounts) -> bool, what: &str) -> HostCounts {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -461,6 +484,11 @@ async fn instances_reach_what_their_rules_allow_and_nothing_else() {
         tls.ca, tls.server_cert, tls.server_key
     );
     let listen = [format!("0.0.0.0:{flintd_port}")];
+    // The baseline is taken once the instance networks of earlier test
+    // binaries are gone: the kernel destroys a namespace (and the link pair
+    // in it) some time after its last descriptor closes, so one left by the
+    // binary that ran just before may still be there now and vanish later.
+    settle_instance_links().await;
     let before = host_counts();
     {
         let mut probe =
