@@ -421,18 +421,7 @@ fn build_cargo(dir: &Path) -> Result<Vec<u8>, BlueprintError> {
         });
     }
     let bin = target.join("release").join("bootstrap");
-    let data = std::fs::read(&bin).map_err(io(&bin))?;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
-        .unix_permissions(0o755);
-    let zerr = |e: zip::result::ZipError| BlueprintError::Build {
-        path: bin.clone(),
-        message: e.to_string(),
-    };
-    w.start_file("bootstrap", opts).map_err(zerr)?;
-    w.write_all(&data).map_err(io(&bin))?;
-    Ok(w.finish().map_err(zerr)?.into_inner())
+    zip_paths(vec![("bootstrap".into(), bin, 0o755)], &target)
 }
 
 /// Reads the project in `dir` and packages `src/` (and `layer/`) as they
@@ -471,24 +460,26 @@ pub fn load_unbuilt(dir: &Path) -> Result<Deployable, BlueprintError> {
 pub fn zip_dir(root: &Path) -> Result<Vec<u8>, BlueprintError> {
     let mut files = Vec::new();
     collect(root, root, &mut files)?;
+    zip_paths(files, root)
+}
+
+/// A ZIP of `files` (name in the ZIP, path on disk, mode); `what` names
+/// the folder in an error of the ZIP writer.
+fn zip_paths(files: Vec<(String, PathBuf, u32)>, what: &Path) -> Result<Vec<u8>, BlueprintError> {
+    let zerr = |e: zip::result::ZipError| BlueprintError::Project {
+        path: what.to_path_buf(),
+        message: e.to_string(),
+    };
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    for (rel, path, mode) in files {
+    for (name, path, mode) in files {
         let data = std::fs::read(&path).map_err(io(&path))?;
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
             .unix_permissions(mode);
-        let zerr = |e: zip::result::ZipError| BlueprintError::Project {
-            path: path.clone(),
-            message: e.to_string(),
-        };
-        w.start_file(rel, opts).map_err(zerr)?;
+        w.start_file(name, opts).map_err(zerr)?;
         w.write_all(&data).map_err(io(&path))?;
     }
-    let cursor = w.finish().map_err(|e| BlueprintError::Project {
-        path: root.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok(cursor.into_inner())
+    Ok(w.finish().map_err(zerr)?.into_inner())
 }
 
 fn collect(
