@@ -20,6 +20,7 @@ pub mod pool;
 pub mod server;
 pub mod snapshot;
 pub mod sources;
+pub mod stacks;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod time;

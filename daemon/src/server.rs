@@ -6,7 +6,9 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
-use crate::api::{FunctionsService, NodeService, QueuesService, SchedulerService, StreamsService};
+use crate::api::{
+    FunctionsService, NodeService, QueuesService, SchedulerService, StacksService, StreamsService,
+};
 use crate::config::{Config, Listen};
 use crate::node::{Node, NodeError};
 
@@ -22,6 +24,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Stacks(#[from] crate::stacks::StackError),
     #[error("reading the TLS file {0} failed")]
     TlsFile(std::path::PathBuf, #[source] std::io::Error),
 }
@@ -48,6 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let socket_group = config.socket_group.clone();
     let tls = config.tls.as_ref().map(server_tls).transpose()?;
     let node = Arc::new(Node::open(config)?);
+    let stacks = crate::stacks::Stacks::open(node.clone())?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -71,6 +76,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .add_service(QueuesService::server(node.clone()))
         .add_service(StreamsService::server(node.clone()))
         .add_service(SchedulerService::server(node.clone()))
+        .add_service(StacksService::server(stacks))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha);

@@ -12,6 +12,7 @@ mod queues;
 mod scaling;
 mod schedules;
 mod sources;
+mod stacks;
 mod status;
 mod streams;
 
@@ -36,6 +37,7 @@ pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
 
 pub use queues::QueuesService;
 pub use schedules::SchedulerService;
+pub use stacks::StacksService;
 pub use streams::StreamsService;
 
 pub struct FunctionsService {

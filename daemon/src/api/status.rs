@@ -166,6 +166,25 @@ impl From<NodeError> for Status {
     }
 }
 
+impl From<crate::stacks::StackError> for Status {
+    fn from(e: crate::stacks::StackError) -> Self {
+        use crate::stacks::StackError as S;
+        match e {
+            S::Node(n) => n.into(),
+            S::Template { .. } | S::Unsupported { .. } | S::Name(_) | S::MissingCode { .. } => {
+                status(Code::InvalidArgument, "ValidationError", &e)
+            }
+            S::NotFound(_) => status(Code::NotFound, "ValidationError", &e),
+            S::Busy { .. } => status(Code::FailedPrecondition, "ValidationError", &e),
+            S::Exists(_) => status(Code::AlreadyExists, "AlreadyExistsException", &e),
+            S::DeploymentFailed(_) => status(Code::Aborted, "DeploymentFailed", &e),
+            S::Db(_) | S::Corrupt(_) | S::Internal(_) => {
+                status(Code::Internal, "InternalFailure", chain(&e))
+            }
+        }
+    }
+}
+
 /// A request field that failed validation at the API edge.
 pub fn invalid(message: impl std::fmt::Display) -> Status {
     status(

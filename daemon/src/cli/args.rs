@@ -107,11 +107,63 @@ pub enum Command {
     /// layer, creates the function with its presets (or updates its code
     /// and settings where it exists), and publishes a version where
     /// `flint.json` says so.
+    ///
+    /// With `--template-file` and `--stack-name`: deploys a SAM template
+    /// as a stack. Its `CodeUri` / `ContentUri` folders are zipped here
+    /// and sent with it; flintd shows the change set, applies it, and
+    /// rolls the stack back on any failure. Waits for the end unless
+    /// `--no-wait`.
     Deploy {
-        #[arg(long)]
-        function_name: String,
-        #[arg(default_value = ".")]
+        #[arg(
+            long,
+            required_unless_present = "template_file",
+            conflicts_with = "template_file"
+        )]
+        function_name: Option<String>,
+        #[arg(default_value = ".", conflicts_with = "template_file")]
         dir: std::path::PathBuf,
+        #[arg(long, requires = "stack_name")]
+        template_file: Option<std::path::PathBuf>,
+        #[arg(long, requires = "template_file")]
+        stack_name: Option<String>,
+        /// `Key=Value` (repeatable, or several after one flag).
+        #[arg(long, num_args = 1.., requires = "template_file")]
+        parameter_overrides: Vec<String>,
+        /// Only show the change set.
+        #[arg(long, requires = "template_file")]
+        no_execute_changeset: bool,
+        /// Seconds that one minute of a DeploymentPreference lasts
+        /// (default 60; shorter for tests and demonstrations).
+        #[arg(long, requires = "template_file")]
+        deployment_minute_seconds: Option<u32>,
+        /// Return once the change set is applying, without waiting.
+        #[arg(long, requires = "template_file")]
+        no_wait: bool,
+    },
+    /// Shows a stack (or every stack): status, parameters, outputs.
+    DescribeStacks {
+        #[arg(long)]
+        stack_name: Option<String>,
+    },
+    /// Lists stacks, deleted ones included.
+    ListStacks,
+    /// Deletes a stack and its resources (dependents first). Waits for
+    /// the end unless `--no-wait`.
+    DeleteStack {
+        #[arg(long)]
+        stack_name: String,
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A stack's events, newest first.
+    DescribeStackEvents {
+        #[arg(long)]
+        stack_name: String,
+    },
+    /// A stack's resources and their physical names.
+    ListStackResources {
+        #[arg(long)]
+        stack_name: String,
     },
     /// Shows a function (at a version or alias with --qualifier).
     GetFunction {

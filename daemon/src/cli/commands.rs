@@ -205,7 +205,42 @@ pub async fn run(
             let f = super::blueprints::deploy(&channel, &mut c, &function_name, d, layers).await?;
             print_configuration(&f, output);
         }
-        Command::Deploy { function_name, dir } => {
+        Command::Deploy {
+            template_file: Some(template),
+            stack_name: Some(stack),
+            parameter_overrides,
+            no_execute_changeset,
+            deployment_minute_seconds,
+            no_wait,
+            ..
+        } => {
+            let mut s = super::stacks::client(&channel);
+            let opts = super::stacks::DeployOptions {
+                template,
+                stack,
+                parameters: parameter_overrides,
+                execute: !no_execute_changeset,
+                minute_seconds: deployment_minute_seconds.unwrap_or(0),
+                wait: !no_wait,
+            };
+            super::stacks::deploy(&mut s, opts, output).await?;
+        }
+        cmd @ (Command::DescribeStacks { .. }
+        | Command::ListStacks
+        | Command::DeleteStack { .. }
+        | Command::DescribeStackEvents { .. }
+        | Command::ListStackResources { .. }) => {
+            let mut s = super::stacks::client(&channel);
+            super::stacks::run(&mut s, output, cmd).await?;
+        }
+        Command::Deploy {
+            function_name, dir, ..
+        } => {
+            let function_name = function_name.ok_or_else(|| {
+                CliError::Usage(
+                    "deploy needs --function-name, or --template-file and --stack-name".into(),
+                )
+            })?;
             let d = crate::blueprints::load(&dir).map_err(usage)?;
             let f = super::blueprints::deploy(&channel, &mut c, &function_name, d, vec![]).await?;
             print_configuration(&f, output);

@@ -9,6 +9,7 @@ mod queues;
 mod scaling;
 mod schedules;
 mod sources;
+mod stacks;
 mod streams;
 
 use std::collections::BTreeMap;

@@ -92,6 +92,37 @@ pub struct Invoker {
     pub logs: FunctionLogs,
     pub region: String,
     pub account_id: String,
+    pub tally: Tally,
+}
+
+/// Invocations and failed invocations per function version since flintd
+/// started; a gradual deployment judges a new version by them.
+#[derive(Default)]
+pub struct Tally(std::sync::Mutex<std::collections::HashMap<(String, String), (u64, u64)>>);
+
+impl Tally {
+    fn record(&self, name: &str, version: &str, failed: bool) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let e = m
+            .entry((name.to_string(), version.to_string()))
+            .or_default();
+        e.0 += 1;
+        e.1 += u64::from(failed);
+    }
+
+    /// (invocations, failed) of one version.
+    pub fn get(&self, name: &str, version: &str) -> (u64, u64) {
+        let m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(&(name.to_string(), version.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Drops a deleted function's counts.
+    pub fn forget(&self, name: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.retain(|(n, _), _| n != name);
+    }
 }
 
 /// How an invocation ended, before it is turned into a result.
@@ -230,6 +261,25 @@ impl Invoker {
     /// Runs a checked invocation of the resolved version `f` under
     /// `request_id` (an asynchronous event keeps its own across retries).
     pub async fn invoke_resolved(
+        &self,
+        f: Function,
+        req: &InvokeRequest,
+        request_id: String,
+    ) -> Result<InvokeResult, InvokeError> {
+        let (name, version) = (f.name.clone(), f.version.clone());
+        let r = self.run_resolved(f, req, request_id).await;
+        match &r {
+            Ok(res) => self
+                .tally
+                .record(&name, &version, res.function_error.is_some()),
+            // A throttle is not the version's failure.
+            Err(InvokeError::Pool(_)) => {}
+            Err(_) => self.tally.record(&name, &version, true),
+        }
+        r
+    }
+
+    async fn run_resolved(
         &self,
         f: Function,
         req: &InvokeRequest,

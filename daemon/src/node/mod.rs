@@ -215,6 +215,7 @@ impl Node {
             logs: logs.clone(),
             region: config.region.clone(),
             account_id: config.account_id.clone(),
+            tally: Default::default(),
         });
         let broker = match config.broker_url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => Some(Arc::new(crate::broker::Broker::new(url)?)),
@@ -470,6 +471,7 @@ impl Node {
 
     pub async fn delete_function(&self, name: &str) -> Result<(), NodeError> {
         self.store.delete(name)?;
+        self.invoker.tally.forget(name);
         self.pool.set_reserved(name, None);
         self.pool.retire(name).await;
         self.collect_garbage();
@@ -484,7 +486,45 @@ impl Node {
         publish: bool,
         revision_id: Option<String>,
     ) -> Result<Function, NodeError> {
+        self.update_code_as(name, zip, publish, revision_id, None)
+            .await
+    }
+
+    /// (invocations, failed invocations) of one function version since
+    /// flintd started.
+    pub fn version_tally(&self, name: &str, version: &str) -> (u64, u64) {
+        self.invoker.tally.get(name, version)
+    }
+
+    /// The package `$LATEST` runs.
+    pub fn function_code(&self, f: &Function) -> Result<Vec<u8>, NodeError> {
+        Ok(self.code.zip_bytes(&f.code_sha256_hex)?)
+    }
+
+    /// New code together with the runtime and handler it is checked
+    /// against and runs under (a stack that renames its handler's file
+    /// changes both at once).
+    pub async fn update_function_code_and_handler(
+        &self,
+        name: &str,
+        zip: Vec<u8>,
+        runtime: crate::packages::Runtime,
+        handler: String,
+    ) -> Result<Function, NodeError> {
+        self.update_code_as(name, zip, false, None, Some((runtime, handler)))
+            .await
+    }
+
+    async fn update_code_as(
+        &self,
+        name: &str,
+        zip: Vec<u8>,
+        publish: bool,
+        revision_id: Option<String>,
+        target: Option<(crate::packages::Runtime, String)>,
+    ) -> Result<Function, NodeError> {
         let f = self.store.get(name)?;
+        let (runtime, handler) = target.unwrap_or((f.runtime, f.handler.clone()));
         f.check_revision(revision_id.as_deref())?;
         if zip.is_empty() {
             return Err(FunctionsError::Invalid {
@@ -494,8 +534,8 @@ impl Node {
             .into());
         }
         let rules = PackageRules {
-            runtime: Some(f.runtime),
-            handler: f.handler.clone(),
+            runtime: Some(runtime),
+            handler: handler.clone(),
         };
         let image = self.store_package(zip, rules).await?;
         let layers_unzipped: u64 = f.layers.iter().map(|l| l.unzipped_size).sum();
@@ -513,6 +553,8 @@ impl Node {
                 return Err(FunctionsError::UpdateConflict(name.to_string()).into());
             }
             Ok(Function {
+                runtime,
+                handler: handler.clone(),
                 code_sha256_hex: image.sha256_hex.clone(),
                 code_sha256_b64: image.sha256_b64.clone(),
                 code_size: image.zip_size,
