@@ -274,7 +274,7 @@ pub struct StreamDef {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Def {
-    Function(FunctionDef),
+    Function(Box<FunctionDef>),
     Layer(LayerDef),
     Queue(QueueDef),
     Stream(StreamDef),
@@ -321,7 +321,9 @@ pub fn read(
     let at = format!("Resources.{id}.Properties");
     let mut r = Reader::new(id, &at, props)?;
     let def = match kind {
-        Kind::Function => Def::Function(read_function(stack, id, &mut r, metadata, code)?),
+        Kind::Function => {
+            Def::Function(Box::new(read_function(stack, id, &mut r, metadata, code)?))
+        }
         Kind::Layer => {
             let name = r
                 .string("LayerName")?
@@ -578,65 +580,66 @@ fn read_function(
                 &e.path("Properties"),
                 Value::Null,
             )?);
-            let def =
-                match t.as_str() {
-                    "SQS" => EventDef::Queue {
-                        arn: p.required("Queue")?,
-                        batch_size: p.u32("BatchSize")?,
-                        window_s: p.u32("MaximumBatchingWindowInSeconds")?,
-                        enabled: p.bool("Enabled")?.unwrap_or(true),
-                        response_types: p.strings("FunctionResponseTypes")?,
-                    },
-                    "Kinesis" => EventDef::Stream {
-                        arn: p.required("Stream")?,
-                        starting_position: p.required("StartingPosition")?,
-                        batch_size: p.u32("BatchSize")?,
-                        window_s: p.u32("MaximumBatchingWindowInSeconds")?,
-                        enabled: p.bool("Enabled")?.unwrap_or(true),
-                        bisect: p.bool("BisectBatchOnFunctionError")?,
-                        max_retries: p.number("MaximumRetryAttempts")?,
-                        max_age_s: p.number("MaximumRecordAgeInSeconds")?,
-                        parallelization: p.u32("ParallelizationFactor")?,
-                        response_types: p.strings("FunctionResponseTypes")?,
-                    },
-                    "Schedule" | "ScheduleV2" => {
-                        let v2 = t == "ScheduleV2";
-                        let expression =
-                            p.required(if v2 { "ScheduleExpression" } else { "Schedule" })?;
-                        let timezone = if v2 {
-                            p.string("ScheduleExpressionTimezone")?.unwrap_or_default()
-                        } else {
-                            String::new()
-                        };
-                        let enabled = if v2 {
-                            match p.string("State")?.as_deref() {
-                                None | Some("ENABLED") => true,
-                                Some("DISABLED") => false,
-                                Some(o) => {
-                                    return Err(invalid(
-                                        p.path("State"),
-                                        format!("{o:?}: ENABLED or DISABLED"),
-                                    ))
-                                }
+            let def = match t.as_str() {
+                "SQS" => EventDef::Queue {
+                    arn: p.required("Queue")?,
+                    batch_size: p.u32("BatchSize")?,
+                    window_s: p.u32("MaximumBatchingWindowInSeconds")?,
+                    enabled: p.bool("Enabled")?.unwrap_or(true),
+                    response_types: p.strings("FunctionResponseTypes")?,
+                },
+                "Kinesis" => EventDef::Stream {
+                    arn: p.required("Stream")?,
+                    starting_position: p.required("StartingPosition")?,
+                    batch_size: p.u32("BatchSize")?,
+                    window_s: p.u32("MaximumBatchingWindowInSeconds")?,
+                    enabled: p.bool("Enabled")?.unwrap_or(true),
+                    bisect: p.bool("BisectBatchOnFunctionError")?,
+                    max_retries: p.number("MaximumRetryAttempts")?,
+                    max_age_s: p.number("MaximumRecordAgeInSeconds")?,
+                    parallelization: p.u32("ParallelizationFactor")?,
+                    response_types: p.strings("FunctionResponseTypes")?,
+                },
+                "Schedule" | "ScheduleV2" => {
+                    let v2 = t == "ScheduleV2";
+                    let expression =
+                        p.required(if v2 { "ScheduleExpression" } else { "Schedule" })?;
+                    let timezone = if v2 {
+                        p.string("ScheduleExpressionTimezone")?.unwrap_or_default()
+                    } else {
+                        String::new()
+                    };
+                    let enabled = if v2 {
+                        match p.string("State")?.as_deref() {
+                            None | Some("ENABLED") => true,
+                            Some("DISABLED") => false,
+                            Some(o) => {
+                                return Err(invalid(
+                                    p.path("State"),
+                                    format!("{o:?}: ENABLED or DISABLED"),
+                                ))
                             }
-                        } else {
-                            p.bool("Enabled")?.unwrap_or(true)
-                        };
-                        EventDef::Schedule {
-                            expression,
-                            timezone,
-                            input: p.string("Input")?,
-                            enabled,
-                            description: p.string("Description")?.unwrap_or_default(),
                         }
+                    } else {
+                        p.bool("Enabled")?.unwrap_or(true)
+                    };
+                    EventDef::Schedule {
+                        expression,
+                        timezone,
+                        input: p.string("Input")?,
+                        enabled,
+                        description: p.string("Description")?.unwrap_or_default(),
                     }
-                    other => return Err(StackError::Unsupported {
+                }
+                other => {
+                    return Err(StackError::Unsupported {
                         resource: id.to_string(),
                         property: format!(
                             "Events.{n}.Type {other} (Flint: SQS, Kinesis, Schedule, ScheduleV2)"
                         ),
-                    }),
-                };
+                    })
+                }
+            };
             p.finish()?;
             e.finish()?;
             events.insert(n, def);
