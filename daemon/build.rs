@@ -1,5 +1,6 @@
-//! Embeds the blueprints (`blueprints/`) in the binaries: `flintctl init`
-//! writes them without a network or a checkout.
+//! Embeds the blueprints (`blueprints/`) and the application templates
+//! (`apps/`) in the binaries: `flintctl init` writes them without a network
+//! or a checkout.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -30,21 +31,30 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf, u32)>) {
             };
             out.push((rel, path.canonicalize().expect("a path"), mode));
         } else {
-            panic!("{}: blueprints hold plain files only", path.display());
+            panic!(
+                "{}: blueprints and apps hold plain files only",
+                path.display()
+            );
         }
     }
 }
 
-fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints");
+/// `static NAME` in `$OUT_DIR/OUT`: every file under `dir`, by relative path.
+fn embed(dir: &str, out: &str, name: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
     walk(&root, &root, &mut files);
-    let mut src = String::from("pub static FILES: &[(&str, &[u8], u32)] = &[\n");
+    let mut src = format!("pub static {name}: &[(&str, &[u8], u32)] = &[\n");
     for (rel, abs, mode) in files {
         writeln!(src, "    ({rel:?}, include_bytes!({abs:?}), 0o{mode:o}),").unwrap();
     }
     src.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("blueprints.rs");
-    std::fs::write(out, src).expect("writing blueprints.rs");
+    let path = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join(out);
+    std::fs::write(path, src).expect("writing the embedded files");
+}
+
+fn main() {
+    embed("blueprints", "blueprints.rs", "FILES");
+    embed("apps", "apps.rs", "APPS");
 }

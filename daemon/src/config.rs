@@ -141,6 +141,9 @@ pub struct Config {
     /// The period of one utilization datapoint of provisioned-concurrency
     /// autoscaling (`[autoscaling] period_s`; CloudWatch's minute).
     pub autoscaling_period: Duration,
+    /// How often each pipeline's branch is read (`[pipelines]
+    /// poll_interval_ms`).
+    pub pipeline_poll: Duration,
     /// The dispatcher of asynchronous events (`[async]`, and the test-only
     /// `[testing] async_time_scale`).
     pub events: crate::events::EventSettings,
@@ -190,6 +193,7 @@ pub struct FileConfig {
     #[serde(rename = "async")]
     pub events: Option<FileAsync>,
     pub testing: Option<FileTesting>,
+    pub pipelines: Option<FilePipelines>,
     pub broker: Option<FileBroker>,
     pub network: Option<FileNetwork>,
 }
@@ -225,6 +229,13 @@ pub struct FileBroker {
 #[serde(deny_unknown_fields)]
 pub struct FileAsync {
     pub concurrency: Option<u32>,
+}
+
+/// `[pipelines]`: how often flintd reads the branches pipelines watch.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePipelines {
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// `[testing]`: settings that exist for the test suite only. They shorten
@@ -357,6 +368,7 @@ impl Default for Config {
             tls: None,
             starts: FileStarts::default(),
             autoscaling_period: Duration::from_secs(60),
+            pipeline_poll: Duration::from_secs(2),
             events: crate::events::EventSettings::default(),
             broker_url: Some(DEFAULT_BROKER_URL.into()),
             network: crate::network::NetworkSettings::default(),
@@ -576,6 +588,14 @@ impl Config {
                 ));
             }
             c.events.time_scale = scale;
+        }
+        if let Some(ms) = f.pipelines.and_then(|p| p.poll_interval_ms) {
+            if !(100..=3_600_000).contains(&ms) {
+                return Err(ConfigError::Invalid(
+                    "pipelines.poll_interval_ms must be from 100 to 3600000".into(),
+                ));
+            }
+            c.pipeline_poll = Duration::from_millis(ms);
         }
         c.check()?;
         if let Some(l) = f.logs {

@@ -16,6 +16,7 @@ pub mod logs;
 pub mod network;
 pub mod node;
 pub mod packages;
+pub mod pipelines;
 pub mod pool;
 pub mod server;
 pub mod snapshot;

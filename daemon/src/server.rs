@@ -7,7 +7,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::api::{
-    FunctionsService, NodeService, QueuesService, SchedulerService, StacksService, StreamsService,
+    FunctionsService, NodeService, PipelinesService, QueuesService, SchedulerService,
+    StacksService, StreamsService,
 };
 use crate::config::{Config, Listen};
 use crate::node::{Node, NodeError};
@@ -26,6 +27,8 @@ pub enum ServerError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Stacks(#[from] crate::stacks::StackError),
+    #[error(transparent)]
+    Pipelines(#[from] crate::pipelines::PipelineError),
     #[error("reading the TLS file {0} failed")]
     TlsFile(std::path::PathBuf, #[source] std::io::Error),
 }
@@ -53,6 +56,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let tls = config.tls.as_ref().map(server_tls).transpose()?;
     let node = Arc::new(Node::open(config)?);
     let stacks = crate::stacks::Stacks::open(node.clone())?;
+    let pipelines = crate::pipelines::Pipelines::open(
+        node.clone(),
+        stacks.clone(),
+        node.config().pipeline_poll,
+    )?;
+    let watcher = tokio::spawn(pipelines.clone().run());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -77,6 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .add_service(StreamsService::server(node.clone()))
         .add_service(SchedulerService::server(node.clone()))
         .add_service(StacksService::server(stacks))
+        .add_service(PipelinesService::server(pipelines))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha);
@@ -204,6 +214,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     reclaimer.abort();
     provisioner.abort();
     autoscaler.abort();
+    watcher.abort();
     dispatcher.abort();
     pollers.abort();
     schedules.abort();

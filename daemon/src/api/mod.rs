@@ -8,6 +8,7 @@
 //! mapping in `status.rs`.
 
 mod events;
+mod pipelines;
 mod queues;
 mod scaling;
 mod schedules;
@@ -35,6 +36,7 @@ use crate::node::{AliasSpec, InstanceStatus, Node};
 /// Large enough for a 50 MB package plus framing.
 pub const MAX_MESSAGE: usize = 70 * 1024 * 1024;
 
+pub use pipelines::PipelinesService;
 pub use queues::QueuesService;
 pub use schedules::SchedulerService;
 pub use stacks::StacksService;

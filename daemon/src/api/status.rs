@@ -185,6 +185,24 @@ impl From<crate::stacks::StackError> for Status {
     }
 }
 
+impl From<crate::pipelines::PipelineError> for Status {
+    fn from(e: crate::pipelines::PipelineError) -> Self {
+        use crate::pipelines::PipelineError as P;
+        match e {
+            P::Node(n) => n.into(),
+            P::Stack(s) => s.into(),
+            P::Invalid(_) | P::Repository { .. } => {
+                status(Code::InvalidArgument, "InvalidParameterValueException", &e)
+            }
+            P::NotFound(_) => status(Code::NotFound, "PipelineNotFoundException", &e),
+            P::Exists(_) => status(Code::AlreadyExists, "PipelineNameInUseException", &e),
+            P::Git(_) | P::Stage(_) | P::Db(_) | P::Corrupt(_) => {
+                status(Code::Internal, "InternalFailure", chain(&e))
+            }
+        }
+    }
+}
+
 /// A request field that failed validation at the API edge.
 pub fn invalid(message: impl std::fmt::Display) -> Status {
     status(

@@ -91,11 +91,18 @@ pub enum Command {
     /// Lists the blueprints (`--list`), or writes one as a project into
     /// DIR: its code, `flint.json` (its presets), a sample event and a
     /// README. Nothing is sent to flintd.
+    ///
+    /// With `--app-template NAME DIR`: writes an application (several
+    /// functions and what they use, `template.yaml`, `pipeline.yaml`,
+    /// sample events) and makes DIR a Git repository (branch `main`).
     Init {
-        #[arg(long, conflicts_with_all = ["blueprint", "dir"])]
+        #[arg(long, conflicts_with_all = ["blueprint", "dir", "app_template"])]
         list: bool,
-        #[arg(long, required_unless_present = "list")]
+        #[arg(long, required_unless_present_any = ["list", "app_template"])]
         blueprint: Option<String>,
+        /// An application template (see `init --list`).
+        #[arg(long, conflicts_with_all = ["blueprint", "runtime"])]
+        app_template: Option<String>,
         /// Which of the blueprint's runtimes (where it has several).
         #[arg(long)]
         runtime: Option<String>,
@@ -139,6 +146,12 @@ pub enum Command {
         /// Return once the change set is applying, without waiting.
         #[arg(long, requires = "template_file")]
         no_wait: bool,
+    },
+    /// Pipelines: every push to a branch of a repository on the node is
+    /// built, tested on a staging stack and deployed.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
     },
     /// Shows a stack (or every stack): status, parameters, outputs.
     DescribeStacks {
@@ -817,4 +830,30 @@ pub struct ScheduleArgs {
     /// JSON: `{"Mode": "OFF"}` (the only mode).
     #[arg(long, default_value = "")]
     pub flexible_time_window: String,
+}
+
+#[derive(Subcommand)]
+pub enum PipelineCommand {
+    /// Connects a repository's branch to a stack; flintd runs the
+    /// pipeline for its current commit and for every push after.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// The repository (a folder on the node; bare or not).
+        #[arg(long)]
+        repository: std::path::PathBuf,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        #[arg(long)]
+        stack_name: String,
+    },
+    /// Lists the pipelines.
+    List,
+    /// A pipeline's runs, newest first: commit, stages, logs, outcome.
+    Runs { name: String },
+    /// Deletes a pipeline and its runs (not the stacks it deployed).
+    Delete {
+        #[arg(long)]
+        name: String,
+    },
 }

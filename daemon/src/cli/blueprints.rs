@@ -43,7 +43,17 @@ pub fn init(
                 ]
             })
             .collect();
-        let doc = json!({"Blueprints": all.iter().map(|b| json!({
+        let apps = super::apps::list();
+        let mut rows: Vec<Vec<String>> = rows;
+        for (name, summary) in &apps {
+            rows.push(vec![
+                format!("{name} (--app-template)"),
+                "python3.11".into(),
+                summary.clone(),
+            ]);
+        }
+        let doc = json!({"AppTemplates": apps.iter().map(|(n, s)| json!({"Name": n, "Summary": s})).collect::<Vec<_>>(),
+        "Blueprints": all.iter().map(|b| json!({
             "Name": b.name,
             "Summary": b.meta.summary,
             "Runtimes": b.meta.runtimes.keys().collect::<Vec<_>>(),

@@ -102,10 +102,19 @@ pub async fn run(
     command: Command,
 ) -> Result<(), CliError> {
     if let Command::Init {
+        app_template: Some(app),
+        dir: Some(dir),
+        ..
+    } = &command
+    {
+        return super::apps::init(app, dir, output);
+    }
+    if let Command::Init {
         list,
         blueprint,
         runtime,
         dir,
+        ..
     } = &command
     {
         return super::blueprints::init(
@@ -224,6 +233,11 @@ pub async fn run(
                 wait: !no_wait,
             };
             super::stacks::deploy(&mut s, opts, output).await?;
+        }
+        Command::Pipeline { command } => {
+            let mut p =
+                flint_proto::node::v1::pipelines_client::PipelinesClient::new(channel.clone());
+            super::stacks::pipeline(&mut p, output, command).await?;
         }
         cmd @ (Command::DescribeStacks { .. }
         | Command::ListStacks

@@ -1,6 +1,7 @@
 //! flintctl's logic: argument parsing in the AWS CLI's forms, output in the
 //! AWS CLI's JSON shapes or as tables, errors as the AWS CLI prints them.
 
+mod apps;
 mod args;
 mod blueprints;
 pub mod commands;

@@ -413,3 +413,109 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// `flintctl pipeline ...`.
+pub async fn pipeline(
+    c: &mut flint_proto::node::v1::pipelines_client::PipelinesClient<Channel>,
+    output: Output,
+    cmd: super::args::PipelineCommand,
+) -> Result<(), CliError> {
+    use super::args::PipelineCommand as P;
+    let describe = |p: &pb::PipelineDescription| {
+        json!({
+            "Name": p.name, "Repository": p.repository, "Branch": p.branch,
+            "StackName": p.stack_name, "Created": p.created, "LastCommit": p.last_commit,
+        })
+    };
+    let row = |p: &pb::PipelineDescription| {
+        vec![
+            p.name.clone(),
+            p.repository.clone(),
+            p.branch.clone(),
+            p.stack_name.clone(),
+            p.last_commit.chars().take(12).collect(),
+        ]
+    };
+    const HEADERS: &[&str] = &["PIPELINE", "REPOSITORY", "BRANCH", "STACK", "LAST COMMIT"];
+    match cmd {
+        P::Create {
+            name,
+            repository,
+            branch,
+            stack_name,
+        } => {
+            let repository = std::fs::canonicalize(&repository)
+                .map_err(|e| CliError::Read(repository.display().to_string(), e))?;
+            let p = c
+                .create_pipeline(pb::CreatePipelineRequest {
+                    name,
+                    repository: repository.display().to_string(),
+                    branch,
+                    stack_name,
+                })
+                .await
+                .map_err(svc("CreatePipeline"))?
+                .into_inner();
+            emit(output, describe(&p), HEADERS, vec![row(&p)]);
+        }
+        P::List => {
+            let r = c
+                .list_pipelines(pb::ListPipelinesRequest {})
+                .await
+                .map_err(svc("ListPipelines"))?
+                .into_inner();
+            emit(
+                output,
+                json!({"Pipelines": r.pipelines.iter().map(describe).collect::<Vec<_>>()}),
+                HEADERS,
+                r.pipelines.iter().map(row).collect(),
+            );
+        }
+        P::Runs { name } => {
+            let r = c
+                .list_pipeline_runs(pb::ListPipelineRunsRequest { name })
+                .await
+                .map_err(svc("ListPipelineRuns"))?
+                .into_inner();
+            if output == Output::Table {
+                for run in &r.runs {
+                    println!(
+                        "{}  {}  {}  {}  {}",
+                        run.id,
+                        run.status,
+                        run.commit.chars().take(12).collect::<String>(),
+                        run.message,
+                        run.reason
+                    );
+                    for s in &run.stages {
+                        println!("  {:<7} {:<10} {} {}", s.name, s.status, s.started, s.ended);
+                        for line in s.log.lines() {
+                            println!("    | {line}");
+                        }
+                    }
+                }
+            } else {
+                emit(
+                    output,
+                    json!({"Runs": r.runs.iter().map(|run| json!({
+                        "Id": run.id, "Commit": run.commit, "Message": run.message,
+                        "Status": run.status, "Reason": run.reason,
+                        "Started": run.started, "Ended": run.ended,
+                        "Stages": run.stages.iter().map(|s| json!({
+                            "Name": s.name, "Status": s.status, "Log": s.log,
+                            "Started": s.started, "Ended": s.ended,
+                        })).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>()}),
+                    &[],
+                    vec![],
+                );
+            }
+        }
+        P::Delete { name } => {
+            c.delete_pipeline(pb::DeletePipelineRequest { name })
+                .await
+                .map_err(svc("DeletePipeline"))?;
+        }
+    }
+    Ok(())
+}
