@@ -237,6 +237,54 @@ mod tests {
         check_path("src/app.py").unwrap();
     }
 
+    fn run(dir: &Path, args: &[&str]) {
+        let ok = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=t", "-c", "user.email=t@localhost"])
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+
+    #[test]
+    fn a_repository_is_read_without_running_its_hooks_and_links_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let repo = d.path();
+        run(repo, &["init", "-q", "-b", "main"]);
+        std::fs::create_dir(repo.join("src")).unwrap();
+        std::fs::write(repo.join("src/app.py"), "x = 1\n").unwrap();
+        // A hook that would leave a mark if git ran it for flintd.
+        let mark = repo.join("hooked");
+        std::fs::write(
+            repo.join(".git/hooks/post-checkout"),
+            format!("#!/bin/sh\ntouch {}\n", mark.display()),
+        )
+        .unwrap();
+        run(repo, &["add", "-A"]);
+        run(repo, &["commit", "-qm", "one"]);
+        let head1 = head(repo, "main").unwrap().unwrap();
+        assert_eq!(head(repo, "other").unwrap(), None);
+        for bad in ["--output=/tmp/x", "a..b", "x y", ""] {
+            assert!(head(repo, bad).is_err(), "{bad:?}");
+        }
+        let t = tree(repo, &head1).unwrap();
+        assert_eq!(t.keys().collect::<Vec<_>>(), vec!["src/app.py"]);
+        assert_eq!(subject(repo, &head1), "one");
+        std::os::unix::fs::symlink("/etc/passwd", repo.join("src/link")).unwrap();
+        run(repo, &["add", "-A"]);
+        run(repo, &["commit", "-qm", "two"]);
+        let head2 = head(repo, "main").unwrap().unwrap();
+        let e = tree(repo, &head2).unwrap_err().to_string();
+        assert!(e.contains("link"), "{e}");
+        assert!(!mark.exists());
+        let e = head(&repo.join("nope"), "main").unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+
     #[test]
     fn a_folder_is_zipped_alone_and_the_same_files_give_the_same_zip() {
         let mut t = Tree::new();

@@ -960,6 +960,26 @@ Outputs:
     }
 
     #[test]
+    fn hostile_yaml_is_refused_quickly() {
+        // Aliases that expand to billions of nodes.
+        let mut t = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..12 {
+            let prev = if i == 0 { "a".to_string() } else { format!("a{}", i - 1) };
+            t.push_str(&format!("a{i}: &a{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+        }
+        t.push_str("Resources: *a11\n");
+        let started = std::time::Instant::now();
+        assert!(Template::parse(&t).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // Nesting deeper than the parser recurses.
+        let deep = format!("Resources: {}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(Template::parse(&deep).is_err());
+        // Over the size limit.
+        let big = format!("Description: {}\nResources: {{}}", "x".repeat(MAX_TEMPLATE));
+        assert!(Template::parse(&big).unwrap_err().to_string().contains("limit"));
+    }
+
+    #[test]
     fn a_circle_is_refused() {
         let t = r#"
 Resources:
