@@ -57,12 +57,24 @@ Resources:
     Type: AWS::SQS::Queue
     Properties:
       VisibilityTimeout: 30
+  Clicks:
+    Type: AWS::Kinesis::Stream
+    Properties:
+      ShardCount: 1
   Api:
     Type: AWS::Serverless::Function
     Properties:
       CodeUri: api/
       Handler: app.handler
       AutoPublishAlias: live
+      ProvisionedConcurrencyConfig:
+        ProvisionedConcurrentExecutions: 1
+      EventInvokeConfig:
+        MaximumRetryAttempts: 0
+        DestinationConfig:
+          OnFailure:
+            Type: SQS
+            Destination: !GetAtt Orders.Arn
       Environment:
         Variables:
           GREETING: !Ref Greeting
@@ -80,6 +92,11 @@ Resources:
           Properties:
             Queue: !GetAtt Orders.Arn
             BatchSize: 5
+        Clicks:
+          Type: Kinesis
+          Properties:
+            Stream: !GetAtt Clicks.Arn
+            StartingPosition: TRIM_HORIZON
         Nightly:
           Type: Schedule
           Properties:
@@ -244,6 +261,7 @@ async fn a_template_deploys_as_a_stack_changes_rolls_back_and_deletes() {
         changes(&plan),
         vec![
             change("Add", "Api", false),
+            change("Add", "Clicks", false),
             change("Add", "Orders", false),
             change("Add", "Shared", false),
             change("Add", "Worker", false),
@@ -273,11 +291,43 @@ async fn a_template_deploys_as_a_stack_changes_rolls_back_and_deletes() {
     let c = ctl_json(&["get-function-concurrency", "--function-name", &worker]);
     assert_eq!(c["ReservedConcurrentExecutions"], 2, "{c}");
     let maps = ctl_json(&["list-event-source-mappings", "--function-name", &worker]);
+    let mut sources: Vec<&str> = maps["EventSourceMappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["EventSourceArn"].as_str().unwrap())
+        .collect();
+    sources.sort();
+    let stream_arn = format!(
+        "arn:aws:kinesis:us-east-1:000000000000:stream/{}",
+        physical(&name, "Clicks")
+    );
     assert_eq!(
-        maps["EventSourceMappings"][0]["EventSourceArn"],
-        queue_arn.as_str(),
+        sources,
+        vec![stream_arn.as_str(), queue_arn.as_str()],
         "{maps}"
     );
+    let eic = ctl_json(&[
+        "get-function-event-invoke-config",
+        "--function-name",
+        &api,
+        "--qualifier",
+        "live",
+    ]);
+    assert_eq!(eic["MaximumRetryAttempts"], 0, "{eic}");
+    assert_eq!(
+        eic["DestinationConfig"]["OnFailure"]["Destination"],
+        queue_arn.as_str(),
+        "{eic}"
+    );
+    let pc = ctl_json(&[
+        "get-provisioned-concurrency-config",
+        "--function-name",
+        &api,
+        "--qualifier",
+        "live",
+    ]);
+    assert_eq!(pc["RequestedProvisionedConcurrentExecutions"], 1, "{pc}");
     let schedules = ctl(&["list-schedules"]);
     assert!(
         schedules.contains(&format!("{worker}-Nightly")),
@@ -550,6 +600,7 @@ async fn a_template_deploys_as_a_stack_changes_rolls_back_and_deletes() {
                 flintctl(ep(), &["get-function", "--function-name", &phys]).is_err()
             }
             "Orders" => flintctl(ep(), &["get-queue-attributes", "--queue-name", &phys]).is_err(),
+            "Clicks" => flintctl(ep(), &["describe-stream", "--stream-name", &phys]).is_err(),
             "Shared" => ctl_json(&["list-layers"])["Layers"]
                 .as_array()
                 .unwrap()

@@ -56,8 +56,8 @@ impl StacksApi for StacksService {
     ) -> Result<Response<pb::DeployStackResponse>, Status> {
         let r = request.into_inner();
         let minute = match r.deployment_minute_seconds {
-            0 => Duration::from_secs(60),
-            s => Duration::from_secs(u64::from(s)),
+            0 => Some(Duration::from_secs(60)),
+            s => Some(Duration::from_secs(u64::from(s))),
         };
         let plan = self
             .stacks

@@ -585,7 +585,9 @@ impl Pipelines {
                     &t2,
                     &def_ref.staging.parameters,
                     a2,
-                    minute,
+                    // Staging has no traffic to protect: new versions
+                    // take their aliases at once.
+                    None,
                     &mut log,
                 )
                 .await?;
@@ -654,7 +656,7 @@ impl Pipelines {
                 &template,
                 &def_ref.production.parameters,
                 artifacts,
-                minute,
+                Some(minute),
                 &mut log,
             )
             .await;
@@ -726,7 +728,7 @@ async fn deploy_and_wait(
     template: &str,
     parameters: &BTreeMap<String, String>,
     artifacts: BTreeMap<String, Vec<u8>>,
-    minute: Duration,
+    minute: Option<Duration>,
     log: &mut String,
 ) -> Result<(), PipelineError> {
     let plan = stacks

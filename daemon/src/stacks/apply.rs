@@ -37,8 +37,9 @@ pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
 
 pub struct Applier {
     pub node: Arc<Node>,
-    /// How long one minute of a `DeploymentPreference` lasts.
-    pub minute: Duration,
+    /// How long one minute of a `DeploymentPreference` lasts; `None`:
+    /// new versions take their alias at once.
+    pub minute: Option<Duration>,
 }
 
 fn node(e: impl Into<NodeError>) -> StackError {
@@ -373,10 +374,14 @@ impl Applier {
                 }
                 Err(e) => return Err(node(e)),
                 Ok(cur) => {
-                    let gradual = f.deployment.as_ref().filter(|d| !d.steps.is_empty());
+                    let gradual = f
+                        .deployment
+                        .as_ref()
+                        .filter(|d| !d.steps.is_empty())
+                        .zip(self.minute);
                     if cur.version != target && restore.is_none() {
-                        if let Some(d) = gradual {
-                            self.shift(&f.name, alias, &cur.version, &target, d, progress)
+                        if let Some(plan) = gradual {
+                            self.shift(&f.name, alias, &cur.version, &target, plan, progress)
                                 .await?;
                         }
                     }
@@ -542,7 +547,7 @@ impl Applier {
         alias: &str,
         from: &str,
         to: &str,
-        d: &super::defs::Deployment,
+        (d, minute): (&super::defs::Deployment, Duration),
         progress: Progress<'_>,
     ) -> Result<(), StackError> {
         let n = &self.node;
@@ -560,7 +565,7 @@ impl Applier {
                 d.kind
             ));
             let (calls0, failed0) = n.version_tally(function, to);
-            tokio::time::sleep(self.minute * *minutes).await;
+            tokio::time::sleep(minute * *minutes).await;
             let (calls1, failed1) = n.version_tally(function, to);
             let (calls, failed) = (calls1 - calls0, failed1 - failed0);
             #[allow(clippy::cast_precision_loss)]

@@ -86,8 +86,11 @@ pub struct DeployInput {
     /// Packages by the `CodeUri` / `ContentUri` text that names them.
     pub artifacts: BTreeMap<String, Vec<u8>>,
     pub execute: bool,
-    /// How long a minute of a `DeploymentPreference` lasts (tests shorten it).
-    pub minute: Duration,
+    /// How long a minute of a `DeploymentPreference` lasts (tests shorten
+    /// it); `None`: preferences are not followed and a new version takes
+    /// its alias at once (a pipeline's staging stack, which has no traffic
+    /// to protect).
+    pub minute: Option<Duration>,
 }
 
 pub struct DeployPlan {
@@ -750,7 +753,7 @@ impl Stacks {
         tokio::spawn(async move {
             let applier = Applier {
                 node: this.node.clone(),
-                minute: Duration::from_secs(60),
+                minute: None,
             };
             for p in deletion_order(resources) {
                 this.remove(&record, &applier, &p).await;
@@ -771,7 +774,7 @@ struct Run {
     previous: BTreeMap<String, ResourceRecord>,
     changes: Vec<Change>,
     artifacts: BTreeMap<String, Vec<u8>>,
-    minute: Duration,
+    minute: Option<Duration>,
     template_text: String,
 }
 

@@ -964,7 +964,11 @@ Outputs:
         // Aliases that expand to billions of nodes.
         let mut t = String::from("a: &a [x, x, x, x, x, x, x, x, x]\n");
         for i in 0..12 {
-            let prev = if i == 0 { "a".to_string() } else { format!("a{}", i - 1) };
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("a{}", i - 1)
+            };
             t.push_str(&format!("a{i}: &a{i} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
         t.push_str("Resources: *a11\n");
@@ -976,7 +980,10 @@ Outputs:
         assert!(Template::parse(&deep).is_err());
         // Over the size limit.
         let big = format!("Description: {}\nResources: {{}}", "x".repeat(MAX_TEMPLATE));
-        assert!(Template::parse(&big).unwrap_err().to_string().contains("limit"));
+        assert!(Template::parse(&big)
+            .unwrap_err()
+            .to_string()
+            .contains("limit"));
     }
 
     #[test]
