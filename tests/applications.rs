@@ -117,10 +117,27 @@ def handler(event, context):
             "stack": os.environ["STACK"], "code": 1}
 "#;
 
-const WORKER: &str = r#"import shared
+const WORKER: &str = r#"import shared, tinylib
 def handler(event, context):
-    return {"done": len(event.get("Records", [])), "by": shared.greet("worker")}
+    return {"done": len(event.get("Records", [])), "by": shared.greet("worker"),
+            "lib": tinylib.shout("installed")}
 "#;
+
+/// A wheel of a one-module library, for pip to install from the folder
+/// (`--no-index`: no test reaches a package index).
+fn tinylib_wheel() -> Vec<u8> {
+    let info = "tinylib-1.0.dist-info";
+    let files: [(&str, &[u8]); 3] = [
+        ("tinylib.py", b"def shout(s):\n    return s.upper()\n"),
+        ("tinylib-1.0.dist-info/METADATA", b"Metadata-Version: 2.1\nName: tinylib\nVersion: 1.0\n"),
+        ("tinylib-1.0.dist-info/WHEEL", b"Wheel-Version: 1.0\nGenerator: flint-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"),
+    ];
+    let record = format!("tinylib.py,,\n{info}/METADATA,,\n{info}/WHEEL,,\n{info}/RECORD,,\n");
+    let mut all: Vec<(&str, &[u8], u32)> = files.iter().map(|(n, d)| (*n, *d, 0o644)).collect();
+    let record_name = format!("{info}/RECORD");
+    all.push((&record_name, record.as_bytes(), 0o644));
+    zip_files(&all)
+}
 
 const LAYER: &str = "def greet(who):\n    return who + ' from layer 1'\n";
 
@@ -129,6 +146,18 @@ fn project() -> tempfile::TempDir {
     write(d.path(), "template.yaml", TEMPLATE);
     write(d.path(), "api/app.py", API);
     write(d.path(), "worker/app.py", WORKER);
+    // `sam build`'s dependencies: installed by pip inside a microVM.
+    write(
+        d.path(),
+        "worker/requirements.txt",
+        "--no-index\n--find-links wheels\ntinylib==1.0\n",
+    );
+    std::fs::create_dir_all(d.path().join("worker/wheels")).unwrap();
+    std::fs::write(
+        d.path().join("worker/wheels/tinylib-1.0-py3-none-any.whl"),
+        tinylib_wheel(),
+    )
+    .unwrap();
     write(d.path(), "layer/python/shared.py", LAYER);
     d
 }
@@ -418,7 +447,12 @@ async fn a_template_deploys_as_a_stack_changes_rolls_back_and_deletes() {
     // New layers are a new configuration: a new version behind the alias.
     let good = status["ExecutedVersion"].as_str().unwrap().to_string();
     assert_eq!(good, "3");
-    assert_eq!(invoke(&worker, "").1["by"], "worker from layer 2");
+    let (_, answer) = invoke(&worker, "");
+    assert_eq!(answer["by"], "worker from layer 2");
+    assert_eq!(
+        answer["lib"], "INSTALLED",
+        "requirements.txt was installed: {answer}"
+    );
     let new_layer = physical(&name, "Shared");
     assert_ne!(new_layer, old_layer);
     let (layer_name, old_version) = old_layer.rsplit_once(':').unwrap();

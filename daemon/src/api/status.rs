@@ -178,6 +178,7 @@ impl From<crate::stacks::StackError> for Status {
             S::Busy { .. } => status(Code::FailedPrecondition, "ValidationError", &e),
             S::Exists(_) => status(Code::AlreadyExists, "AlreadyExistsException", &e),
             S::DeploymentFailed(_) => status(Code::Aborted, "DeploymentFailed", &e),
+            S::Build { .. } => status(Code::FailedPrecondition, "BuildFailed", &e),
             S::Db(_) | S::Corrupt(_) | S::Internal(_) => {
                 status(Code::Internal, "InternalFailure", chain(&e))
             }

@@ -38,6 +38,8 @@ pub enum StackError {
     MissingCode { at: String, uri: String },
     #[error("the deployment failed: {0}")]
     DeploymentFailed(String),
+    #[error("installing the dependencies of {resource} failed: {message}")]
+    Build { resource: String, message: String },
     #[error(transparent)]
     Node(#[from] NodeError),
     #[error("stack database: {0}")]
@@ -309,6 +311,12 @@ impl Stacks {
         };
         let pseudo = self.pseudo(&record);
         let order = template.order()?;
+        let input = DeployInput {
+            artifacts: self
+                .install_dependencies(&input.stack_name, &template, input.artifacts)
+                .await?,
+            ..input
+        };
         let digests: BTreeMap<&String, String> = input
             .artifacts
             .iter()
@@ -381,6 +389,74 @@ impl Stacks {
             this.release(&name);
         });
         Ok(plan_out)
+    }
+
+    /// What `sam build` does for python3.11: a function folder with a
+    /// `requirements.txt` gets its dependencies installed beside its code,
+    /// by pip inside a microVM of the runtime (never on the host). Built
+    /// packages are kept by the digest of what was sent, so a redeploy of
+    /// the same folder builds nothing.
+    async fn install_dependencies(
+        &self,
+        stack: &str,
+        template: &Template,
+        mut artifacts: BTreeMap<String, Vec<u8>>,
+    ) -> Result<BTreeMap<String, Vec<u8>>, StackError> {
+        use crate::pipelines::{builder, git};
+        let mut done = BTreeSet::new();
+        for (id, r) in &template.resources {
+            let prop = |k: &str| r.properties.get(k).and_then(template::scalar);
+            let (Some(runtime), Some(uri)) = (prop("Runtime"), prop("CodeUri")) else {
+                continue;
+            };
+            if r.kind != Kind::Function || runtime != "python3.11" || !done.insert(uri.clone()) {
+                continue;
+            }
+            let Some(zip) = artifacts.get(&uri) else {
+                continue;
+            };
+            let fail = |message: String| StackError::Build {
+                resource: id.clone(),
+                message,
+            };
+            let tree = git::read_zip(zip).map_err(|e| fail(e.to_string()))?;
+            if !tree.contains_key("requirements.txt") {
+                continue;
+            }
+            let dir = self.node.config().data_dir.join("stack-builds");
+            let cached = dir.join(format!("{}.zip", apply::sha256_hex(zip)));
+            let built = match std::fs::read(&cached) {
+                Ok(b) => b,
+                Err(_) => {
+                    let mut log = String::new();
+                    let out = builder::build(
+                        &self.node,
+                        &format!("stack-{stack}"),
+                        &runtime,
+                        &["python3 -m pip install --no-input --disable-pip-version-check --no-compile -r requirements.txt -t .".to_string()],
+                        600,
+                        &tree,
+                        &mut log,
+                    )
+                    .await
+                    .map_err(|e| {
+                        let tail: String = log.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                        fail(format!("{e}\n{tail}"))
+                    })?;
+                    let built = git::zip_folder(&out, "").map_err(|e| fail(e.to_string()))?;
+                    let tmp = cached.with_extension("tmp");
+                    let stored = std::fs::create_dir_all(&dir)
+                        .and_then(|_| std::fs::write(&tmp, &built))
+                        .and_then(|_| std::fs::rename(&tmp, &cached));
+                    if let Err(e) = stored {
+                        tracing::warn!(stack, error = %e, "keeping a built package failed");
+                    }
+                    built
+                }
+            };
+            artifacts.insert(uri, built);
+        }
+        Ok(artifacts)
     }
 
     async fn execute(self: &Arc<Self>, mut record: StackRecord, run: Run, creating: bool) {
@@ -759,6 +835,10 @@ impl Stacks {
                 this.remove(&record, &applier, &p).await;
             }
             let _ = this.store.set_resources(&record.name, &[]);
+            // The function that installed the stack's dependencies, if any.
+            let builder =
+                crate::pipelines::builder::function_name(&format!("stack-{}", record.name));
+            let _ = this.node.delete_function(&builder).await;
             let _ = this.set_status(&mut record, "DELETE_COMPLETE", "");
             this.release(&record.name);
         });
