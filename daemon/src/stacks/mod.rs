@@ -896,7 +896,6 @@ fn failed(a: Action) -> &'static str {
 fn deletion_order(mut rs: Vec<ResourceRecord>) -> Vec<ResourceRecord> {
     let mut out = Vec::new();
     while !rs.is_empty() {
-        let ids: BTreeSet<String> = rs.iter().map(|r| r.logical_id.clone()).collect();
         // One that no remaining resource depends on.
         let pos = rs
             .iter()
@@ -905,7 +904,6 @@ fn deletion_order(mut rs: Vec<ResourceRecord>) -> Vec<ResourceRecord> {
                     .any(|o| o.logical_id != r.logical_id && o.depends_on.contains(&r.logical_id))
             })
             .unwrap_or(0);
-        let _ = ids;
         out.push(rs.remove(pos));
     }
     out
