@@ -519,3 +519,44 @@ pub async fn pipeline(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_template_s_folders_and_zips_are_packaged_and_links_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("template.yaml");
+        std::fs::write(
+            &t,
+            "Resources:\n  A:\n    Type: AWS::Serverless::Function\n    Properties: {CodeUri: src/, Handler: app.h, Runtime: python3.11}\n  B:\n    Type: AWS::Serverless::Function\n    Properties: {CodeUri: b.zip, Handler: app.h, Runtime: python3.11}\n  C:\n    Type: AWS::Serverless::Function\n    Properties: {CodeUri: src/, Handler: app.g, Runtime: python3.11}\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.path().join("src")).unwrap();
+        std::fs::write(d.path().join("src/app.py"), "x = 1\n").unwrap();
+        std::fs::write(d.path().join("b.zip"), b"PK-not-checked-here").unwrap();
+        let (text, a) = package(&t).unwrap();
+        assert!(text.contains("CodeUri: b.zip"));
+        assert_eq!(a.keys().collect::<Vec<_>>(), vec!["b.zip", "src/"]);
+        assert_eq!(a["b.zip"], b"PK-not-checked-here");
+        let files = crate::pipelines::git::read_zip(&a["src/"]).unwrap();
+        assert_eq!(files.keys().collect::<Vec<_>>(), vec!["app.py"]);
+        // A link in a folder is refused, not followed.
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("src/passwd")).unwrap();
+        assert!(package(&t).is_err());
+        std::fs::remove_file(d.path().join("src/passwd")).unwrap();
+        // A CodeUri that is neither a folder nor a .zip is named.
+        std::fs::write(&t, "Resources:\n  A:\n    Type: AWS::Serverless::Function\n    Properties: {CodeUri: nope, Handler: a.b, Runtime: python3.11}\n").unwrap();
+        let e = package(&t).unwrap_err().to_string();
+        assert!(e.contains("Resources.A.Properties.CodeUri"), "{e}");
+    }
+
+    #[test]
+    fn parameter_overrides_take_both_forms() {
+        let o = overrides(&["A=1".into(), "ParameterKey=B,ParameterValue=x=y".into()]).unwrap();
+        assert_eq!(o["A"], "1");
+        assert_eq!(o["B"], "x=y");
+        assert!(overrides(&["novalue".into()]).is_err());
+    }
+}
