@@ -451,6 +451,7 @@ impl Stacks {
                     if let Err(e) = stored {
                         tracing::warn!(stack, error = %e, "keeping a built package failed");
                     }
+                    prune_builds(&dir, KEPT_BUILDS);
                     built
                 }
             };
@@ -858,6 +859,30 @@ struct Run {
     template_text: String,
 }
 
+/// How many built packages `stack-builds/` keeps (the newest).
+const KEPT_BUILDS: usize = 64;
+
+/// Deletes all but the `keep` newest files of `dir`.
+fn prune_builds(dir: &std::path::Path, keep: usize) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, std::path::PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            if !m.is_file() {
+                return None;
+            }
+            Some((m.modified().ok()?, e.path()))
+        })
+        .collect();
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
+    for (_, path) in files.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 fn code_of(def: &Def) -> Option<&str> {
     match def {
         Def::Function(f) => Some(&f.code_uri),
@@ -1000,6 +1025,29 @@ fn changed_fields(old: &str, new: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_builds_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            let p = d.path().join(format!("{i}.zip"));
+            std::fs::write(&p, b"x").unwrap();
+            let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + i);
+            std::fs::File::options()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_modified(t)
+                .unwrap();
+        }
+        prune_builds(d.path(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["3.zip", "4.zip"]);
+    }
 
     #[test]
     fn stack_names() {
