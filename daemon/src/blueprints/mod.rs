@@ -12,7 +12,6 @@
 //! `event.json` and a `README.md`.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -466,20 +465,17 @@ pub fn zip_dir(root: &Path) -> Result<Vec<u8>, BlueprintError> {
 /// A ZIP of `files` (name in the ZIP, path on disk, mode); `what` names
 /// the folder in an error of the ZIP writer.
 fn zip_paths(files: Vec<(String, PathBuf, u32)>, what: &Path) -> Result<Vec<u8>, BlueprintError> {
-    let zerr = |e: zip::result::ZipError| BlueprintError::Project {
-        path: what.to_path_buf(),
-        message: e.to_string(),
-    };
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut read = Vec::with_capacity(files.len());
     for (name, path, mode) in files {
         let data = std::fs::read(&path).map_err(io(&path))?;
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .unix_permissions(mode);
-        w.start_file(name, opts).map_err(zerr)?;
-        w.write_all(&data).map_err(io(&path))?;
+        read.push((name, data, mode));
     }
-    Ok(w.finish().map_err(zerr)?.into_inner())
+    crate::packages::write_zip(read.iter().map(|(n, d, m)| (n.as_str(), d.as_slice(), *m))).map_err(
+        |e| BlueprintError::Project {
+            path: what.to_path_buf(),
+            message: e.to_string(),
+        },
+    )
 }
 
 fn collect(

@@ -16,6 +16,23 @@ use sha2::{Digest, Sha256};
 
 pub use validate::{validate, Entry, EntryKind, PackageRules, Runtime};
 
+/// Writes a deployment package: `files` (name, content, mode) in the order
+/// given, deflated, with ZIP's fixed default time, so that the same files
+/// make the same package (and the same digest).
+pub fn write_zip<'a>(
+    files: impl IntoIterator<Item = (&'a str, &'a [u8], u32)>,
+) -> Result<Vec<u8>, zip::result::ZipError> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data, mode) in files {
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .unix_permissions(mode);
+        w.start_file(name, opts)?;
+        w.write_all(data)?;
+    }
+    Ok(w.finish()?.into_inner())
+}
+
 /// Lambda's limit on a directly uploaded package, 50 MB.
 pub const MAX_ZIPPED: u64 = 50 * 1024 * 1024;
 /// Lambda's limit on the unzipped function (and its layers), 250 MB.

@@ -194,35 +194,23 @@ pub fn check_path(name: &str) -> Result<(), PipelineError> {
 /// it, in name order with fixed times, so the same files give the same
 /// package.
 pub fn zip_folder(tree: &Tree, prefix: &str) -> Result<Vec<u8>, PipelineError> {
-    use std::io::Write;
     let prefix = prefix.trim_start_matches("./").trim_end_matches('/');
     let dir = if prefix.is_empty() || prefix == "." {
         String::new()
     } else {
         format!("{prefix}/")
     };
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let mut any = false;
-    let zerr =
-        |e: zip::result::ZipError| PipelineError::Invalid(format!("packaging {prefix}: {e}"));
-    for (name, (data, mode)) in tree.range(dir.clone()..) {
-        let Some(rel) = name.strip_prefix(&dir) else {
-            break;
-        };
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .unix_permissions(*mode);
-        w.start_file(rel, opts).map_err(zerr)?;
-        w.write_all(data)
-            .map_err(|e| PipelineError::Invalid(e.to_string()))?;
-        any = true;
-    }
-    if !any {
+    let files: Vec<(&str, &[u8], u32)> = tree
+        .range(dir.clone()..)
+        .map_while(|(name, (data, mode))| Some((name.strip_prefix(&dir)?, data.as_slice(), *mode)))
+        .collect();
+    if files.is_empty() {
         return Err(PipelineError::Invalid(format!(
             "{prefix:?}: no such folder in the tree"
         )));
     }
-    Ok(w.finish().map_err(zerr)?.into_inner())
+    crate::packages::write_zip(files)
+        .map_err(|e| PipelineError::Invalid(format!("packaging {prefix}: {e}")))
 }
 
 #[cfg(test)]

@@ -297,7 +297,7 @@ impl Applier {
                 n.create_function(spec, zip).await.map_err(node)?;
             }
             Some(cur) => {
-                let new_code = !zip.is_empty() && hex_sha256(&zip) != cur.code_sha256_hex;
+                let new_code = !zip.is_empty() && sha256_hex(&zip) != cur.code_sha256_hex;
                 let same_entry = cur.runtime.name() == f.runtime && cur.handler == f.handler;
                 if new_code && !same_entry {
                     let runtime = crate::packages::Runtime::parse(&f.runtime).ok_or_else(|| {
@@ -385,14 +385,7 @@ impl Applier {
                                 .await?;
                         }
                     }
-                    n.update_alias(AliasSpec {
-                        function: f.name.clone(),
-                        name: alias.clone(),
-                        version: Some(target.clone()),
-                        description: None,
-                        routing: Some(Vec::new()),
-                    })
-                    .map_err(node)?;
+                    self.route(&f.name, alias, &target, Vec::new())?;
                 }
             }
             state.version = Some(target);
@@ -537,6 +530,26 @@ impl Applier {
         Ok(())
     }
 
+    /// Points `alias` at `version`, with `routing` (empty: none).
+    fn route(
+        &self,
+        function: &str,
+        alias: &str,
+        version: &str,
+        routing: Vec<(String, f64)>,
+    ) -> Result<(), StackError> {
+        self.node
+            .update_alias(AliasSpec {
+                function: function.to_string(),
+                name: alias.to_string(),
+                version: Some(version.to_string()),
+                description: None,
+                routing: Some(routing),
+            })
+            .map(drop)
+            .map_err(node)
+    }
+
     /// Shifts `alias` from version `from` to `to` in `d`'s steps; after
     /// each step the new version's failed share of invocations in that
     /// step is compared with the threshold, and above it the alias goes
@@ -552,14 +565,12 @@ impl Applier {
     ) -> Result<(), StackError> {
         let n = &self.node;
         for (pct, minutes) in &d.steps {
-            n.update_alias(AliasSpec {
-                function: function.to_string(),
-                name: alias.to_string(),
-                version: Some(from.to_string()),
-                description: None,
-                routing: Some(vec![(to.to_string(), f64::from(*pct) / 100.0)]),
-            })
-            .map_err(node)?;
+            self.route(
+                function,
+                alias,
+                from,
+                vec![(to.to_string(), f64::from(*pct) / 100.0)],
+            )?;
             progress(format!(
                 "{}: {pct}% of alias {alias} routed to version {to} for {minutes} minute(s)",
                 d.kind
@@ -575,14 +586,7 @@ impl Applier {
                 failed as f64 / calls as f64
             };
             if calls > 0 && rate > d.max_error_rate {
-                n.update_alias(AliasSpec {
-                    function: function.to_string(),
-                    name: alias.to_string(),
-                    version: Some(from.to_string()),
-                    description: None,
-                    routing: Some(Vec::new()),
-                })
-                .map_err(node)?;
+                self.route(function, alias, from, Vec::new())?;
                 return Err(StackError::DeploymentFailed(format!(
                     "version {to} of {function} failed {failed} of {calls} invocations ({:.0}%) while it had {pct}% of alias {alias}, over the threshold of {:.0}%; alias {alias} is back on version {from}",
                     rate * 100.0,
@@ -597,7 +601,8 @@ impl Applier {
     }
 }
 
-fn hex_sha256(b: &[u8]) -> String {
+/// A package's SHA-256 in hex, as the code store names it.
+pub fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
 }
@@ -649,8 +654,4 @@ fn mapping_change(ev: &EventDef) -> MappingChange {
         },
         EventDef::Schedule { .. } => MappingChange::default(),
     }
-}
-
-pub fn sha256_hex(b: &[u8]) -> String {
-    hex_sha256(b)
 }

@@ -144,30 +144,22 @@ impl Deployment {
                 ),
             )
         };
-        let num = |s: &str| s.parse::<u32>().ok().filter(|n| *n > 0);
+        // `{P}{sep}{M}Minute(s)`, 0 < P < 100, M > 0.
+        let steps_of = |rest: &str, sep: &str| -> Option<(u32, u32)> {
+            let (pct, rest) = rest.split_once(sep)?;
+            let mins = rest
+                .strip_suffix("Minutes")
+                .or(rest.strip_suffix("Minute"))?;
+            let pct = pct.parse::<u32>().ok().filter(|p| (1..100).contains(p))?;
+            let mins = mins.parse::<u32>().ok().filter(|m| *m > 0)?;
+            Some((pct, mins))
+        };
         let steps = if kind == "AllAtOnce" {
             Vec::new()
         } else if let Some(rest) = kind.strip_prefix("Canary") {
-            let (pct, rest) = rest.split_once("Percent").ok_or_else(bad)?;
-            let mins = rest
-                .strip_suffix("Minutes")
-                .or(rest.strip_suffix("Minute"))
-                .ok_or_else(bad)?;
-            let (pct, mins) = (num(pct).ok_or_else(bad)?, num(mins).ok_or_else(bad)?);
-            if pct >= 100 {
-                return Err(bad());
-            }
-            vec![(pct, mins)]
+            vec![steps_of(rest, "Percent").ok_or_else(bad)?]
         } else if let Some(rest) = kind.strip_prefix("Linear") {
-            let (pct, rest) = rest.split_once("PercentEvery").ok_or_else(bad)?;
-            let mins = rest
-                .strip_suffix("Minutes")
-                .or(rest.strip_suffix("Minute"))
-                .ok_or_else(bad)?;
-            let (pct, mins) = (num(pct).ok_or_else(bad)?, num(mins).ok_or_else(bad)?);
-            if pct >= 100 {
-                return Err(bad());
-            }
+            let (pct, mins) = steps_of(rest, "PercentEvery").ok_or_else(bad)?;
             (1..)
                 .map(|i| i * pct)
                 .take_while(|p| *p < 100)

@@ -520,7 +520,7 @@ impl Stacks {
                 id,
                 &physical_name,
                 kind.type_name(),
-                in_progress(change.action, creating),
+                in_progress(change.action),
                 &change.details,
             );
             let progress_record = record.clone();
@@ -564,14 +564,13 @@ impl Stacks {
                         state,
                         physical: physical.clone(),
                         depends_on: run.template.dependencies(id).into_iter().collect(),
-                        status: String::new(),
                     };
                     self.event(
                         &record,
                         id,
                         &physical_name,
                         kind.type_name(),
-                        complete(change.action, creating),
+                        complete(change.action),
                         "",
                     );
                     applied.insert(id.clone(), physical);
@@ -891,19 +890,19 @@ fn code_of(def: &Def) -> Option<&str> {
     }
 }
 
-fn in_progress(a: Action, creating: bool) -> &'static str {
+// A first deploy has no previous resources, so only Adds: its events are
+// CREATE_* without asking.
+fn in_progress(a: Action) -> &'static str {
     match a {
         Action::Add => "CREATE_IN_PROGRESS",
-        Action::Modify if creating => "CREATE_IN_PROGRESS",
         Action::Modify => "UPDATE_IN_PROGRESS",
         Action::Remove => "DELETE_IN_PROGRESS",
     }
 }
 
-fn complete(a: Action, creating: bool) -> &'static str {
+fn complete(a: Action) -> &'static str {
     match a {
         Action::Add => "CREATE_COMPLETE",
-        Action::Modify if creating => "CREATE_COMPLETE",
         Action::Modify => "UPDATE_COMPLETE",
         Action::Remove => "DELETE_COMPLETE",
     }

@@ -34,7 +34,6 @@ pub struct ResourceRecord {
     pub state: super::apply::State,
     pub physical: super::template::Physical,
     pub depends_on: Vec<String>,
-    pub status: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
