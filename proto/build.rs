@@ -18,5 +18,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(fds)?;
+
+    // OTLP's trace protos (vendored, see proto/opentelemetry/README.md):
+    // flintd's exporter is their client; tests run their server.
+    let otlp = [
+        "proto/opentelemetry/proto/common/v1/common.proto",
+        "proto/opentelemetry/proto/resource/v1/resource.proto",
+        "proto/opentelemetry/proto/trace/v1/trace.proto",
+        "proto/opentelemetry/proto/collector/trace/v1/trace_service.proto",
+    ];
+    for f in &otlp {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(protox::compile(otlp, ["proto"])?)?;
     Ok(())
 }

@@ -464,6 +464,7 @@ async fn a_full_node_evicts_the_least_recently_used_idle_instance_and_throttles_
         log_tail: false,
         payload: format!(r#"{{"id": 0, "sleep": {sleep}}}"#).into_bytes(),
         client_context: String::new(),
+        trace: None,
     };
     let on_node = |node: &Node| {
         let mut v: Vec<String> = node.instances("").into_iter().map(|i| i.function).collect();

@@ -117,6 +117,7 @@ async fn instances_idle_past_the_timeout_are_reclaimed() {
         log_tail: false,
         payload: b"{}".to_vec(),
         client_context: String::new(),
+        trace: None,
     };
     node.invoke(req.clone()).await.unwrap();
     assert_eq!(node.instances("idle").len(), 1);

@@ -263,6 +263,7 @@ async fn snapshots_survive_a_restart_and_damaged_ones_are_rebuilt_never_restored
         log_tail: true,
         payload: b"{}".to_vec(),
         client_context: String::new(),
+        trace: None,
     };
     let restored = |r: &flint_daemon::invoke::InvokeResult| {
         assert!(

@@ -152,6 +152,12 @@ pub struct Config {
     pub broker_url: Option<String>,
     /// Instance networks (`[network]`).
     pub network: crate::network::NetworkSettings,
+    /// The Prometheus endpoint's address (`[metrics] listen`); `None`: off.
+    pub metrics_listen: Option<String>,
+    /// How long `GetMetricStatistics` can look back (`[metrics] window_s`).
+    pub metrics_window: Duration,
+    /// OTLP traces (`[tracing]`); `None`: off.
+    pub tracing: Option<crate::observe::trace::TraceSettings>,
 }
 
 /// The PEM files of mutual TLS on TCP (`[tls]` in flintd.toml).
@@ -196,6 +202,32 @@ pub struct FileConfig {
     pub pipelines: Option<FilePipelines>,
     pub broker: Option<FileBroker>,
     pub network: Option<FileNetwork>,
+    pub metrics: Option<FileMetrics>,
+    pub tracing: Option<FileTracing>,
+}
+
+/// `[metrics]`: the Prometheus endpoint and the statistics window (see
+/// `docs/observability.md`).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMetrics {
+    /// `HOST:PORT` of the endpoint (`127.0.0.1:9464`); unset: off.
+    pub listen: Option<String>,
+    /// Seconds `GetMetricStatistics` can look back (default 10800).
+    pub window_s: Option<u64>,
+}
+
+/// `[tracing]`: OTLP traces of invocations.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTracing {
+    /// The collector's OTLP/gRPC endpoint (`http://127.0.0.1:4317`);
+    /// unset: tracing is off.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1 (default 1).
+    pub sample_ratio: Option<f64>,
+    /// `service.name` of the spans (default `flintd`).
+    pub service_name: Option<String>,
 }
 
 /// `[network]`: instance networks (see `docs/networking.md`).
@@ -372,6 +404,9 @@ impl Default for Config {
             events: crate::events::EventSettings::default(),
             broker_url: Some(DEFAULT_BROKER_URL.into()),
             network: crate::network::NetworkSettings::default(),
+            metrics_listen: None,
+            metrics_window: Duration::from_secs(3 * 3600),
+            tracing: None,
         }
     }
 }
@@ -550,6 +585,42 @@ impl Config {
                 ));
             }
             c.events.concurrency = n as usize;
+        }
+        if let Some(m) = f.metrics {
+            if let Some(l) = m.listen.filter(|l| !l.is_empty()) {
+                l.parse::<std::net::SocketAddr>().map_err(|e| {
+                    ConfigError::Invalid(format!("metrics.listen {l:?}: {e} (HOST:PORT)"))
+                })?;
+                c.metrics_listen = Some(l);
+            }
+            if let Some(w) = m.window_s {
+                if !(600..=7 * 86400).contains(&w) {
+                    return Err(ConfigError::Invalid(
+                        "metrics.window_s must be between 600 and 604800".into(),
+                    ));
+                }
+                c.metrics_window = Duration::from_secs(w);
+            }
+        }
+        if let Some(t) = f.tracing {
+            if let Some(endpoint) = t.otlp_endpoint.filter(|e| !e.is_empty()) {
+                let ratio = t.sample_ratio.unwrap_or(1.0);
+                if !(0.0..=1.0).contains(&ratio) {
+                    return Err(ConfigError::Invalid(
+                        "tracing.sample_ratio must be between 0 and 1".into(),
+                    ));
+                }
+                if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                    return Err(ConfigError::Invalid(format!(
+                        "tracing.otlp_endpoint {endpoint:?}: must be http://HOST:PORT"
+                    )));
+                }
+                c.tracing = Some(crate::observe::trace::TraceSettings {
+                    endpoint,
+                    sample_ratio: ratio,
+                    service_name: t.service_name.unwrap_or_else(|| "flintd".into()),
+                });
+            }
         }
         if let Some(url) = f.broker.and_then(|b| b.url) {
             c.broker_url = Some(url);

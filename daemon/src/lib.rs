@@ -15,6 +15,7 @@ pub mod launch;
 pub mod logs;
 pub mod network;
 pub mod node;
+pub mod observe;
 pub mod packages;
 pub mod pipelines;
 pub mod pool;

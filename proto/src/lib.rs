@@ -19,6 +19,37 @@ pub mod agent {
 
 pub mod frame;
 
+/// OpenTelemetry's OTLP trace protocol (vendored protos), in the module
+/// tree its generated code expects.
+#[cfg(feature = "grpc")]
+#[allow(clippy::all)]
+pub mod opentelemetry {
+    pub mod proto {
+        pub mod common {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.common.v1");
+            }
+        }
+        pub mod resource {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.resource.v1");
+            }
+        }
+        pub mod trace {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.trace.v1");
+            }
+        }
+        pub mod collector {
+            pub mod trace {
+                pub mod v1 {
+                    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+                }
+            }
+        }
+    }
+}
+
 /// Encoded file descriptor set of every Flint proto, for gRPC reflection.
 #[cfg(feature = "grpc")]
 pub const FILE_DESCRIPTOR_SET: &[u8] =

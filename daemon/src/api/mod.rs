@@ -339,6 +339,7 @@ impl Functions for FunctionsService {
                 log_tail,
                 payload: r.payload,
                 client_context: r.client_context,
+                trace: None,
             })
             .await?;
         use base64::Engine as _;

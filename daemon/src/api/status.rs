@@ -159,6 +159,10 @@ impl From<NodeError> for Status {
             NodeError::Broker(b) => broker(b),
             NodeError::Sources(s) => sources(s),
             NodeError::NoBroker => status(Code::FailedPrecondition, "ServiceUnavailable", &e),
+            NodeError::Observe(crate::observe::ObserveError::Invalid { .. }) => {
+                status(Code::InvalidArgument, "InvalidParameterValue", &e)
+            }
+            NodeError::Observe(_) => status(Code::Internal, "ServiceException", chain(&e)),
             NodeError::Engine(_) | NodeError::DataDir(_) | NodeError::Join(_) => {
                 status(Code::Internal, "ServiceException", chain(&e))
             }

@@ -426,6 +426,7 @@ impl Events {
             log_tail: false,
             payload: ev.payload.clone(),
             client_context: String::new(),
+            trace: None,
         };
         let result = match self.invoker.resolve(&ev.function, &ev.qualifier) {
             Ok(f) => {

@@ -10,6 +10,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::observe::trace::Attr;
+use crate::observe::{InvocationTrace, Labels, Metric, Observer};
+
 use crate::functions::{parse_qualifier, Function, FunctionStore, FunctionsError, Qualifier};
 use crate::guest::{self, Answer, End, Invocation};
 use crate::launch::{Images, Instance, InstanceState, LaunchError, Started};
@@ -57,6 +60,8 @@ pub struct InvokeRequest {
     pub log_tail: bool,
     pub payload: Vec<u8>,
     pub client_context: String,
+    /// The caller's trace context, continued by the invocation's trace.
+    pub trace: Option<crate::observe::trace::Incoming>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +98,8 @@ pub struct Invoker {
     pub region: String,
     pub account_id: String,
     pub tally: Tally,
+    /// Metrics, statistics and traces of the invocations.
+    pub observe: Arc<Observer>,
 }
 
 /// Invocations and failed invocations per function version since flintd
@@ -139,19 +146,6 @@ enum Outcome {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn trace_id() -> String {
-    let now = SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let r = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "Root=1-{now:08x}-{};Parent={};Sampled=0",
-        &r[..24],
-        &r[16..32]
-    )
 }
 
 impl Invoker {
@@ -267,14 +261,48 @@ impl Invoker {
         request_id: String,
     ) -> Result<InvokeResult, InvokeError> {
         let (name, version) = (f.name.clone(), f.version.clone());
-        let r = self.run_resolved(f, req, request_id).await;
-        match &r {
-            Ok(res) => self
-                .tally
-                .record(&name, &version, res.function_error.is_some()),
+        let labels = Labels::invoked(&name, &req.qualifier, &version);
+        let mut trace = self.observe.begin_trace(req.trace);
+        let arn = f.arn(&self.region, &self.account_id);
+        let r = self
+            .run_resolved(f, req, request_id.clone(), &labels, &mut trace)
+            .await;
+        let o = &self.observe;
+        let error = match &r {
+            Ok(res) => {
+                self.tally
+                    .record(&name, &version, res.function_error.is_some());
+                // Lambda's Invocations and Errors: the code ran (or its
+                // init failed), whatever it answered.
+                o.record(Metric::Invocations, &labels, 1.0);
+                if res.function_error.is_some() {
+                    o.record(Metric::Errors, &labels, 1.0);
+                }
+                res.function_error.map(|e| e.name().to_string())
+            }
             // A throttle is not the version's failure.
-            Err(InvokeError::Pool(_)) => {}
-            Err(_) => self.tally.record(&name, &version, true),
+            Err(e @ InvokeError::Pool(_)) => {
+                o.record(Metric::Throttles, &labels, 1.0);
+                Some(e.to_string())
+            }
+            // The invocation never ran (the instance could not start):
+            // neither an Invocation nor an Error, as Lambda counts them.
+            Err(e) => {
+                self.tally.record(&name, &version, true);
+                Some(crate::error_chain(e))
+            }
+        };
+        if trace.recording() {
+            let mut attrs = vec![
+                ("faas.name", Attr::Str(name)),
+                ("faas.version", Attr::Str(version)),
+                ("faas.invocation_id", Attr::Str(request_id)),
+                ("cloud.resource_id", Attr::Str(arn)),
+            ];
+            if !labels.alias.is_empty() {
+                attrs.push(("flint.alias", Attr::Str(labels.alias.clone())));
+            }
+            trace.finish(attrs, error);
         }
         r
     }
@@ -284,13 +312,29 @@ impl Invoker {
         f: Function,
         req: &InvokeRequest,
         request_id: String,
+        labels: &Labels,
+        trace: &mut InvocationTrace,
     ) -> Result<InvokeResult, InvokeError> {
         // Admitted first (within the function's reserved concurrency or
         // the node's unreserved share), then given an instance.
-        let _ticket = self.pool.admit(&f.name)?;
+        let arrived = SystemTime::now();
+        let admission = |trace: &mut InvocationTrace, error: Option<String>| {
+            trace.span("Admission", None, None, arrived, SystemTime::now(), vec![], error)
+        };
+        let _ticket = match self.pool.admit(&f.name) {
+            Ok(t) => t,
+            Err(e) => {
+                admission(trace, Some(e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let _running = self.observe.running(labels);
         let admitted = Instant::now();
         let mut lease = match self.pool.checkout(&f).await {
-            Some(lease) => lease,
+            Some(lease) => {
+                admission(trace, None);
+                lease
+            }
             None => {
                 // A start waits for a slot at most as long as the
                 // invocation could take on its own: its init limit and its
@@ -298,15 +342,59 @@ impl Invoker {
                 let deadline = admitted
                     + self.pool.launcher().settings().init_timeout
                     + Duration::from_secs(f.timeout_s.into());
-                let mut lease = self.pool.book(&f, None).await?;
+                let booked = self.pool.book(&f, None).await;
+                admission(trace, booked.as_ref().err().map(|e| e.to_string()));
+                let mut lease = booked?;
                 let log = self.logs.open_stream(&f.name, &f.version, &lease.id)?;
                 log.start_capture();
-                match self
+                let start_at = SystemTime::now();
+                let started = self
                     .start_instance(&f, lease.id.clone(), log.clone(), Some(deadline))
-                    .await?
-                {
-                    Started::Ready(inst) => lease.set(inst),
+                    .await;
+                let start_end = SystemTime::now();
+                let started = match started {
+                    Ok(s) => s,
+                    Err(e) => {
+                        trace.span(
+                            "Start",
+                            None,
+                            None,
+                            start_at,
+                            start_end,
+                            vec![],
+                            Some(crate::error_chain(&e)),
+                        );
+                        return Err(e);
+                    }
+                };
+                match started {
+                    Started::Ready(inst) => {
+                        start_spans(trace, &inst, start_at, start_end);
+                        lease.set(inst)
+                    }
                     Started::InitFailed(failure) => {
+                        let start = trace.span(
+                            "Start",
+                            None,
+                            None,
+                            start_at,
+                            start_end,
+                            vec![],
+                            Some(failure.error_type.clone()),
+                        );
+                        if let Some(d) = failure.init_duration {
+                            self.observe
+                                .record(Metric::InitDuration, labels, d.as_secs_f64());
+                            trace.span(
+                                "Init",
+                                None,
+                                Some(start),
+                                start_end.checked_sub(d).unwrap_or(start_at).max(start_at),
+                                start_end,
+                                vec![],
+                                Some(failure.error_type.clone()),
+                            );
+                        }
                         return Ok(self.init_failed(
                             &f,
                             req,
@@ -325,6 +413,9 @@ impl Invoker {
         if inst.pending_init.is_none() && inst.pending_restore.is_none() {
             inst.log.start_capture();
         }
+        let provisioned = inst.is_provisioned();
+        self.provisioned_metrics(&f, req, &lease.id, provisioned, labels);
+        let inst = lease.instance().expect("a leased instance is started");
         let arn = f.arn(&self.region, &self.account_id);
         let arn = if req.qualifier.is_empty() {
             arn
@@ -339,10 +430,40 @@ impl Invoker {
                 Err(e) => tracing::warn!(instance = %inst.id, error = %e, "thawing failed"),
             }
         }
-        let (outcome, duration, max_kb) = run(inst, &f, req, &request_id, arn).await;
+        let invocation_at = SystemTime::now();
+        let header = trace.runtime_header();
+        let (outcome, duration, max_kb) = run(inst, &f, req, &request_id, arn, header).await;
+        let response_at = SystemTime::now();
         let init = inst.pending_init.take();
         let restore = inst.pending_restore.take();
         let log = inst.log.clone();
+        let o = &self.observe;
+        o.record(Metric::Duration, labels, duration.as_secs_f64());
+        if let Some(r) = restore {
+            o.record(Metric::RestoreDuration, labels, r.as_secs_f64());
+        } else if let Some(i) = init {
+            o.record(Metric::InitDuration, labels, i.as_secs_f64());
+        }
+        let failure = match &outcome {
+            Outcome::Ok(_) => None,
+            Outcome::Failed { kind, status, .. } => Some(match status {
+                Some(s) => format!("{}: {s}", kind.name()),
+                None => kind.name().to_string(),
+            }),
+        };
+        let invocation_span = trace.invocation;
+        trace.span(
+            "Invocation",
+            Some(invocation_span),
+            None,
+            invocation_at,
+            response_at,
+            vec![
+                ("faas.coldstart", Attr::Bool(init.is_some() || restore.is_some())),
+                ("flint.provisioned", Attr::Bool(provisioned)),
+            ],
+            failure,
+        );
 
         let (function_error, payload, destroy, status) = match outcome {
             Outcome::Ok(p) => (None, p, false, None),
@@ -372,6 +493,15 @@ impl Invoker {
             self.pool.release(lease);
         }
         let tail = log.take_capture();
+        trace.span(
+            "Response",
+            None,
+            None,
+            response_at,
+            SystemTime::now(),
+            vec![("flint.response_bytes", Attr::Int(payload.len() as i64))],
+            None,
+        );
         Ok(InvokeResult {
             status_code: 200,
             function_error,
@@ -380,6 +510,53 @@ impl Invoker {
             executed_version: f.version.clone(),
             request_id,
         })
+    }
+
+    /// Provisioned concurrency's numbers at an invocation: on a
+    /// provisioned instance, its config's executions and utilization; on
+    /// an on-demand one of a qualifier that has provisioned concurrency, a
+    /// spillover.
+    fn provisioned_metrics(
+        &self,
+        f: &Function,
+        req: &InvokeRequest,
+        lease_id: &str,
+        provisioned: bool,
+        labels: &Labels,
+    ) {
+        if provisioned {
+            let Some(key) = self.pool.provisioned_key(lease_id) else {
+                return;
+            };
+            let c = self.pool.provisioned_count(&key);
+            let allocated = (c.ready + c.busy).max(1) as f64;
+            let o = &self.observe;
+            // The gauges are the scrape's; the window keeps the samples.
+            let now = crate::time::now_ms() as u64 / 1000;
+            o.window.record(
+                Metric::ProvisionedConcurrentExecutions,
+                labels,
+                c.busy as f64,
+                now,
+            );
+            o.window.record(
+                Metric::ProvisionedConcurrencyUtilization,
+                labels,
+                c.busy as f64 / allocated,
+                now,
+            );
+        } else if !req.qualifier.is_empty() {
+            let c = self
+                .pool
+                .provisioned_count(&format!("{}:{}", f.name, req.qualifier));
+            if c.ready + c.busy + c.starting > 0 {
+                self.observe.record(
+                    Metric::ProvisionedConcurrencySpilloverInvocations,
+                    labels,
+                    1.0,
+                );
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -429,6 +606,36 @@ impl Invoker {
     }
 }
 
+/// The `Start` span of an instance started for an invocation, with its
+/// phases under it: `Boot` or `Restore`, then `Init` where one ran.
+fn start_spans(trace: &mut InvocationTrace, inst: &Instance, at: SystemTime, end: SystemTime) {
+    if !trace.recording() {
+        return;
+    }
+    let origin = inst.origin();
+    let start = trace.span(
+        "Start",
+        None,
+        None,
+        at,
+        end,
+        vec![("flint.start", Attr::Str(origin.name().to_string()))],
+        None,
+    );
+    let init_from = inst
+        .pending_init
+        .and_then(|d| end.checked_sub(d))
+        .map(|t| t.max(at));
+    let first = match origin {
+        crate::launch::Origin::Boot => "Boot",
+        _ => "Restore",
+    };
+    trace.span(first, None, Some(start), at, init_from.unwrap_or(end), vec![], None);
+    if let Some(from) = init_from {
+        trace.span("Init", None, Some(start), from, end, vec![], None);
+    }
+}
+
 /// Sends the event and waits for its end.
 async fn run(
     inst: &mut Instance,
@@ -436,6 +643,7 @@ async fn run(
     req: &InvokeRequest,
     request_id: &str,
     arn: String,
+    trace_header: String,
 ) -> (Outcome, Duration, u64) {
     let log = inst.log.clone();
     log.line(
@@ -454,7 +662,7 @@ async fn run(
         payload: &req.payload,
         timeout,
         invoked_function_arn: arn,
-        trace_id: trace_id(),
+        trace_id: trace_header,
         client_context: &req.client_context,
     });
     if sent.is_err() {
@@ -536,6 +744,7 @@ async fn run(
 /// The guest broke the agent protocol: the invocation fails as Unhandled
 /// with `Sandbox.ProtocolError`, and the instance is stopped.
 fn protocol_error(request_id: &str, what: &str) -> Outcome {
+    crate::observe::count(&crate::observe::NODE.guest_frames_rejected);
     tracing::warn!(
         request_id,
         what,
@@ -550,6 +759,7 @@ fn protocol_error(request_id: &str, what: &str) -> Outcome {
 }
 
 fn crashed(payload: Vec<u8>) -> Outcome {
+    crate::observe::count(&crate::observe::NODE.vmm_crashes);
     Outcome::Failed {
         kind: FunctionError::Unhandled,
         payload,
@@ -696,12 +906,5 @@ mod tests {
         assert!(!warm.contains("Init Duration"));
         assert!(warm.contains("Billed Duration: 1 ms"));
         assert!(warm.ends_with("Status: timeout"));
-    }
-
-    #[test]
-    fn trace_id_has_xray_shape() {
-        let t = trace_id();
-        assert!(t.starts_with("Root=1-"), "{t}");
-        assert!(t.contains(";Parent=") && t.ends_with(";Sampled=0"), "{t}");
     }
 }

@@ -197,9 +197,11 @@ impl Launcher {
         }
         .await;
         if let Err(e) = built {
+            crate::observe::count(&crate::observe::NODE.snapshot_build_failures);
             let _ = std::fs::remove_dir_all(&staging);
             return Err(e);
         }
+        crate::observe::count(&crate::observe::NODE.snapshot_builds);
         let desc = format!("runtime {} with {} MB", f.runtime.name(), f.memory_mb);
         let snap = self
             .commit(staging, &key, SnapshotKind::Runtime, f, desc)
@@ -233,6 +235,10 @@ impl Launcher {
     ) -> Result<FunctionSnapshot, LaunchError> {
         self.set_preparation(f, Some(Preparation::Pending));
         let r = self.build_function_snapshot_now(f, disks, key).await;
+        crate::observe::count(match &r {
+            Ok(FunctionSnapshot::Ready(_)) => &crate::observe::NODE.snapshot_builds,
+            _ => &crate::observe::NODE.snapshot_build_failures,
+        });
         self.set_preparation(
             f,
             match &r {

@@ -169,6 +169,16 @@ impl Instance {
         self.info().state
     }
 
+    /// How it started.
+    pub fn origin(&self) -> Origin {
+        self.info().start_kind
+    }
+
+    /// Whether a provisioned-concurrency config keeps it.
+    pub fn is_provisioned(&self) -> bool {
+        self.info().provisioned
+    }
+
     /// Records a state change (and, for `Idle` after `Busy`, a served invocation).
     pub fn set_state(&mut self, state: InstanceState) {
         let mut info = self.info();

@@ -77,6 +77,10 @@ impl Spares {
         (spares, std::mem::take(&mut book.starting))
     }
 
+    pub fn count(&self) -> usize {
+        self.lock().lists.values().map(|l| l.vms.len()).sum()
+    }
+
     /// Host memory of the spares (RSS: cheap to read, and they share little).
     pub fn rss_kb(&self) -> u64 {
         self.lock()
@@ -106,6 +110,11 @@ impl Launcher {
     /// Host memory of the QEMU processes started ahead, in MB.
     pub fn spares_mb(&self) -> u64 {
         self.spares.rss_kb().div_ceil(1024)
+    }
+
+    /// QEMU processes started ahead, ready for a restore.
+    pub fn spare_count(&self) -> usize {
+        self.spares.count()
     }
 
     /// A live spare of the snapshot `key`, if there is one.

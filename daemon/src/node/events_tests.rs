@@ -56,6 +56,7 @@ async fn send(node: &Node, name: &str, payload: &[u8]) -> Result<InvokeResult, N
         log_tail: false,
         payload: payload.to_vec(),
         client_context: String::new(),
+        trace: None,
     })
     .await
 }

@@ -59,6 +59,8 @@ pub enum NodeError {
     DataDir(#[source] std::io::Error),
     #[error("a blocking task failed: {0}")]
     Join(String),
+    #[error(transparent)]
+    Observe(#[from] crate::observe::ObserveError),
 }
 
 /// An alias as the API asks for it.
@@ -216,6 +218,13 @@ impl Node {
             region: config.region.clone(),
             account_id: config.account_id.clone(),
             tally: Default::default(),
+            observe: Arc::new(crate::observe::Observer::new(
+                config.metrics_window.as_secs(),
+                match &config.tracing {
+                    Some(t) => Some(crate::observe::trace::Tracer::start(t.clone())?),
+                    None => None,
+                },
+            )),
         });
         let broker = match config.broker_url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => Some(Arc::new(crate::broker::Broker::new(url)?)),
@@ -472,6 +481,7 @@ impl Node {
     pub async fn delete_function(&self, name: &str) -> Result<(), NodeError> {
         self.store.delete(name)?;
         self.invoker.tally.forget(name);
+        self.invoker.observe.forget(name);
         self.pool.set_reserved(name, None);
         self.pool.retire(name).await;
         self.collect_garbage();

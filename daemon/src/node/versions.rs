@@ -129,7 +129,12 @@ impl Node {
 
     pub fn delete_alias(&self, function: &str, name: &str) -> Result<(), NodeError> {
         self.store.get(function)?;
-        Ok(self.store.delete_alias(function, name)?)
+        self.store.delete_alias(function, name)?;
+        self.invoker
+            .observe
+            .metrics
+            .forget_qualifier(function, name);
+        Ok(())
     }
 
     pub async fn publish_layer_version(

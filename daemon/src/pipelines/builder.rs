@@ -191,6 +191,7 @@ pub async fn build(
             log_tail: false,
             payload,
             client_context: String::new(),
+            trace: None,
         })
         .await?;
     if let Some(e) = r.function_error {

@@ -616,6 +616,7 @@ impl Pipelines {
                             log_tail: false,
                             payload: events[&t.event].clone(),
                             client_context: String::new(),
+                            trace: None,
                         })
                         .await?;
                     let answer = String::from_utf8_lossy(&res.payload).to_string();

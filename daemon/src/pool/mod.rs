@@ -224,6 +224,9 @@ impl Pool {
         provisioned: Option<String>,
     ) -> Result<Lease, PoolError> {
         let (lease, evicted) = self.book_now(f, provisioned)?;
+        for _ in &evicted {
+            crate::observe::count(&crate::observe::NODE.evictions);
+        }
         // Stopped before the new one starts, so that their memory is free.
         for cell in evicted {
             stop_cell(cell).await;
@@ -431,6 +434,14 @@ impl Pool {
     // ------------------------------------------------------------ provisioned
 
     /// The instances of a provisioned-concurrency config.
+    /// The provisioned-concurrency config that keeps instance `id`.
+    pub fn provisioned_key(&self, id: &str) -> Option<String> {
+        lock(&self.books)
+            .members
+            .get(id)
+            .and_then(|m| m.provisioned.clone())
+    }
+
     pub fn provisioned_count(&self, config: &str) -> ProvisionedCount {
         lock(&self.books).provisioned_count(config)
     }

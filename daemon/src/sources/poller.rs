@@ -238,6 +238,7 @@ impl Sources {
             log_tail: false,
             payload,
             client_context: String::new(),
+            trace: None,
         };
         let result = match self.invoker.resolve(&m.function_name, &m.qualifier) {
             Ok(f) => {

@@ -483,6 +483,7 @@ impl Shard<'_> {
             log_tail: false,
             payload: event.to_string().into_bytes(),
             client_context: String::new(),
+            trace: None,
         };
         let result = match self.sources.invoker.resolve(&m.function_name, &m.qualifier) {
             Ok(f) => {
