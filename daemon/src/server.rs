@@ -26,6 +26,8 @@ pub enum ServerError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
+    Observe(#[from] crate::observe::ObserveError),
+    #[error(transparent)]
     Stacks(#[from] crate::stacks::StackError),
     #[error(transparent)]
     Pipelines(#[from] crate::pipelines::PipelineError),
@@ -62,6 +64,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         node.config().pipeline_poll,
     )?;
     let watcher = tokio::spawn(pipelines.clone().run());
+    // The Prometheus endpoint, where configured.
+    let scrapes = match node.config().metrics_listen.clone() {
+        Some(addr) => {
+            let listener = crate::observe::http::bind(&addr).await?;
+            tracing::info!(listen = %addr, "serving Prometheus metrics at /metrics");
+            let n = node.clone();
+            Some(tokio::spawn(crate::observe::http::serve(
+                listener,
+                Arc::new(move || n.prometheus_text()),
+            )))
+        }
+        None => None,
+    };
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -215,6 +230,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     provisioner.abort();
     autoscaler.abort();
     watcher.abort();
+    if let Some(s) = scrapes {
+        s.abort();
+    }
     dispatcher.abort();
     pollers.abort();
     schedules.abort();

@@ -318,6 +318,12 @@ impl Functions for FunctionsService {
         &self,
         request: Request<pb::InvokeRequest>,
     ) -> Result<Response<pb::InvokeResponse>, Status> {
+        // A caller's trace context: W3C `traceparent`, or X-Ray's header.
+        let header = |k: &str| request.metadata().get(k).and_then(|v| v.to_str().ok());
+        let trace = crate::observe::trace::Incoming::parse(
+            header("traceparent"),
+            header("x-amzn-trace-id"),
+        );
         let r = request.into_inner();
         let invocation_type = match pb::InvocationType::try_from(r.invocation_type) {
             Ok(pb::InvocationType::RequestResponse) => InvocationType::RequestResponse,
@@ -339,7 +345,7 @@ impl Functions for FunctionsService {
                 log_tail,
                 payload: r.payload,
                 client_context: r.client_context,
-                trace: None,
+                trace,
             })
             .await?;
         use base64::Engine as _;
@@ -941,6 +947,42 @@ type LogStreamOut = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Sen
 
 #[tonic::async_trait]
 impl NodeApi for NodeService {
+    async fn get_metric_statistics(
+        &self,
+        request: Request<pb::GetMetricStatisticsRequest>,
+    ) -> Result<Response<pb::GetMetricStatisticsResponse>, Status> {
+        let r = request.into_inner();
+        let q = crate::node::StatisticsQuery {
+            metric: r.metric_name,
+            function: r.function_name,
+            qualifier: r.qualifier,
+            start_s: r.start_time,
+            end_s: r.end_time,
+            period_s: r.period,
+            statistics: r.statistics,
+        };
+        let st = self.node.metric_statistics(&q)?;
+        let want = |s: &str| q.statistics.iter().any(|x| x == s);
+        let unit = st.metric.unit().to_string();
+        let datapoints = st
+            .datapoints
+            .iter()
+            .map(|d| pb::MetricDatapoint {
+                timestamp: d.timestamp_s as i64,
+                sample_count: want("SampleCount").then_some(d.stat.count as f64),
+                average: want("Average").then_some(d.stat.average()),
+                sum: want("Sum").then_some(d.stat.sum),
+                minimum: want("Minimum").then_some(d.stat.min),
+                maximum: want("Maximum").then_some(d.stat.max),
+                unit: unit.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::GetMetricStatisticsResponse {
+            label: st.metric.name().to_string(),
+            datapoints,
+        }))
+    }
+
     async fn get_node_info(
         &self,
         _request: Request<pb::GetNodeInfoRequest>,

@@ -473,6 +473,31 @@ pub enum Command {
     /// The queue of asynchronous events per function: waiting, in flight,
     /// the oldest's age, counts and the last dropped events.
     EventQueues,
+    /// Statistics of one of Lambda's function metrics (Invocations,
+    /// Errors, Throttles, Duration, ...) per period, over the window flintd
+    /// keeps: shaped like `aws cloudwatch get-metric-statistics` with the
+    /// function as its dimension.
+    GetMetricStatistics {
+        #[arg(long)]
+        metric_name: String,
+        #[arg(long)]
+        function_name: String,
+        /// An alias or a version; default: every invocation.
+        #[arg(long, default_value = "")]
+        qualifier: String,
+        /// RFC 3339 or Unix seconds; default: an hour before the end.
+        #[arg(long)]
+        start_time: Option<String>,
+        /// RFC 3339 or Unix seconds; default: now.
+        #[arg(long)]
+        end_time: Option<String>,
+        /// Seconds per datapoint.
+        #[arg(long, default_value_t = 60)]
+        period: u32,
+        /// SampleCount, Average, Sum, Minimum, Maximum.
+        #[arg(long, num_args = 1.., default_values_t = ["SampleCount".to_string(), "Sum".to_string(), "Average".to_string(), "Minimum".to_string(), "Maximum".to_string()])]
+        statistics: Vec<String>,
+    },
     /// Creates a queue on the node's broker (`aws sqs create-queue`).
     CreateQueue {
         #[arg(long)]

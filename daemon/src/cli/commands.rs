@@ -149,6 +149,9 @@ pub async fn run(
         | Command::EventQueues) => {
             super::events::run(&mut c, &mut n, output, cmd).await?;
         }
+        cmd @ Command::GetMetricStatistics { .. } => {
+            super::metrics::run(&mut n, output, cmd).await?;
+        }
         cmd @ (Command::CreateSchedule { .. }
         | Command::UpdateSchedule { .. }
         | Command::GetSchedule { .. }

@@ -6,6 +6,7 @@ mod args;
 mod blueprints;
 pub mod commands;
 mod events;
+mod metrics;
 mod queues;
 mod scaling;
 mod schedules;

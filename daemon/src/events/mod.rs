@@ -22,6 +22,7 @@ use std::time::Duration;
 use crate::functions::event_config::{parse_destination, Destination, EventInvokeConfig};
 use crate::functions::{FunctionStore, FunctionsError, LATEST};
 use crate::invoke::{InvocationType, InvokeError, InvokeRequest, InvokeResult, Invoker};
+use crate::observe::{Labels, Metric};
 
 pub use queue::{
     BusRecord, DroppedEvent, EventQueue, Finish, NewEvent, OutboxMessage, QueuedEvent,
@@ -221,6 +222,11 @@ impl Events {
         answer
             .await
             .map_err(|_| EventsError::Commit("the committer has stopped".into()))??;
+        self.invoker.observe.record(
+            Metric::AsyncEventsReceived,
+            &Labels::qualified(&f.name, &req.qualifier),
+            1.0,
+        );
         self.wake.notify_one();
         Ok(InvokeResult {
             status_code: 202,
@@ -428,6 +434,11 @@ impl Events {
             client_context: String::new(),
             trace: None,
         };
+        self.invoker.observe.record(
+            Metric::AsyncEventAge,
+            &Labels::qualified(&ev.function, &ev.qualifier),
+            (now - ev.received_ms).max(0) as f64 / 1000.0,
+        );
         let result = match self.invoker.resolve(&ev.function, &ev.qualifier) {
             Ok(f) => {
                 self.invoker
@@ -469,6 +480,11 @@ impl Events {
             )) => {
                 tracing::warn!(function = %ev.function, request_id = %ev.request_id, error = %e,
                     "an asynchronous event's function is gone; the event is dropped");
+                self.invoker.observe.record(
+                    Metric::AsyncEventsDropped,
+                    &Labels::qualified(&ev.function, &ev.qualifier),
+                    1.0,
+                );
                 let finish = Finish {
                     dropped: Some("FunctionNotFound".into()),
                     ..Finish::default()
@@ -498,6 +514,11 @@ impl Events {
     ) -> Result<(), EventsError> {
         tracing::warn!(function = %ev.function, request_id = %ev.request_id,
             condition = condition.name(), invocations = count, "an asynchronous event is dropped");
+        self.invoker.observe.record(
+            Metric::AsyncEventsDropped,
+            &Labels::qualified(&ev.function, &ev.qualifier),
+            1.0,
+        );
         let dead_letter = self.dead_letter(ev, condition, last.as_ref());
         let mut finish = self.deliver(ev, cfg, condition, count, last);
         finish.outbox.extend(dead_letter);
@@ -544,8 +565,15 @@ impl Events {
                 payload: record.into_bytes(),
                 received_ms: now_ms(),
             }),
-            Err(e) => tracing::warn!(function = %ev.function, destination = target, error = %e,
-                "an invocation record's destination is not valid; the record is not sent"),
+            Err(e) => {
+                tracing::warn!(function = %ev.function, destination = target, error = %e,
+                "an invocation record's destination is not valid; the record is not sent");
+                self.invoker.observe.record(
+                    Metric::DestinationDeliveryFailures,
+                    &Labels::qualified(&ev.function, &ev.qualifier),
+                    1.0,
+                );
+            }
         }
         finish
     }

@@ -81,8 +81,21 @@ impl Events {
         match result {
             Ok(_) => {}
             Err(e @ crate::broker::BrokerError::Unreachable { .. }) => return Err(e),
-            Err(e) => tracing::error!(queue = %m.queue, function = %m.function, error = %e,
-                "a destination or dead-letter message cannot be delivered; it is dropped"),
+            Err(e) => {
+                tracing::error!(queue = %m.queue, function = %m.function, error = %e,
+                "a destination or dead-letter message cannot be delivered; it is dropped");
+                // A dead-letter message carries the failure's ErrorCode.
+                let metric = if m.attributes.contains_key("ErrorCode") {
+                    crate::observe::Metric::DeadLetterErrors
+                } else {
+                    crate::observe::Metric::DestinationDeliveryFailures
+                };
+                self.invoker.observe.record(
+                    metric,
+                    &crate::observe::Labels::invoked(&m.function, "", ""),
+                    1.0,
+                );
+            }
         }
         let seq = m.seq;
         if let Err(e) = self.blocking(move |q| q.outbox_done(seq)).await {
@@ -107,6 +120,11 @@ impl Events {
             Ok(q) => q,
             Err(e) => {
                 tracing::warn!(function = %ev.function, error = %e, "the dead-letter queue is not valid");
+                self.invoker.observe.record(
+                    crate::observe::Metric::DeadLetterErrors,
+                    &crate::observe::Labels::qualified(&ev.function, &ev.qualifier),
+                    1.0,
+                );
                 return None;
             }
         };

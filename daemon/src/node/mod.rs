@@ -25,6 +25,7 @@ use crate::pool::{Capacity, Pool, PoolSettings};
 mod autoscaling;
 mod concurrency;
 mod events;
+mod metrics;
 #[cfg(test)]
 mod events_tests;
 mod status;
@@ -32,6 +33,7 @@ mod status;
 mod tests;
 mod versions;
 
+pub use metrics::{Statistics, StatisticsQuery, MAX_DATAPOINTS, STATISTICS};
 pub use autoscaling::{Activity, Autoscaling, ScalingView};
 pub use concurrency::{ProvisionedStatus, ProvisionedView, Provisioning};
 

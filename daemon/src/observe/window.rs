@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(w.query(Metric::Duration, "f", "3", 0, 5000, 60), vec![]);
         assert_eq!(w.query(Metric::Duration, "f", "live", 0, 5000, 5000)[0].stat.count, 4);
         // Ten minutes on, the seconds are minutes; an hour on, gone.
-        w.record(Metric::Duration, &l, 1.0, 1000 + FINE_S + 61);
+        w.record(Metric::Duration, &l, 1.0, 1000 + FINE_S + 71);
         {
             let s = w.lock();
             let b = &s[&(Metric::Duration, l.clone())];

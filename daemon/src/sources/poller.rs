@@ -248,6 +248,11 @@ impl Sources {
             }
             Err(e) => Err(e),
         };
+        let labels = crate::observe::Labels::qualified(&m.function_name, &m.qualifier);
+        let observe = &self.invoker.observe;
+        if result.is_ok() {
+            observe.record(crate::observe::Metric::EventSourceBatches, &labels, 1.0);
+        }
         match result {
             Ok(r) if r.function_error.is_none() => {
                 let failed = if m.report_batch_item_failures {
@@ -267,6 +272,13 @@ impl Sources {
                         stats
                             .failed_items
                             .fetch_add(failed.len() as u64, Ordering::Relaxed);
+                        if !failed.is_empty() {
+                            observe.record(
+                                crate::observe::Metric::EventSourceFailedItems,
+                                &labels,
+                                failed.len() as f64,
+                            );
+                        }
                         if let Err(e) = src.delete(&ok).await {
                             // They reappear after their visibility timeout:
                             // at least once.
@@ -284,6 +296,11 @@ impl Sources {
             }
             Ok(r) => {
                 let kind = r.function_error.map(|e| e.name()).unwrap_or("Unhandled");
+                observe.record(
+                    crate::observe::Metric::EventSourceFailedItems,
+                    &labels,
+                    batch.len() as f64,
+                );
                 stats.fail_batch(&format!("PROBLEM: Function call failed ({kind})"));
             }
             Err(e) => {

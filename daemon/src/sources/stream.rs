@@ -392,6 +392,15 @@ impl Shard<'_> {
             let mut batch = batch;
             let mut attempts: i64 = 0;
             let mut again = RETRY_FIRST;
+            let labels = crate::observe::Labels::qualified(&self.m.function_name, &self.m.qualifier);
+            let observe = &self.sources.invoker.observe;
+            if let Some(last) = batch.last() {
+                observe.record(
+                    crate::observe::Metric::IteratorAge,
+                    &labels,
+                    (crate::time::now_ms() - last.arrival_ms).max(0) as f64 / 1000.0,
+                );
+            }
             loop {
                 let w = window
                     .as_ref()
@@ -399,6 +408,7 @@ impl Shard<'_> {
                 let (attempt, new_state) = self.invoke(&batch, w).await;
                 match attempt {
                     Attempt::Done => {
+                        observe.record(crate::observe::Metric::EventSourceBatches, &labels, 1.0);
                         self.stats.batches.fetch_add(1, Ordering::Relaxed);
                         self.stats
                             .records
@@ -416,6 +426,12 @@ impl Shard<'_> {
                         again = (again * 2).min(RETRY_MAX);
                     }
                     Attempt::Failed { from, why } => {
+                        observe.record(crate::observe::Metric::EventSourceBatches, &labels, 1.0);
+                        observe.record(
+                            crate::observe::Metric::EventSourceFailedItems,
+                            &labels,
+                            batch.len().saturating_sub(from) as f64,
+                        );
                         self.stats.fail_batch(&why);
                         // Records before the first failed item are done.
                         if from > 0 {
