@@ -319,7 +319,15 @@ impl Invoker {
         // the node's unreserved share), then given an instance.
         let arrived = SystemTime::now();
         let admission = |trace: &mut InvocationTrace, error: Option<String>| {
-            trace.span("Admission", None, None, arrived, SystemTime::now(), vec![], error)
+            trace.span(
+                "Admission",
+                None,
+                None,
+                arrived,
+                SystemTime::now(),
+                vec![],
+                error,
+            )
         };
         let _ticket = match self.pool.admit(&f.name) {
             Ok(t) => t,
@@ -459,7 +467,10 @@ impl Invoker {
             invocation_at,
             response_at,
             vec![
-                ("faas.coldstart", Attr::Bool(init.is_some() || restore.is_some())),
+                (
+                    "faas.coldstart",
+                    Attr::Bool(init.is_some() || restore.is_some()),
+                ),
                 ("flint.provisioned", Attr::Bool(provisioned)),
             ],
             failure,
@@ -630,7 +641,15 @@ fn start_spans(trace: &mut InvocationTrace, inst: &Instance, at: SystemTime, end
         crate::launch::Origin::Boot => "Boot",
         _ => "Restore",
     };
-    trace.span(first, None, Some(start), at, init_from.unwrap_or(end), vec![], None);
+    trace.span(
+        first,
+        None,
+        Some(start),
+        at,
+        init_from.unwrap_or(end),
+        vec![],
+        None,
+    );
     if let Some(from) = init_from {
         trace.span("Init", None, Some(start), from, end, vec![], None);
     }

@@ -25,17 +25,17 @@ use crate::pool::{Capacity, Pool, PoolSettings};
 mod autoscaling;
 mod concurrency;
 mod events;
-mod metrics;
 #[cfg(test)]
 mod events_tests;
+mod metrics;
 mod status;
 #[cfg(test)]
 mod tests;
 mod versions;
 
-pub use metrics::{Statistics, StatisticsQuery, MAX_DATAPOINTS, STATISTICS};
 pub use autoscaling::{Activity, Autoscaling, ScalingView};
 pub use concurrency::{ProvisionedStatus, ProvisionedView, Provisioning};
+pub use metrics::{Statistics, StatisticsQuery, MAX_DATAPOINTS, STATISTICS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {

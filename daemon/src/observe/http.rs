@@ -127,6 +127,9 @@ mod tests {
         let other = get(addr, b"GET /../etc/passwd HTTP/1.1\r\n\r\n").await;
         assert!(other.starts_with("HTTP/1.1 404"), "{other}");
         let huge = get(addr, &vec![b'a'; MAX_HEAD + 2048]).await;
-        assert!(huge.is_empty() || huge.starts_with("HTTP/1.1 400"), "{huge}");
+        assert!(
+            huge.is_empty() || huge.starts_with("HTTP/1.1 400"),
+            "{huge}"
+        );
     }
 }

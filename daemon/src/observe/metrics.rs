@@ -132,7 +132,11 @@ impl Histogram {
     }
 
     fn observe(&mut self, v: f64) {
-        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
         self.counts[i] += 1;
         self.sum += v;
         self.count += 1;
@@ -250,7 +254,8 @@ impl Registry {
                         let mut cum = 0;
                         for (i, b) in h.bounds.iter().enumerate() {
                             cum += h.counts[i];
-                            let _ = writeln!(out, "{base}_bucket{{{l},le=\"{}\"}} {cum}", number(*b));
+                            let _ =
+                                writeln!(out, "{base}_bucket{{{l},le=\"{}\"}} {cum}", number(*b));
                         }
                         let _ = writeln!(out, "{base}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
                         let _ = writeln!(out, "{base}_sum{{{l}}} {}", number(h.sum));
@@ -320,18 +325,50 @@ mod tests {
         let mut out = String::new();
         r.render(&mut out, &[]);
         let l = r#"function="f",alias="",version="$LATEST""#;
-        assert!(out.contains("# TYPE flint_function_invocations_total counter"), "{out}");
-        assert!(out.contains(&format!("flint_function_invocations_total{{{l}}} 2")), "{out}");
-        assert!(out.contains(&format!("flint_function_duration_seconds_bucket{{{l},le=\"0.0025\"}} 0")), "{out}");
-        assert!(out.contains(&format!("flint_function_duration_seconds_bucket{{{l},le=\"0.005\"}} 1")), "{out}");
-        assert!(out.contains(&format!("flint_function_duration_seconds_bucket{{{l},le=\"2.5\"}} 2")), "{out}");
-        assert!(out.contains(&format!("flint_function_duration_seconds_bucket{{{l},le=\"+Inf\"}} 2")), "{out}");
-        assert!(out.contains(&format!("flint_function_duration_seconds_count{{{l}}} 2")), "{out}");
+        assert!(
+            out.contains("# TYPE flint_function_invocations_total counter"),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("flint_function_invocations_total{{{l}}} 2")),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "flint_function_duration_seconds_bucket{{{l},le=\"0.0025\"}} 0"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "flint_function_duration_seconds_bucket{{{l},le=\"0.005\"}} 1"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "flint_function_duration_seconds_bucket{{{l},le=\"2.5\"}} 2"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!(
+                "flint_function_duration_seconds_bucket{{{l},le=\"+Inf\"}} 2"
+            )),
+            "{out}"
+        );
+        assert!(
+            out.contains(&format!("flint_function_duration_seconds_count{{{l}}} 2")),
+            "{out}"
+        );
         assert!(out.contains(r#"function="g\"x""#), "{out}");
         r.forget("f");
         let mut out = String::new();
         r.render(&mut out, &[]);
         assert!(!out.contains(r#"function="f""#), "{out}");
-        assert_eq!(r.counter(Metric::Invocations, &Labels::invoked("g\"x", "", "1")), 1);
+        assert_eq!(
+            r.counter(Metric::Invocations, &Labels::invoked("g\"x", "", "1")),
+            1
+        );
     }
 }

@@ -313,8 +313,8 @@ impl Tracer {
     pub fn begin(&self, incoming: Option<Incoming>) -> TraceContext {
         let by_ratio = || {
             let r = self.settings.sample_ratio;
-            r >= 1.0 || (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64 <= r
-                && r > 0.0
+            let draw = (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64;
+            r >= 1.0 || (r > 0.0 && draw < r)
         };
         match incoming {
             Some(i) if i.decided => i.ctx,
@@ -414,7 +414,10 @@ mod tests {
     fn xray_and_w3c_share_the_trace_id() {
         let c = TraceContext::new(true);
         let h = c.xray_header([0xab; 8]);
-        assert!(h.starts_with("Root=1-") && h.ends_with(";Parent=abababababababab;Sampled=1"), "{h}");
+        assert!(
+            h.starts_with("Root=1-") && h.ends_with(";Parent=abababababababab;Sampled=1"),
+            "{h}"
+        );
         let (back, sampled) = TraceContext::from_xray(&h).unwrap();
         assert_eq!(back.trace_id, c.trace_id);
         assert_eq!(back.parent, Some([0xab; 8]));
@@ -436,7 +439,11 @@ mod tests {
         assert!(i.ctx.sampled && i.decided);
         let unsampled = Incoming::parse(Some(&tp.replace("-01", "-00")), None).unwrap();
         assert!(!unsampled.ctx.sampled);
-        let x = Incoming::parse(None, Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8")).unwrap();
+        let x = Incoming::parse(
+            None,
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8"),
+        )
+        .unwrap();
         assert_eq!(x.ctx.trace_id_hex(), "5759e988bd862e3fe1be46a994272793");
         assert!(!x.decided);
         for bad in [

@@ -181,14 +181,32 @@ mod tests {
         for (t, v) in [(1000, 5.0), (1000, 1.0), (1001, 9.0), (1070, 3.0)] {
             w.record(Metric::Duration, &l, v, t);
         }
-        w.record(Metric::Duration, &Labels::invoked("g", "", "1"), 100.0, 1000);
+        w.record(
+            Metric::Duration,
+            &Labels::invoked("g", "", "1"),
+            100.0,
+            1000,
+        );
         let d = w.query(Metric::Duration, "f", "", 1000, 1100, 60);
         assert_eq!(d.len(), 2);
         assert_eq!(d[0].timestamp_s, 1000);
-        assert_eq!(d[0].stat, Stat { count: 3, sum: 15.0, min: 1.0, max: 9.0 });
+        assert_eq!(
+            d[0].stat,
+            Stat {
+                count: 3,
+                sum: 15.0,
+                min: 1.0,
+                max: 9.0
+            }
+        );
         assert_eq!(d[1].stat.count, 1);
         assert_eq!(w.query(Metric::Duration, "f", "3", 0, 5000, 60), vec![]);
-        assert_eq!(w.query(Metric::Duration, "f", "live", 0, 5000, 5000)[0].stat.count, 4);
+        assert_eq!(
+            w.query(Metric::Duration, "f", "live", 0, 5000, 5000)[0]
+                .stat
+                .count,
+            4
+        );
         // Ten minutes on, the seconds are minutes; an hour on, gone.
         w.record(Metric::Duration, &l, 1.0, 1000 + FINE_S + 71);
         {
@@ -197,9 +215,19 @@ mod tests {
             assert_eq!(b.fine.len(), 1);
             assert_eq!(b.coarse.len(), 2);
         }
-        assert_eq!(w.query(Metric::Duration, "f", "", 0, 5000, 5000)[0].stat.count, 5);
+        assert_eq!(
+            w.query(Metric::Duration, "f", "", 0, 5000, 5000)[0]
+                .stat
+                .count,
+            5
+        );
         w.record(Metric::Duration, &l, 1.0, 1000 + 3600 + FINE_S + 120);
-        assert_eq!(w.query(Metric::Duration, "f", "", 0, 10_000, 10_000)[0].stat.count, 1);
+        assert_eq!(
+            w.query(Metric::Duration, "f", "", 0, 10_000, 10_000)[0]
+                .stat
+                .count,
+            1
+        );
         w.forget("f");
         assert!(w.query(Metric::Duration, "f", "", 0, 10_000, 60).is_empty());
     }

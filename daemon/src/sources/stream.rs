@@ -392,7 +392,8 @@ impl Shard<'_> {
             let mut batch = batch;
             let mut attempts: i64 = 0;
             let mut again = RETRY_FIRST;
-            let labels = crate::observe::Labels::qualified(&self.m.function_name, &self.m.qualifier);
+            let labels =
+                crate::observe::Labels::qualified(&self.m.function_name, &self.m.qualifier);
             let observe = &self.sources.invoker.observe;
             if let Some(last) = batch.last() {
                 observe.record(
