@@ -17,14 +17,14 @@ use super::{meminfo_kb, percentile, serve, Args, Served};
 
 /// What a group of clients saw.
 #[derive(Default)]
-struct Tally {
-    ms: Vec<f64>,
-    throttled: usize,
-    errors: usize,
+pub(super) struct Tally {
+    pub ms: Vec<f64>,
+    pub throttled: usize,
+    pub errors: usize,
 }
 
 impl Tally {
-    fn merge(&mut self, o: Tally) {
+    pub fn merge(&mut self, o: Tally) {
         self.ms.extend(o.ms);
         self.throttled += o.throttled;
         self.errors += o.errors;
@@ -62,7 +62,11 @@ fn count(tally: &mut Tally, r: Result<f64, tonic::Status>) {
 }
 
 /// `clients` clients invoking back to back until `until`.
-async fn clients(fns: &FunctionsClient<Channel>, clients: usize, until: Instant) -> Tally {
+pub(super) async fn clients(
+    fns: &FunctionsClient<Channel>,
+    clients: usize,
+    until: Instant,
+) -> Tally {
     let mut tasks = Vec::new();
     for c in 0..clients {
         let mut fns = fns.clone();
@@ -91,7 +95,7 @@ async fn clients(fns: &FunctionsClient<Channel>, clients: usize, until: Instant)
     all
 }
 
-fn summary(t: &Tally) -> (f64, f64) {
+pub(super) fn summary(t: &Tally) -> (f64, f64) {
     let mut v = t.ms.clone();
     v.sort_by(|a, b| a.total_cmp(b));
     (percentile(&v, 50.0), percentile(&v, 99.0))
@@ -99,7 +103,12 @@ fn summary(t: &Tally) -> (f64, f64) {
 
 /// A node serving `load`, published as version 1 and invoked once (its
 /// snapshots built).
-async fn start(config: Config, root: &Path, name: &str, memory: u32) -> anyhow::Result<Served> {
+pub(super) async fn start(
+    config: Config,
+    root: &Path,
+    name: &str,
+    memory: u32,
+) -> anyhow::Result<Served> {
     let mut s = serve(config, &root.join(name).join("flintd.sock")).await?;
     s.create("load", memory).await?;
     s.fns

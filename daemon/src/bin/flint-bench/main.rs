@@ -31,6 +31,7 @@ mod bursts;
 mod events;
 mod load;
 mod network;
+mod observe;
 mod sources;
 
 use std::io::Write;
@@ -80,7 +81,8 @@ struct Args {
     /// `load` (concurrent clients, burst, frozen instances in a budget) or
     /// `bursts` (bursts from zero instances with and without the start
     /// scheduler), `async` (Event invocations), `sources` (a queue through
-    /// an event source mapping) or `network` (instance networks).
+    /// an event source mapping), `network` (instance networks) or
+    /// `observe` (the warm path with metrics and tracing off and on).
     #[arg(long, default_value = "start")]
     suite: String,
     /// Load suite: concurrent client counts.
@@ -298,6 +300,11 @@ fn main() -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&root);
         return r;
     }
+    if args.suite == "observe" {
+        let r = rt.block_on(observe::run(&args, &accel, &root));
+        let _ = std::fs::remove_dir_all(&root);
+        return r;
+    }
     if args.suite == "load" {
         let r = rt.block_on(load::run(&args, &accel, &root));
         let _ = std::fs::remove_dir_all(&root);
@@ -305,7 +312,7 @@ fn main() -> anyhow::Result<()> {
     }
     anyhow::ensure!(
         args.suite == "start",
-        "--suite is start, load, bursts, async, sources or network"
+        "--suite is start, load, observe, bursts, async, sources or network"
     );
     let config = |name: &str, snapshots: bool| Config {
         data_dir: root.join(name).join("data"),
