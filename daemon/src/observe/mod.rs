@@ -328,3 +328,75 @@ impl InvocationTrace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_round_trip() {
+        for m in Metric::ALL {
+            assert_eq!(Metric::parse(m.name()), Some(m));
+        }
+        assert_eq!(Metric::parse("invocations"), None);
+        assert_eq!(Metric::Duration.unit(), "Milliseconds");
+        assert_eq!(Metric::Invocations.unit(), "Count");
+    }
+
+    #[test]
+    fn window_keeps_milliseconds_and_prometheus_seconds() {
+        let o = Observer::default();
+        let l = Labels::invoked("f", "", "$LATEST");
+        o.record(Metric::Duration, &l, 0.25);
+        let d = o.window.query(Metric::Duration, "f", "", 0, u64::MAX / 2, u64::MAX / 4);
+        assert_eq!(d[0].stat.sum, 250.0);
+        let mut out = String::new();
+        o.metrics.render(&mut out, &[]);
+        assert!(out.contains("flint_function_duration_seconds_sum{function=\"f\",alias=\"\",version=\"$LATEST\"} 0.25"), "{out}");
+    }
+
+    #[test]
+    fn the_running_guard_counts_concurrent_executions() {
+        let o = Arc::new(Observer::default());
+        let l = Labels::invoked("f", "", "1");
+        let a = o.running(&l);
+        let b = o.running(&l);
+        let peak = o.window.query(Metric::ConcurrentExecutions, "f", "", 0, u64::MAX / 2, u64::MAX / 4);
+        assert_eq!(peak[0].stat.max, 2.0);
+        drop(a);
+        drop(b);
+        let mut out = String::new();
+        o.metrics.render(&mut out, &[]);
+        assert!(out.contains("flint_function_concurrent_executions{function=\"f\",alias=\"\",version=\"1\"} 0"), "{out}");
+    }
+
+    #[test]
+    fn the_documented_dashboard_uses_metrics_that_exist() {
+        let doc = include_str!("../../../docs/observability.md");
+        let start = doc.find("```json\n").expect("the dashboard JSON") + 8;
+        let end = start + doc[start..].find("```").unwrap();
+        let dash: serde_json::Value = serde_json::from_str(&doc[start..end]).expect("valid JSON");
+        let sources = [include_str!("metrics.rs"), include_str!("../node/metrics.rs")];
+        let mut checked = 0;
+        for p in dash["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !word.starts_with("flint_") {
+                        continue;
+                    }
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    assert!(
+                        sources.iter().any(|s| s.contains(&format!("\"{base}\""))),
+                        "the dashboard's {word} is not a metric flintd writes"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10);
+    }
+}
