@@ -219,7 +219,7 @@ async fn metrics_and_traces_follow_invocations() {
         let r = invoke_traced(&mut c, &f, r#"{"fail": true}"#, None)
             .await
             .unwrap();
-        assert_eq!(r.function_error, "Unhandled");
+        assert!(!r.function_error.is_empty(), "{r:?}");
     }
     for _ in 0..2 {
         let e = invoke_traced(&mut c, &throttled, "{}", None)

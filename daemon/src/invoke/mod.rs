@@ -285,6 +285,12 @@ impl Invoker {
                 o.record(Metric::Throttles, &labels, 1.0);
                 Some(e.to_string())
             }
+            // No start slot in time: a 429 too, so a Throttle.
+            Err(e @ InvokeError::Launch(LaunchError::StartQueue(_))) => {
+                self.tally.record(&name, &version, true);
+                o.record(Metric::Throttles, &labels, 1.0);
+                Some(e.to_string())
+            }
             // The invocation never ran (the instance could not start):
             // neither an Invocation nor an Error, as Lambda counts them.
             Err(e) => {
