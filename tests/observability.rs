@@ -477,6 +477,49 @@ async fn metrics_and_traces_follow_invocations() {
         "Admission failed"
     );
 
+    // Asynchronous events: received, their age, and one dropped after
+    // its only attempt failed (no retries configured).
+    c.put_function_event_invoke_config(pb::PutFunctionEventInvokeConfigRequest {
+        function_name: f.clone(),
+        maximum_retry_attempts: Some(0),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for payload in ["{}", r#"{"fail": true}"#] {
+        let r = c
+            .invoke(pb::InvokeRequest {
+                function_name: f.clone(),
+                invocation_type: pb::InvocationType::Event as i32,
+                payload: payload.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status_code, 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let s = loop {
+        let s = samples(&scrape(&metrics_addr).await);
+        if s.get(&series("flint_function_async_events_dropped_total", &f, "")) == Some(&1.0)
+            && s.get(&series("flint_function_invocations_total", &f, "")) == Some(&10.0)
+        {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the events did not run: {s:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        s[&series("flint_function_async_events_received_total", &f, "")],
+        2.0
+    );
+    assert_eq!(
+        s[&series("flint_function_async_event_age_seconds_count", &f, "")],
+        2.0
+    );
+    assert_eq!(s[&series("flint_function_errors_total", &f, "")], 3.0);
+
     // A deleted function's series go.
     c.delete_function(pb::DeleteFunctionRequest {
         function_name: f.clone(),

@@ -348,7 +348,9 @@ mod tests {
         let o = Observer::default();
         let l = Labels::invoked("f", "", "$LATEST");
         o.record(Metric::Duration, &l, 0.25);
-        let d = o.window.query(Metric::Duration, "f", "", 0, u64::MAX / 2, u64::MAX / 4);
+        let d = o
+            .window
+            .query(Metric::Duration, "f", "", 0, u64::MAX / 2, u64::MAX / 4);
         assert_eq!(d[0].stat.sum, 250.0);
         let mut out = String::new();
         o.metrics.render(&mut out, &[]);
@@ -361,13 +363,25 @@ mod tests {
         let l = Labels::invoked("f", "", "1");
         let a = o.running(&l);
         let b = o.running(&l);
-        let peak = o.window.query(Metric::ConcurrentExecutions, "f", "", 0, u64::MAX / 2, u64::MAX / 4);
+        let peak = o.window.query(
+            Metric::ConcurrentExecutions,
+            "f",
+            "",
+            0,
+            u64::MAX / 2,
+            u64::MAX / 4,
+        );
         assert_eq!(peak[0].stat.max, 2.0);
         drop(a);
         drop(b);
         let mut out = String::new();
         o.metrics.render(&mut out, &[]);
-        assert!(out.contains("flint_function_concurrent_executions{function=\"f\",alias=\"\",version=\"1\"} 0"), "{out}");
+        assert!(
+            out.contains(
+                "flint_function_concurrent_executions{function=\"f\",alias=\"\",version=\"1\"} 0"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
@@ -376,7 +390,10 @@ mod tests {
         let start = doc.find("```json\n").expect("the dashboard JSON") + 8;
         let end = start + doc[start..].find("```").unwrap();
         let dash: serde_json::Value = serde_json::from_str(&doc[start..end]).expect("valid JSON");
-        let sources = [include_str!("metrics.rs"), include_str!("../node/metrics.rs")];
+        let sources = [
+            include_str!("metrics.rs"),
+            include_str!("../node/metrics.rs"),
+        ];
         let mut checked = 0;
         for p in dash["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {
