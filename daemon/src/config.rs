@@ -211,7 +211,10 @@ pub struct FileConfig {
 #[derive(Debug, Default, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileMetrics {
-    /// `HOST:PORT` of the endpoint (`127.0.0.1:9464`); unset: off.
+    /// Serve the endpoint on [`DEFAULT_METRICS`] when `listen` is unset.
+    pub enabled: Option<bool>,
+    /// `HOST:PORT` of the endpoint (`127.0.0.1:9464`); unset: off, unless
+    /// `enabled`.
     pub listen: Option<String>,
     /// Seconds `GetMetricStatistics` can look back (default 10800).
     pub window_s: Option<u64>,
@@ -366,6 +369,10 @@ pub const LAMBDA_INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// boot with Python's init takes about 3.3 s here against a few hundred
 /// ms on KVM hosts), so an init that fits Lambda's 10 s on KVM gets 60 s.
 pub const TCG_INIT_FACTOR: u32 = 6;
+
+/// The Prometheus endpoint's address when `[metrics] enabled` names none:
+/// loopback, on the port OpenTelemetry's Prometheus exporters use.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
 /// The default TCP address.
 pub const DEFAULT_TCP: &str = "127.0.0.1:50051";
@@ -587,7 +594,13 @@ impl Config {
             c.events.concurrency = n as usize;
         }
         if let Some(m) = f.metrics {
-            if let Some(l) = m.listen.filter(|l| !l.is_empty()) {
+            let listen = match (m.listen.filter(|l| !l.is_empty()), m.enabled) {
+                (_, Some(false)) => None,
+                (Some(l), _) => Some(l),
+                (None, Some(true)) => Some(DEFAULT_METRICS.to_string()),
+                (None, None) => None,
+            };
+            if let Some(l) = listen {
                 l.parse::<std::net::SocketAddr>().map_err(|e| {
                     ConfigError::Invalid(format!("metrics.listen {l:?}: {e} (HOST:PORT)"))
                 })?;
@@ -798,6 +811,39 @@ mod tests {
             Listen::Tcp("127.0.0.1:9".parse().unwrap())
         );
         assert!("nonsense".parse::<Listen>().is_err());
+    }
+
+    #[test]
+    fn metrics_and_tracing_are_off_unless_configured() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(
+            (c.metrics_listen.clone(), c.tracing.is_none()),
+            (None, true)
+        );
+        let c = Config::from_toml("[metrics]\nenabled = true\n").unwrap();
+        assert_eq!(c.metrics_listen.as_deref(), Some(DEFAULT_METRICS));
+        let c =
+            Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9100\"\nenabled = false\n").unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let c =
+            Config::from_toml("[metrics]\nlisten = \"127.0.0.1:9100\"\nwindow_s = 3600\n").unwrap();
+        assert_eq!(c.metrics_listen.as_deref(), Some("127.0.0.1:9100"));
+        assert_eq!(c.metrics_window, Duration::from_secs(3600));
+        for bad in [
+            "[metrics]\nlisten = \"localhost\"\n",
+            "[metrics]\nwindow_s = 10\n",
+            "[tracing]\notlp_endpoint = \"127.0.0.1:4317\"\n",
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 2.0\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+        let t = Config::from_toml(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4317\"\nsample_ratio = 0.1\n",
+        )
+        .unwrap()
+        .tracing
+        .unwrap();
+        assert_eq!((t.sample_ratio, t.service_name.as_str()), (0.1, "flintd"));
     }
 
     #[test]
