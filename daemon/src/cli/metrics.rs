@@ -20,9 +20,7 @@ pub fn parse_time(v: &str) -> Result<i64, CliError> {
 }
 
 fn rfc3339(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
-        .unwrap_or_else(|| secs.to_string())
+    crate::time::rfc3339_s(secs.saturating_mul(1000))
 }
 
 pub async fn run(

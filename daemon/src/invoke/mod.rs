@@ -263,9 +263,12 @@ impl Invoker {
         let (name, version) = (f.name.clone(), f.version.clone());
         let labels = Labels::invoked(&name, &req.qualifier, &version);
         let mut trace = self.observe.begin_trace(req.trace);
-        let arn = f.arn(&self.region, &self.account_id);
+        // The Invoke span's attributes, only for a trace that is sent.
+        let traced = trace
+            .recording()
+            .then(|| (f.arn(&self.region, &self.account_id), request_id.clone()));
         let r = self
-            .run_resolved(f, req, request_id.clone(), &labels, &mut trace)
+            .run_resolved(f, req, request_id, &labels, &mut trace)
             .await;
         let o = &self.observe;
         let error = match &r {
@@ -298,7 +301,7 @@ impl Invoker {
                 Some(crate::error_chain(e))
             }
         };
-        if trace.recording() {
+        if let Some((arn, request_id)) = traced {
             let mut attrs = vec![
                 ("faas.name", Attr::Str(name)),
                 ("faas.version", Attr::Str(version)),
@@ -458,29 +461,31 @@ impl Invoker {
         } else if let Some(i) = init {
             o.record(Metric::InitDuration, labels, i.as_secs_f64());
         }
-        let failure = match &outcome {
-            Outcome::Ok(_) => None,
-            Outcome::Failed { kind, status, .. } => Some(match status {
-                Some(s) => format!("{}: {s}", kind.name()),
-                None => kind.name().to_string(),
-            }),
-        };
-        let invocation_span = trace.invocation;
-        trace.span(
-            "Invocation",
-            Some(invocation_span),
-            None,
-            invocation_at,
-            response_at,
-            vec![
-                (
-                    "faas.coldstart",
-                    Attr::Bool(init.is_some() || restore.is_some()),
-                ),
-                ("flint.provisioned", Attr::Bool(provisioned)),
-            ],
-            failure,
-        );
+        if trace.recording() {
+            let failure = match &outcome {
+                Outcome::Ok(_) => None,
+                Outcome::Failed { kind, status, .. } => Some(match status {
+                    Some(s) => format!("{}: {s}", kind.name()),
+                    None => kind.name().to_string(),
+                }),
+            };
+            let invocation_span = trace.invocation;
+            trace.span(
+                "Invocation",
+                Some(invocation_span),
+                None,
+                invocation_at,
+                response_at,
+                vec![
+                    (
+                        "faas.coldstart",
+                        Attr::Bool(init.is_some() || restore.is_some()),
+                    ),
+                    ("flint.provisioned", Attr::Bool(provisioned)),
+                ],
+                failure,
+            );
+        }
 
         let (function_error, payload, destroy, status) = match outcome {
             Outcome::Ok(p) => (None, p, false, None),
@@ -510,15 +515,17 @@ impl Invoker {
             self.pool.release(lease);
         }
         let tail = log.take_capture();
-        trace.span(
-            "Response",
-            None,
-            None,
-            response_at,
-            SystemTime::now(),
-            vec![("flint.response_bytes", Attr::Int(payload.len() as i64))],
-            None,
-        );
+        if trace.recording() {
+            trace.span(
+                "Response",
+                None,
+                None,
+                response_at,
+                SystemTime::now(),
+                vec![("flint.response_bytes", Attr::Int(payload.len() as i64))],
+                None,
+            );
+        }
         Ok(InvokeResult {
             status_code: 200,
             function_error,
@@ -547,20 +554,16 @@ impl Invoker {
             };
             let c = self.pool.provisioned_count(&key);
             let allocated = (c.ready + c.busy).max(1) as f64;
-            let o = &self.observe;
             // The gauges are the scrape's; the window keeps the samples.
-            let now = crate::time::now_ms() as u64 / 1000;
-            o.window.record(
+            self.observe.sample(
                 Metric::ProvisionedConcurrentExecutions,
                 labels,
                 c.busy as f64,
-                now,
             );
-            o.window.record(
+            self.observe.sample(
                 Metric::ProvisionedConcurrencyUtilization,
                 labels,
                 c.busy as f64 / allocated,
-                now,
             );
         } else if !req.qualifier.is_empty() {
             let c = self

@@ -163,10 +163,7 @@ pub struct Observer {
 }
 
 fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    crate::time::now_ms().max(0) as u64 / 1000
 }
 
 impl Default for Observer {
@@ -193,7 +190,13 @@ impl Observer {
     pub fn record(&self, m: Metric, labels: &Labels, v: f64) {
         self.metrics.record(m, labels, v);
         let cw = if m.is_time() { v * 1000.0 } else { v };
-        self.window.record(m, labels, cw, now_s());
+        self.sample(m, labels, cw);
+    }
+
+    /// Records a sample in the statistics window only (its Prometheus
+    /// gauge is read at scrape time), in the metric's CloudWatch unit.
+    pub fn sample(&self, m: Metric, labels: &Labels, v: f64) {
+        self.window.record(m, labels, v, now_s());
     }
 
     /// One more invocation running under `labels`; the guard ends it.
@@ -202,8 +205,7 @@ impl Observer {
             .metrics
             .add_gauge(Metric::ConcurrentExecutions, labels, 1.0);
         // CloudWatch's Maximum of ConcurrentExecutions is the peak.
-        self.window
-            .record(Metric::ConcurrentExecutions, labels, n, now_s());
+        self.sample(Metric::ConcurrentExecutions, labels, n);
         Running {
             observer: self.clone(),
             labels: labels.clone(),

@@ -117,16 +117,10 @@ impl Window {
 
     /// Records `v` (in the metric's CloudWatch unit) at `now_s`.
     pub fn record(&self, m: Metric, labels: &Labels, v: f64, now_s: u64) {
-        let mut s = self.lock();
-        let keep = self.keep_s;
-        match s.get_mut(&(m, labels.clone())) {
-            Some(b) => b.add(now_s, v, keep),
-            None => {
-                let mut b = Buckets::default();
-                b.add(now_s, v, keep);
-                s.insert((m, labels.clone()), b);
-            }
-        }
+        self.lock()
+            .entry((m, labels.clone()))
+            .or_default()
+            .add(now_s, v, self.keep_s);
     }
 
     pub fn forget(&self, function: &str) {
